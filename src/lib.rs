@@ -7,3 +7,6 @@ pub mod error;
 pub mod format;
 
 pub use error::{Error, Result};
+pub mod backend;
+pub mod graph;
+pub mod ops;

@@ -1,0 +1,102 @@
+//! Executors of the graph IR. `reference` is the oracle; every other backend is tested against it.
+use crate::graph::Graph;
+use crate::Result;
+use std::collections::HashMap;
+
+pub mod cpu;
+pub mod reference;
+
+/// A host tensor: f32 data in row-major order. Integer inputs (token ids) are carried as exact
+/// integer-valued f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(crate::Error::Input(format!(
+                "tensor of shape {shape:?} needs {n} values, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self { shape, data })
+    }
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+    }
+}
+
+/// Where weights come from, addressed by diffusers-style path. Backends read each weight once
+/// at prepare time, dequantized to f32 unless they handle the stored type themselves.
+pub trait WeightSource {
+    fn shape(&self, path: &str) -> Option<Vec<usize>>;
+    fn load_f32(&self, path: &str) -> Result<Vec<f32>>;
+}
+
+impl WeightSource for HashMap<String, Tensor> {
+    fn shape(&self, path: &str) -> Option<Vec<usize>> {
+        self.get(path).map(|t| t.shape.clone())
+    }
+    fn load_f32(&self, path: &str) -> Result<Vec<f32>> {
+        self.get(path)
+            .map(|t| t.data.clone())
+            .ok_or_else(|| crate::Error::MissingWeight(path.to_string()))
+    }
+}
+
+/// Checks that a weight source holds exactly the weights a graph reads, at the shapes it reads
+/// them. This is how "the config must agree with the tensors" is enforced.
+pub fn check_weights(graph: &Graph, weights: &dyn WeightSource) -> Result<()> {
+    for (path, expected) in graph.params() {
+        match weights.shape(&path) {
+            None => return Err(crate::Error::MissingWeight(path)),
+            Some(found) if found != expected => {
+                return Err(crate::Error::WeightShape { path, expected, found })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// An executor of graphs.
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// Compiles `graph` with its weights into something that can run repeatedly.
+    fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>>;
+}
+
+/// A prepared graph. `inputs` are given in the order of `Graph::inputs()`.
+pub trait Executable {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+}
+
+/// Checks inputs against the graph's input nodes; shared by every backend so errors read alike.
+pub fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<()> {
+    let ids = graph.inputs();
+    if ids.len() != inputs.len() {
+        return Err(crate::Error::Input(format!(
+            "graph takes {} inputs, got {}",
+            ids.len(),
+            inputs.len()
+        )));
+    }
+    for (&id, t) in ids.iter().zip(inputs) {
+        let node = &graph.nodes[id];
+        if node.shape != t.shape || t.data.len() != t.shape.iter().product::<usize>() {
+            let name = match &node.op {
+                crate::graph::Op::Input { name, .. } => name.as_str(),
+                _ => "?",
+            };
+            return Err(crate::Error::Input(format!(
+                "input `{name}` must have shape {:?}, got {:?}",
+                node.shape, t.shape
+            )));
+        }
+    }
+    Ok(())
+}
