@@ -7,6 +7,13 @@ pub mod error;
 pub mod format;
 
 pub use error::{Error, Result};
+pub mod arch;
 pub mod backend;
 pub mod graph;
+pub mod npy;
 pub mod ops;
+pub mod tokenizer;
+pub mod bench;
+pub mod model;
+pub mod pipeline;
+pub mod sampler;

@@ -100,3 +100,23 @@ pub fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Backend selection by name. `auto` prefers a GPU backend when one is built and usable and
+/// otherwise uses the CPU, saying why in the log; an explicit unavailable backend is an error.
+pub fn select(name: &str) -> Result<Box<dyn Backend>> {
+    match name {
+        "cpu" => Ok(Box::new(cpu::CpuBackend::new())),
+        "reference" => Ok(Box::new(reference::ReferenceBackend)),
+        "auto" => {
+            log::info!("backend auto: this build has no Vulkan backend yet, using the CPU (tract)");
+            Ok(Box::new(cpu::CpuBackend::new()))
+        }
+        "vulkan" => Err(crate::Error::Backend {
+            backend: "vulkan",
+            msg: "the Vulkan backend is not part of this build yet; use --backend cpu or auto".into(),
+        }),
+        other => Err(crate::Error::Input(format!(
+            "unknown backend `{other}` (expected auto, cpu, vulkan or reference)"
+        ))),
+    }
+}

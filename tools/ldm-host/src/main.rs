@@ -1,1 +1,123 @@
-fn main() {}
+//! `ldm-host`: the workstation half of ldm-edge. Makes model files for the device runtime.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ldm_edge::arch::ModelConfig;
+use ldm_edge::format::DType;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod init;
+mod tokenizer;
+
+#[derive(Parser)]
+#[command(name = "ldm-host", version, about = "Make, train and export ldm-edge models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// The tiny test architecture (32 px images, f = 4).
+    Tiny,
+    /// SD-1.5's UNet and VAE with a BERT-base-sized text encoder (benchmarks).
+    Sd15,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a model file with deterministic random weights (an untrained placeholder).
+    Init {
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: Dtype,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// A tokenizer.json to store; by default a WordPiece tokenizer is trained on the
+        /// shapes vocabulary.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+    /// Train a BERT-style WordPiece tokenizer on captions (one per line) and write tokenizer.json.
+    Tokenizer {
+        /// Caption file, one caption per line; by default the shapes vocabulary.
+        #[arg(long)]
+        captions: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        vocab_size: usize,
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+}
+
+fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
+    match path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())),
+        None => {
+            let tk = tokenizer::train_wordpiece(&tokenizer::shapes_vocabulary_captions(), 256)?;
+            tk.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init { preset, dtype, seed, tokenizer, output } => {
+            let tok = tokenizer_json(tokenizer.as_ref())?;
+            let vocab = ldm_edge::tokenizer::TextTokenizer::from_json(&tok, 1)?.vocab_size();
+            let cfg = match preset {
+                Preset::Tiny => ModelConfig::tiny(vocab),
+                Preset::Sd15 => ModelConfig::sd15_shaped(vocab),
+            };
+            let dtype = match dtype {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::Q8 => DType::Q8,
+                Dtype::Q4 => DType::Q4,
+            };
+            let recipe = std::env::args().collect::<Vec<_>>().join(" ");
+            let bytes = init::write_random_model(&cfg, &tok, seed, dtype, &recipe, &output)?;
+            eprintln!("wrote {} ({bytes} bytes)", output.display());
+        }
+        Cmd::Tokenizer { captions, vocab_size, output } => {
+            let caps: Vec<String> = match captions {
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(String::from)
+                    .collect(),
+                None => tokenizer::shapes_vocabulary_captions(),
+            };
+            if caps.is_empty() {
+                bail!("no captions to train the tokenizer on");
+            }
+            let tk = tokenizer::train_wordpiece(&caps, vocab_size)?;
+            tk.save(&output, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+            eprintln!("wrote {} ({} tokens)", output.display(), tk.get_vocab_size(true));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `ldm bench`: time the components of a model on a backend and report memory.
+use crate::backend::{Backend, Tensor};
+use crate::model::Model;
+use crate::Result;
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub backend: String,
+    pub file_bytes: u64,
+    /// Open, map and validate the file (header, table, config-vs-tensor check).
+    pub load_ms: f64,
+    pub unet_prepare_ms: f64,
+    pub latent: [usize; 2],
+    pub unet_ms_per_eval: f64,
+    pub unet_gflop: f64,
+    pub unet_gflops: f64,
+    pub text_encoder_ms: f64,
+    pub decoder_ms: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median of `iters` timed runs of `f` after one warm-up run.
+fn time<F: FnMut() -> Result<()>>(iters: usize, mut f: F) -> Result<Duration> {
+    f()?;
+    let mut v = Vec::new();
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Ok(v[v.len() / 2])
+}
+
+pub fn run(path: &Path, backend: Box<dyn Backend>, latent: usize, iters: usize, skip_decoder: bool) -> Result<BenchReport> {
+    let t0 = Instant::now();
+    let model = Model::open(path)?;
+    let load = t0.elapsed();
+    let cfg = &model.config;
+    let m = cfg.latent_multiple();
+    if latent == 0 || latent % m != 0 {
+        return Err(crate::Error::Input(format!("latent size {latent} must be a positive multiple of {m}")));
+    }
+
+    let tg = cfg.text_graph(1)?;
+    let mut text = backend.prepare(&tg, &model)?;
+    let ids = Tensor::new(vec![1, cfg.text_encoder.max_position_embeddings], vec![0.0; cfg.text_encoder.max_position_embeddings])?;
+    let text_t = time(iters, || text.run(std::slice::from_ref(&ids)).map(drop))?;
+    drop(text);
+
+    let ug = cfg.unet_graph(1, latent, latent)?;
+    let t1 = Instant::now();
+    let mut unet = backend.prepare(&ug, &model)?;
+    let prep = t1.elapsed();
+    let x = Tensor::zeros(&[1, cfg.unet.in_channels, latent, latent]);
+    let t = Tensor::new(vec![1], vec![500.0])?;
+    let ctx = Tensor::zeros(&[1, cfg.text_encoder.max_position_embeddings, cfg.unet.cross_attention_dim]);
+    let inputs = [x, t, ctx];
+    let unet_t = time(iters, || unet.run(&inputs).map(drop))?;
+    drop(unet);
+
+    let dec_t = if skip_decoder {
+        Duration::ZERO
+    } else {
+        let dg = cfg.decoder_graph(1, latent, latent)?;
+        let mut dec = backend.prepare(&dg, &model)?;
+        let z = Tensor::zeros(&[1, cfg.vae.latent_channels, latent, latent]);
+        time(1, || dec.run(std::slice::from_ref(&z)).map(drop))?
+    };
+    let gflop = 2.0 * ug.macs() as f64 / 1e9;
+    Ok(BenchReport {
+        model: path.display().to_string(),
+        backend: backend.name().to_string(),
+        file_bytes: model.file.file_len(),
+        load_ms: ms(load),
+        unet_prepare_ms: ms(prep),
+        latent: [latent, latent],
+        unet_ms_per_eval: ms(unet_t),
+        unet_gflop: gflop,
+        unet_gflops: gflop / unet_t.as_secs_f64(),
+        text_encoder_ms: ms(text_t),
+        decoder_ms: ms(dec_t),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

@@ -1,0 +1,95 @@
+//! A loaded model: the mapped file, its parsed config and tokenizer, checked against the
+//! architecture before anything runs.
+use crate::arch::ModelConfig;
+use crate::backend::WeightSource;
+use crate::format::ModelFile;
+use crate::sampler::{SamplerKind, ScheduleConfig};
+use crate::tokenizer::TextTokenizer;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Sampling defaults stored in the file's `sampler` header key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerDefaults {
+    pub schedule: ScheduleConfig,
+    pub sampler: String,
+    pub steps: usize,
+    pub guidance: f32,
+}
+
+impl Default for SamplerDefaults {
+    fn default() -> Self {
+        Self { schedule: ScheduleConfig::default(), sampler: SamplerKind::Ddim.to_string(), steps: 20, guidance: 5.0 }
+    }
+}
+
+pub struct Model {
+    pub file: ModelFile,
+    pub config: ModelConfig,
+    pub sampler: SamplerDefaults,
+    pub tokenizer: TextTokenizer,
+}
+
+fn meta_field<T: serde::de::DeserializeOwned>(meta: &serde_json::Value, key: &str) -> Result<T> {
+    let v = meta.get(key).ok_or_else(|| Error::Config(format!("model header has no `{key}`")))?;
+    serde_json::from_value(v.clone()).map_err(|e| Error::Config(format!("model header `{key}`: {e}")))
+}
+
+impl Model {
+    /// Maps and validates the file, then checks that its tensors are exactly those the
+    /// architecture in its config reads, at the same shapes. Costs the header and table only:
+    /// no weight is read here.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = ModelFile::open(path)?;
+        let meta = file.meta();
+        let config: ModelConfig = meta_field(meta, "config")?;
+        config.validate()?;
+        let sampler: SamplerDefaults = meta_field(meta, "sampler")?;
+        sampler.sampler.parse::<SamplerKind>().map_err(|e| Error::Config(e.to_string()))?;
+        let tok_json = meta.get("tokenizer").ok_or_else(|| Error::Config("model header has no `tokenizer`".into()))?;
+        let tokenizer = TextTokenizer::from_json(&tok_json.to_string(), config.text_encoder.max_position_embeddings)?;
+        if tokenizer.vocab_size() > config.text_encoder.vocab_size {
+            return Err(Error::Config(format!(
+                "tokenizer has {} tokens but the text encoder embeds only {}",
+                tokenizer.vocab_size(),
+                config.text_encoder.vocab_size
+            )));
+        }
+        let model = Self { file, config, sampler, tokenizer };
+        model.check_tensors()?;
+        Ok(model)
+    }
+
+    fn check_tensors(&self) -> Result<()> {
+        let mut stored: HashMap<&str, &[usize]> =
+            self.file.tensors().iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+        for (path, shape) in self.config.param_specs()? {
+            match stored.remove(path.as_str()) {
+                None => return Err(Error::MissingWeight(path)),
+                Some(s) if s != shape.as_slice() => {
+                    return Err(Error::WeightShape { path, expected: shape, found: s.to_vec() })
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = stored.keys().min() {
+            return Err(Error::Config(format!(
+                "tensor `{extra}` is not used by the architecture in the config ({} unused)",
+                stored.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl WeightSource for Model {
+    fn shape(&self, path: &str) -> Option<Vec<usize>> {
+        self.file.tensor(path).map(|t| t.info.shape.clone())
+    }
+    fn load_f32(&self, path: &str) -> Result<Vec<f32>> {
+        let t = self.file.tensor(path).ok_or_else(|| Error::MissingWeight(path.to_string()))?;
+        Ok(t.to_f32())
+    }
+}
