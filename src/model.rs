@@ -86,7 +86,7 @@ impl Model {
 
 impl WeightSource for Model {
     fn shape(&self, path: &str) -> Option<Vec<usize>> {
-        self.file.tensor(path).map(|t| t.info.shape.clone())
+        self.file.tensor(path).map(|t| t.shape().to_vec())
     }
     fn load_f32(&self, path: &str) -> Result<Vec<f32>> {
         let t = self.file.tensor(path).ok_or_else(|| Error::MissingWeight(path.to_string()))?;

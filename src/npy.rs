@@ -16,7 +16,7 @@ pub fn read_f32(path: &Path) -> Result<Tensor> {
         return Err(bad(path, "bad magic"));
     }
     let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(bad(path, format!("unsupported version {v}"))),
     };

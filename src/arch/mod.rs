@@ -10,7 +10,6 @@ pub mod vae;
 pub use config::{TextEncoderConfig, UNetConfig, VaeConfig};
 
 use crate::graph::{Graph, Tracer, ValueType};
-use crate::ops::Ops;
 use crate::Result;
 use serde::{Deserialize, Serialize};
 
