@@ -5,5 +5,6 @@
 //! [`backend`] (executors of the IR), [`sampler`] and [`pipeline`].
 pub mod error;
 pub mod format;
+pub mod sampler;
 
 pub use error::{Error, Result};
