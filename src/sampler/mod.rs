@@ -1,14 +1,22 @@
-//! Samplers: noise schedules (as diffusers computes them), classifier-free guidance and the
-//! seeded noise generator.
+//! Samplers: noise schedules, the DDPM and DDIM schedulers (formulas as in diffusers),
+//! classifier-free guidance and the seeded noise generator.
 pub mod cfg;
+mod ddim;
+mod ddpm;
 pub mod noise;
 pub mod schedule;
+pub mod scheduler;
+#[cfg(test)]
+mod testutil;
 
 pub use cfg::{batch_of_two, guidance, guided_from_batch, split_batch};
+pub use ddim::DdimScheduler;
+pub use ddpm::DdpmScheduler;
 pub use noise::NoiseGen;
 pub use schedule::{
     inference_timesteps, BetaSchedule, NoiseSchedule, Prediction, ScheduleConfig, TimestepSpacing,
 };
+pub use scheduler::Scheduler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
