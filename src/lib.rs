@@ -5,6 +5,7 @@
 //! [`backend`] (executors of the IR), [`sampler`] and [`pipeline`].
 pub mod error;
 pub mod format;
+pub mod sampler;
 
 pub use error::{Error, Result};
 pub mod arch;
