@@ -28,9 +28,11 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -52,19 +54,30 @@ fn time<F: FnMut() -> Result<()>>(iters: usize, mut f: F) -> Result<Duration> {
     Ok(v[v.len() / 2])
 }
 
-pub fn run(path: &Path, backend: Box<dyn Backend>, latent: usize, iters: usize, skip_decoder: bool) -> Result<BenchReport> {
+pub fn run(
+    path: &Path,
+    backend: Box<dyn Backend>,
+    latent: usize,
+    iters: usize,
+    skip_decoder: bool,
+) -> Result<BenchReport> {
     let t0 = Instant::now();
     let model = Model::open(path)?;
     let load = t0.elapsed();
     let cfg = &model.config;
     let m = cfg.latent_multiple();
     if latent == 0 || latent % m != 0 {
-        return Err(crate::Error::Input(format!("latent size {latent} must be a positive multiple of {m}")));
+        return Err(crate::Error::Input(format!(
+            "latent size {latent} must be a positive multiple of {m}"
+        )));
     }
 
     let tg = cfg.text_graph(1)?;
     let mut text = backend.prepare(&tg, &model)?;
-    let ids = Tensor::new(vec![1, cfg.text_encoder.max_position_embeddings], vec![0.0; cfg.text_encoder.max_position_embeddings])?;
+    let ids = Tensor::new(
+        vec![1, cfg.text_encoder.max_position_embeddings],
+        vec![0.0; cfg.text_encoder.max_position_embeddings],
+    )?;
     let text_t = time(iters, || text.run(std::slice::from_ref(&ids)).map(drop))?;
     drop(text);
 
@@ -74,7 +87,11 @@ pub fn run(path: &Path, backend: Box<dyn Backend>, latent: usize, iters: usize, 
     let prep = t1.elapsed();
     let x = Tensor::zeros(&[1, cfg.unet.in_channels, latent, latent]);
     let t = Tensor::new(vec![1], vec![500.0])?;
-    let ctx = Tensor::zeros(&[1, cfg.text_encoder.max_position_embeddings, cfg.unet.cross_attention_dim]);
+    let ctx = Tensor::zeros(&[
+        1,
+        cfg.text_encoder.max_position_embeddings,
+        cfg.unet.cross_attention_dim,
+    ]);
     let inputs = [x, t, ctx];
     let unet_t = time(iters, || unet.run(&inputs).map(drop))?;
     drop(unet);

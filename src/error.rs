@@ -6,12 +6,18 @@ use thiserror::Error;
 pub enum Error {
     #[error(transparent)]
     Format(#[from] crate::format::FormatError),
+    #[error(transparent)]
+    Sampler(#[from] crate::sampler::SamplerError),
     #[error("shape error in {op}: {msg}")]
     Shape { op: &'static str, msg: String },
     #[error("missing weight `{0}`")]
     MissingWeight(String),
     #[error("weight `{path}` has shape {found:?}, the architecture expects {expected:?}")]
-    WeightShape { path: String, expected: Vec<usize>, found: Vec<usize> },
+    WeightShape {
+        path: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("invalid config: {0}")]
     Config(String),
     #[error("backend `{backend}`: {msg}")]
@@ -25,16 +31,25 @@ pub enum Error {
     #[error("numerical failure: {0}")]
     NonFinite(String),
     #[error("i/o error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape { op, msg: msg.into() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }

@@ -2,19 +2,18 @@
 //!
 //! Layers, from the file up: [`format`] (the mapped `.ldm` file), [`arch`] (UNet, autoencoder and
 //! text encoder written once over [`ops::Ops`]), [`graph`] (the IR those architectures trace into),
-//! [`backend`] (executors of the IR), [`sampler`] and [`pipeline`].
-pub mod error;
-pub mod format;
-pub mod sampler;
-
-pub use error::{Error, Result};
+//! [`backend`] (executors of the IR), [`sampler`], [`pipeline`] and [`model`] (a loaded file).
 pub mod arch;
 pub mod backend;
+pub mod bench;
+pub mod error;
+pub mod format;
 pub mod graph;
+pub mod model;
 pub mod npy;
 pub mod ops;
-pub mod tokenizer;
-pub mod bench;
-pub mod model;
 pub mod pipeline;
 pub mod sampler;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

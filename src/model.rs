@@ -21,7 +21,12 @@ pub struct SamplerDefaults {
 
 impl Default for SamplerDefaults {
     fn default() -> Self {
-        Self { schedule: ScheduleConfig::default(), sampler: SamplerKind::Ddim.to_string(), steps: 20, guidance: 5.0 }
+        Self {
+            schedule: ScheduleConfig::default(),
+            sampler: SamplerKind::Ddim.to_string(),
+            steps: 20,
+            guidance: 5.0,
+        }
     }
 }
 
@@ -33,8 +38,11 @@ pub struct Model {
 }
 
 fn meta_field<T: serde::de::DeserializeOwned>(meta: &serde_json::Value, key: &str) -> Result<T> {
-    let v = meta.get(key).ok_or_else(|| Error::Config(format!("model header has no `{key}`")))?;
-    serde_json::from_value(v.clone()).map_err(|e| Error::Config(format!("model header `{key}`: {e}")))
+    let v = meta
+        .get(key)
+        .ok_or_else(|| Error::Config(format!("model header has no `{key}`")))?;
+    serde_json::from_value(v.clone())
+        .map_err(|e| Error::Config(format!("model header `{key}`: {e}")))
 }
 
 impl Model {
@@ -47,9 +55,17 @@ impl Model {
         let config: ModelConfig = meta_field(meta, "config")?;
         config.validate()?;
         let sampler: SamplerDefaults = meta_field(meta, "sampler")?;
-        sampler.sampler.parse::<SamplerKind>().map_err(|e| Error::Config(e.to_string()))?;
-        let tok_json = meta.get("tokenizer").ok_or_else(|| Error::Config("model header has no `tokenizer`".into()))?;
-        let tokenizer = TextTokenizer::from_json(&tok_json.to_string(), config.text_encoder.max_position_embeddings)?;
+        sampler
+            .sampler
+            .parse::<SamplerKind>()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let tok_json = meta
+            .get("tokenizer")
+            .ok_or_else(|| Error::Config("model header has no `tokenizer`".into()))?;
+        let tokenizer = TextTokenizer::from_json(
+            &tok_json.to_string(),
+            config.text_encoder.max_position_embeddings,
+        )?;
         if tokenizer.vocab_size() > config.text_encoder.vocab_size {
             return Err(Error::Config(format!(
                 "tokenizer has {} tokens but the text encoder embeds only {}",
@@ -57,19 +73,32 @@ impl Model {
                 config.text_encoder.vocab_size
             )));
         }
-        let model = Self { file, config, sampler, tokenizer };
+        let model = Self {
+            file,
+            config,
+            sampler,
+            tokenizer,
+        };
         model.check_tensors()?;
         Ok(model)
     }
 
     fn check_tensors(&self) -> Result<()> {
-        let mut stored: HashMap<&str, &[usize]> =
-            self.file.tensors().iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+        let mut stored: HashMap<&str, &[usize]> = self
+            .file
+            .tensors()
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice()))
+            .collect();
         for (path, shape) in self.config.param_specs()? {
             match stored.remove(path.as_str()) {
                 None => return Err(Error::MissingWeight(path)),
                 Some(s) if s != shape.as_slice() => {
-                    return Err(Error::WeightShape { path, expected: shape, found: s.to_vec() })
+                    return Err(Error::WeightShape {
+                        path,
+                        expected: shape,
+                        found: s.to_vec(),
+                    })
                 }
                 Some(_) => {}
             }
@@ -89,7 +118,10 @@ impl WeightSource for Model {
         self.file.tensor(path).map(|t| t.shape().to_vec())
     }
     fn load_f32(&self, path: &str) -> Result<Vec<f32>> {
-        let t = self.file.tensor(path).ok_or_else(|| Error::MissingWeight(path.to_string()))?;
+        let t = self
+            .file
+            .tensor(path)
+            .ok_or_else(|| Error::MissingWeight(path.to_string()))?;
         Ok(t.to_f32())
     }
 }

@@ -48,8 +48,13 @@ pub trait Ops {
         eps: f32,
     ) -> Result<Self::T>;
     /// LayerNorm over the last axis with affine gamma, beta.
-    fn layer_norm(&mut self, x: &Self::T, gamma: &Self::T, beta: &Self::T, eps: f32)
-        -> Result<Self::T>;
+    fn layer_norm(
+        &mut self,
+        x: &Self::T,
+        gamma: &Self::T,
+        beta: &Self::T,
+        eps: f32,
+    ) -> Result<Self::T>;
     fn silu(&mut self, x: &Self::T) -> Result<Self::T>;
     /// Exact (erf) GELU.
     fn gelu(&mut self, x: &Self::T) -> Result<Self::T>;

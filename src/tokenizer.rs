@@ -18,7 +18,10 @@ impl TextTokenizer {
             .find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string())))
             .ok_or_else(|| Error::Tokenizer("tokenizer has no padding token ([PAD])".into()))?;
         inner
-            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         inner.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_len),
@@ -39,10 +42,17 @@ impl TextTokenizer {
 
     /// Token ids of `text`, exactly `max_len` long.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let ids = enc.get_ids().to_vec();
         if ids.len() != self.max_len {
-            return Err(Error::Tokenizer(format!("expected {} ids, tokenizer gave {}", self.max_len, ids.len())));
+            return Err(Error::Tokenizer(format!(
+                "expected {} ids, tokenizer gave {}",
+                self.max_len,
+                ids.len()
+            )));
         }
         Ok(ids)
     }

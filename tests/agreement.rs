@@ -24,7 +24,11 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 fn agree(name: &str, g: &Graph, w: &HashMap<String, Tensor>, inputs: &[Tensor]) {
     let r = ReferenceBackend.prepare(g, w).unwrap().run(inputs).unwrap();
-    let c = CpuBackend::new().prepare(g, w).unwrap().run(inputs).unwrap();
+    let c = CpuBackend::new()
+        .prepare(g, w)
+        .unwrap()
+        .run(inputs)
+        .unwrap();
     assert_eq!(r[0].shape, c[0].shape);
     let e = rel_err(&c[0].data, &r[0].data);
     println!("{name}: max relative error {e:.2e}");
@@ -33,7 +37,13 @@ fn agree(name: &str, g: &Graph, w: &HashMap<String, Tensor>, inputs: &[Tensor]) 
 
 fn noise(seed: u64, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor { shape: shape.to_vec(), data: random_param(seed, "input.bias", &[n]).iter().map(|v| v * 10.0).collect() }
+    Tensor {
+        shape: shape.to_vec(),
+        data: random_param(seed, "input.bias", &[n])
+            .iter()
+            .map(|v| v * 10.0)
+            .collect(),
+    }
 }
 
 #[test]
@@ -41,8 +51,18 @@ fn unet_agrees() {
     let cfg = ModelConfig::tiny(64);
     let w = weights(&cfg);
     let g = cfg.unet_graph(2, 8, 6).unwrap();
-    let ctx = noise(3, &[2, cfg.text_encoder.max_position_embeddings, cfg.unet.cross_attention_dim]);
-    let t = Tensor { shape: vec![2], data: vec![981.0, 1.0] };
+    let ctx = noise(
+        3,
+        &[
+            2,
+            cfg.text_encoder.max_position_embeddings,
+            cfg.unet.cross_attention_dim,
+        ],
+    );
+    let t = Tensor {
+        shape: vec![2],
+        data: vec![981.0, 1.0],
+    };
     agree("unet", &g, &w, &[noise(1, &[2, 4, 8, 6]), t, ctx]);
 }
 
@@ -50,8 +70,18 @@ fn unet_agrees() {
 fn autoencoder_agrees() {
     let cfg = ModelConfig::tiny(64);
     let w = weights(&cfg);
-    agree("decoder", &cfg.decoder_graph(1, 5, 7).unwrap(), &w, &[noise(4, &[1, 4, 5, 7])]);
-    agree("encoder", &cfg.encoder_graph(1, 20, 12).unwrap(), &w, &[noise(5, &[1, 3, 20, 12])]);
+    agree(
+        "decoder",
+        &cfg.decoder_graph(1, 5, 7).unwrap(),
+        &w,
+        &[noise(4, &[1, 4, 5, 7])],
+    );
+    agree(
+        "encoder",
+        &cfg.encoder_graph(1, 20, 12).unwrap(),
+        &w,
+        &[noise(5, &[1, 3, 20, 12])],
+    );
 }
 
 #[test]
@@ -59,6 +89,9 @@ fn text_encoder_agrees() {
     let cfg = ModelConfig::tiny(64);
     let w = weights(&cfg);
     let l = cfg.text_encoder.max_position_embeddings;
-    let ids = Tensor { shape: vec![2, l], data: (0..2 * l).map(|i| ((i * 7) % 64) as f32).collect() };
+    let ids = Tensor {
+        shape: vec![2, l],
+        data: (0..2 * l).map(|i| ((i * 7) % 64) as f32).collect(),
+    };
     agree("text_encoder", &cfg.text_graph(2).unwrap(), &w, &[ids]);
 }

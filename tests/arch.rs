@@ -5,7 +5,11 @@ use ldm_edge::backend::{check_weights, Backend, Tensor, WeightSource};
 use std::collections::HashMap;
 
 fn count(specs: &[(String, Vec<usize>)], prefix: &str) -> usize {
-    specs.iter().filter(|(p, _)| p.starts_with(prefix)).map(|(_, s)| s.iter().product::<usize>()).sum()
+    specs
+        .iter()
+        .filter(|(p, _)| p.starts_with(prefix))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum()
 }
 
 fn weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
@@ -29,7 +33,9 @@ fn sd15_parameter_counts_match_diffusers() {
     let specs = cfg.param_specs().unwrap();
     assert_eq!(count(&specs, UNET), 859_520_964);
     assert_eq!(count(&specs, VAE), 83_653_863);
-    assert!(specs.iter().any(|(p, _)| p == "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"));
+    assert!(specs.iter().any(
+        |(p, _)| p == "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    ));
 }
 
 #[test]
@@ -39,9 +45,18 @@ fn tiny_model_runs_on_reference() {
     let w = weights(&cfg, 1);
     let g = cfg.unet_graph(2, 8, 8).unwrap();
     let mut plan = ReferenceBackend.prepare(&g, &w).unwrap();
-    let x = Tensor { shape: vec![2, 4, 8, 8], data: init::random_param(2, "x.weight.", &[2, 4 * 64]) };
-    let t = Tensor { shape: vec![2], data: vec![999.0, 10.0] };
-    let ctx = Tensor { shape: vec![2, 16, 32], data: init::random_param(3, "c", &[2 * 16 * 32]) };
+    let x = Tensor {
+        shape: vec![2, 4, 8, 8],
+        data: init::random_param(2, "x.weight.", &[2, 4 * 64]),
+    };
+    let t = Tensor {
+        shape: vec![2],
+        data: vec![999.0, 10.0],
+    };
+    let ctx = Tensor {
+        shape: vec![2, 16, 32],
+        data: init::random_param(3, "c", &[2 * 16 * 32]),
+    };
     let y = plan.run(&[x, t, ctx]).unwrap();
     assert_eq!(y[0].shape, vec![2, 4, 8, 8]);
     assert!(y[0].data.iter().all(|v| v.is_finite()));
@@ -54,7 +69,10 @@ fn tiny_model_runs_on_reference() {
 
     let g = cfg.text_graph(1).unwrap();
     let mut plan = ReferenceBackend.prepare(&g, &w).unwrap();
-    let ids = Tensor { shape: vec![1, 16], data: (0..16).map(|i| i as f32).collect() };
+    let ids = Tensor {
+        shape: vec![1, 16],
+        data: (0..16).map(|i| i as f32).collect(),
+    };
     assert_eq!(plan.run(&[ids]).unwrap()[0].shape, vec![1, 16, 32]);
 }
 
@@ -69,6 +87,9 @@ fn weights_must_match_the_config() {
     assert!(e.to_string().contains("unet.conv_in.weight"), "{e}");
     let mut w = weights(&cfg, 1);
     w.get_mut("unet.conv_out.bias").unwrap().shape = vec![5];
-    assert!(matches!(check_weights(&g, &w), Err(ldm_edge::Error::WeightShape { .. })));
+    assert!(matches!(
+        check_weights(&g, &w),
+        Err(ldm_edge::Error::WeightShape { .. })
+    ));
     assert!(w.shape("nope").is_none());
 }

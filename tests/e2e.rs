@@ -15,25 +15,47 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn ldm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ldm")).current_dir(root()).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_ldm"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn generate(out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["generate", PROMPT, "--steps", "4", "-q", "-o", out.to_str().unwrap()];
+    let mut args = vec![
+        "generate",
+        PROMPT,
+        "--steps",
+        "4",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     ldm(&args)
 }
 
 fn ok(o: &std::process::Output) {
-    assert!(o.status.success(), "ldm failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ldm failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A failed command exits non-zero with one line that starts with `error:` and names `needle`.
 fn fails_with(o: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "expected failure, got success");
-    let line = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in {err}"));
-    assert!(line.contains(needle), "error line `{line}` does not mention `{needle}`");
+    let line = err
+        .lines()
+        .rfind(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    assert!(
+        line.contains(needle),
+        "error line `{line}` does not mention `{needle}`"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -45,25 +67,49 @@ fn generate_writes_a_png_and_is_deterministic() {
     ok(&generate(&b, &["--seed", "7"]));
     let img = image::open(&a).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (32, 32));
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, different bytes");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same seed, different bytes"
+    );
     let c = tmp("c.png");
     ok(&generate(&c, &["--seed", "8"]));
-    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap(), "seed has no effect");
+    assert_ne!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&c).unwrap(),
+        "seed has no effect"
+    );
 }
 
 #[test]
 fn init_noise_round_trips_with_save_latents() {
     let a = tmp("rt-a.png");
     let lat = tmp("rt.npy");
-    ok(&generate(&a, &["--seed", "3", "--save-latents", lat.to_str().unwrap()]));
+    ok(&generate(
+        &a,
+        &["--seed", "3", "--save-latents", lat.to_str().unwrap()],
+    ));
     let init = lat.with_extension("init.npy");
     let b = tmp("rt-b.png");
     let lat2 = tmp("rt2.npy");
     // A different seed: the image must come from the given noise alone.
-    ok(&generate(&b, &["--seed", "99", "--init-noise", init.to_str().unwrap(), "--save-latents", lat2.to_str().unwrap()]));
+    ok(&generate(
+        &b,
+        &[
+            "--seed",
+            "99",
+            "--init-noise",
+            init.to_str().unwrap(),
+            "--save-latents",
+            lat2.to_str().unwrap(),
+        ],
+    ));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert_eq!(std::fs::read(&lat).unwrap(), std::fs::read(&lat2).unwrap());
-    assert_eq!(std::fs::read(&init).unwrap(), std::fs::read(lat2.with_extension("init.npy")).unwrap());
+    assert_eq!(
+        std::fs::read(&init).unwrap(),
+        std::fs::read(lat2.with_extension("init.npy")).unwrap()
+    );
 }
 
 #[test]
@@ -78,20 +124,32 @@ fn every_sampler_runs() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let out = tmp("bad.png");
-    fails_with(&ldm(&["generate", "  ", "-o", out.to_str().unwrap()]), "prompt is empty");
+    fails_with(
+        &ldm(&["generate", "  ", "-o", out.to_str().unwrap()]),
+        "prompt is empty",
+    );
     fails_with(&generate(&out, &["--size", "30x32"]), "multiple of");
     fails_with(&generate(&out, &["--sampler", "heun"]), "heun");
     fails_with(&generate(&out, &["--steps", "0"]), "steps");
     fails_with(&generate(&out, &["--backend", "vulkan"]), "Vulkan");
-    fails_with(&generate(&out, &["--model", "does/not/exist.ldm"]), "exist.ldm");
+    fails_with(
+        &generate(&out, &["--model", "does/not/exist.ldm"]),
+        "exist.ldm",
+    );
     let bad_npy = tmp("bad.npy");
     std::fs::write(&bad_npy, b"not numpy").unwrap();
-    fails_with(&generate(&out, &["--init-noise", bad_npy.to_str().unwrap()]), "npy");
+    fails_with(
+        &generate(&out, &["--init-noise", bad_npy.to_str().unwrap()]),
+        "npy",
+    );
     // A truncated copy of the model: never a panic or an image.
     let bytes = std::fs::read(root().join("models/default.ldm")).unwrap();
     let trunc = tmp("trunc.ldm");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&generate(&out, &["--model", trunc.to_str().unwrap()]), "trunc.ldm");
+    fails_with(
+        &generate(&out, &["--model", trunc.to_str().unwrap()]),
+        "trunc.ldm",
+    );
     assert!(!out.exists(), "a failed run left an image behind");
 }
 
@@ -100,12 +158,23 @@ fn info_and_verify() {
     let o = ldm(&["info", "models/default.ldm"]);
     ok(&o);
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("unet.conv_in.weight") && s.contains("tensors:"), "{s}");
+    assert!(
+        s.contains("unet.conv_in.weight") && s.contains("tensors:"),
+        "{s}"
+    );
     ok(&ldm(&["verify", "models/default.ldm"]));
     // Flip one byte of tensor data: verify must fail on the digest.
-    let mut bytes = std::fs::read(root().join("models/default.ldm")).unwrap();
-    let n = bytes.len();
-    bytes[n - 100] ^= 0x55;
+    let path = root().join("models/default.ldm");
+    let f = ldm_edge::format::ModelFile::open(&path).unwrap();
+    let t = f
+        .tensors()
+        .iter()
+        .find(|t| t.name == "unet.conv_in.weight")
+        .unwrap();
+    let at = (f.data_offset() + t.offset + 5) as usize;
+    drop(f);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at] ^= 0x55;
     let bad = tmp("flipped.ldm");
     std::fs::write(&bad, &bytes).unwrap();
     fails_with(&ldm(&["verify", bad.to_str().unwrap()]), "digest");
@@ -116,7 +185,17 @@ fn bench_reports_json() {
     let o = ldm(&["bench", "--latent", "8", "--iters", "1", "--json"]);
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for k in ["unet_ms_per_eval", "text_encoder_ms", "decoder_ms", "peak_rss_mb", "load_ms", "file_bytes"] {
-        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} missing or zero in {v}");
+    for k in [
+        "unet_ms_per_eval",
+        "text_encoder_ms",
+        "decoder_ms",
+        "peak_rss_mb",
+        "load_ms",
+        "file_bytes",
+    ] {
+        assert!(
+            v[k].as_f64().is_some_and(|x| x > 0.0),
+            "{k} missing or zero in {v}"
+        );
     }
 }

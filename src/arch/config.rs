@@ -101,7 +101,11 @@ impl UNetConfig {
     pub fn heads_at(&self, level: usize, channels: usize) -> usize {
         match self.head_dim {
             Some(d) if d > 0 => channels / d,
-            _ => *self.num_heads.get(level).or(self.num_heads.last()).unwrap_or(&1),
+            _ => *self
+                .num_heads
+                .get(level)
+                .or(self.num_heads.last())
+                .unwrap_or(&1),
         }
     }
 
@@ -109,19 +113,36 @@ impl UNetConfig {
         let n = self.block_out_channels.len();
         check(n >= 1, || "unet.block_out_channels is empty".into())?;
         check(self.attention_levels.len() == n, || {
-            format!("unet.attention_levels has {} entries for {n} levels", self.attention_levels.len())
+            format!(
+                "unet.attention_levels has {} entries for {n} levels",
+                self.attention_levels.len()
+            )
         })?;
-        check(self.in_channels > 0 && self.out_channels > 0, || "unet channels must be > 0".into())?;
-        check(self.layers_per_block > 0, || "unet.layers_per_block must be > 0".into())?;
-        check(!self.num_heads.is_empty() || self.head_dim.is_some(), || "unet needs num_heads or head_dim".into())?;
+        check(self.in_channels > 0 && self.out_channels > 0, || {
+            "unet channels must be > 0".into()
+        })?;
+        check(self.layers_per_block > 0, || {
+            "unet.layers_per_block must be > 0".into()
+        })?;
+        check(
+            !self.num_heads.is_empty() || self.head_dim.is_some(),
+            || "unet needs num_heads or head_dim".into(),
+        )?;
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             check(c > 0 && c % self.norm_num_groups.max(1) == 0, || {
-                format!("unet level {i}: {c} channels not divisible by {} groups", self.norm_num_groups)
+                format!(
+                    "unet level {i}: {c} channels not divisible by {} groups",
+                    self.norm_num_groups
+                )
             })?;
             let h = self.heads_at(i, c);
-            check(h > 0 && c % h == 0, || format!("unet level {i}: {c} channels not divisible into {h} heads"))?;
+            check(h > 0 && c % h == 0, || {
+                format!("unet level {i}: {c} channels not divisible into {h} heads")
+            })?;
         }
-        check(self.block_out_channels[0] % 2 == 0, || "unet.block_out_channels[0] must be even".into())
+        check(self.block_out_channels[0] % 2 == 0, || {
+            "unet.block_out_channels[0] must be even".into()
+        })
     }
 }
 
@@ -155,11 +176,19 @@ impl VaeConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        check(!self.block_out_channels.is_empty(), || "vae.block_out_channels is empty".into())?;
-        check(self.layers_per_block > 0 && self.latent_channels > 0, || "vae sizes must be > 0".into())?;
+        check(!self.block_out_channels.is_empty(), || {
+            "vae.block_out_channels is empty".into()
+        })?;
+        check(
+            self.layers_per_block > 0 && self.latent_channels > 0,
+            || "vae sizes must be > 0".into(),
+        )?;
         for &c in &self.block_out_channels {
             check(c > 0 && c % self.norm_num_groups.max(1) == 0, || {
-                format!("vae: {c} channels not divisible by {} groups", self.norm_num_groups)
+                format!(
+                    "vae: {c} channels not divisible by {} groups",
+                    self.norm_num_groups
+                )
             })?;
         }
         Ok(())
@@ -194,9 +223,13 @@ impl TextEncoderConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        check(self.vocab_size > 0 && self.max_position_embeddings > 0, || "text encoder sizes must be > 0".into())?;
-        check(self.d_model > 0 && self.encoder_attention_heads > 0 && self.head_dim > 0, || {
-            "text encoder widths must be > 0".into()
-        })
+        check(
+            self.vocab_size > 0 && self.max_position_embeddings > 0,
+            || "text encoder sizes must be > 0".into(),
+        )?;
+        check(
+            self.d_model > 0 && self.encoder_attention_heads > 0 && self.head_dim > 0,
+            || "text encoder widths must be > 0".into(),
+        )
     }
 }

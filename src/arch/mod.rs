@@ -70,11 +70,17 @@ impl ModelConfig {
             ));
         }
         if !(self.latent_scale.is_finite() && self.latent_scale > 0.0) {
-            return err(format!("latent_scale {} must be finite and > 0", self.latent_scale));
+            return err(format!(
+                "latent_scale {} must be finite and > 0",
+                self.latent_scale
+            ));
         }
         let f = self.vae.factor() << (self.unet.block_out_channels.len() - 1);
         if self.image_size == 0 || self.image_size % f != 0 {
-            return err(format!("image_size {} must be a multiple of {f}", self.image_size));
+            return err(format!(
+                "image_size {} must be a multiple of {f}",
+                self.image_size
+            ));
         }
         Ok(())
     }
@@ -91,7 +97,11 @@ impl ModelConfig {
         let x = t.input("sample", &[batch, c.in_channels, h, w], ValueType::F32);
         let ts = t.input("timestep", &[batch], ValueType::F32);
         let l = self.text_encoder.max_position_embeddings;
-        let ctx = t.input("context", &[batch, l, c.cross_attention_dim], ValueType::F32);
+        let ctx = t.input(
+            "context",
+            &[batch, l, c.cross_attention_dim],
+            ValueType::F32,
+        );
         let y = unet::forward(&mut t, c, UNET, &x, &ts, &ctx)?;
         Ok(t.finish(&[y]))
     }
@@ -99,7 +109,11 @@ impl ModelConfig {
     /// The decoder graph: `latent` [batch, z, h, w] (already divided by latent_scale) -> image.
     pub fn decoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         let mut t = Tracer::new();
-        let z = t.input("latent", &[batch, self.vae.latent_channels, h, w], ValueType::F32);
+        let z = t.input(
+            "latent",
+            &[batch, self.vae.latent_channels, h, w],
+            ValueType::F32,
+        );
         let y = vae::decode(&mut t, &self.vae, VAE, &z)?;
         Ok(t.finish(&[y]))
     }
@@ -107,7 +121,11 @@ impl ModelConfig {
     /// The encoder graph: `image` [batch, 3, H, W] -> moments [batch, 2z, H/f, W/f].
     pub fn encoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         let mut t = Tracer::new();
-        let x = t.input("image", &[batch, self.vae.in_channels, h, w], ValueType::F32);
+        let x = t.input(
+            "image",
+            &[batch, self.vae.in_channels, h, w],
+            ValueType::F32,
+        );
         let y = vae::encode(&mut t, &self.vae, VAE, &x)?;
         Ok(t.finish(&[y]))
     }

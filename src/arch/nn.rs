@@ -18,14 +18,34 @@ impl Path {
     }
 }
 
-pub fn linear<O: Ops>(o: &mut O, p: &Path, x: &O::T, i: usize, out: usize, bias: bool) -> Result<O::T> {
+pub fn linear<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    i: usize,
+    out: usize,
+    bias: bool,
+) -> Result<O::T> {
     let w = o.param(&p.name("weight"), &[out, i])?;
-    let b = if bias { Some(o.param(&p.name("bias"), &[out])?) } else { None };
+    let b = if bias {
+        Some(o.param(&p.name("bias"), &[out])?)
+    } else {
+        None
+    };
     o.linear(x, &w, b.as_ref())
 }
 
 /// Conv with a square kernel `k`, stride and symmetric padding `pad`.
-pub fn conv<O: Ops>(o: &mut O, p: &Path, x: &O::T, i: usize, out: usize, k: usize, stride: usize, pad: usize) -> Result<O::T> {
+pub fn conv<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    i: usize,
+    out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<O::T> {
     conv_padded(o, p, x, i, out, k, stride, [pad; 4])
 }
 
@@ -45,7 +65,14 @@ pub fn conv_padded<O: Ops>(
     o.conv2d(x, &w, Some(&b), stride, pads)
 }
 
-pub fn group_norm<O: Ops>(o: &mut O, p: &Path, x: &O::T, c: usize, groups: usize, eps: f32) -> Result<O::T> {
+pub fn group_norm<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    c: usize,
+    groups: usize,
+    eps: f32,
+) -> Result<O::T> {
     let g = o.param(&p.name("weight"), &[c])?;
     let b = o.param(&p.name("bias"), &[c])?;
     o.group_norm(x, &g, &b, groups, eps)
@@ -83,7 +110,11 @@ pub fn resnet<O: Ops>(
     let h = group_norm(o, &p.sub("norm2"), &h, cout, groups, eps)?;
     let h = o.silu(&h)?;
     let h = conv(o, &p.sub("conv2"), &h, cout, cout, 3, 1, 1)?;
-    let skip = if cin != cout { conv(o, &p.sub("conv_shortcut"), x, cin, cout, 1, 1, 0)? } else { x.clone() };
+    let skip = if cin != cout {
+        conv(o, &p.sub("conv_shortcut"), x, cin, cout, 1, 1, 0)?
+    } else {
+        x.clone()
+    };
     o.add(&skip, &h)
 }
 
@@ -126,5 +157,14 @@ pub fn from_tokens<O: Ops>(o: &mut O, x: &O::T, h: usize, w: usize) -> Result<O:
 /// Nearest 2x upsampling followed by a 3x3 conv (`upsamplers.0.conv`).
 pub fn upsample<O: Ops>(o: &mut O, p: &Path, x: &O::T, c: usize) -> Result<O::T> {
     let u = o.upsample_nearest2x(x)?;
-    conv(o, &p.sub("upsamplers").sub(0).sub("conv"), &u, c, c, 3, 1, 1)
+    conv(
+        o,
+        &p.sub("upsamplers").sub(0).sub("conv"),
+        &u,
+        c,
+        c,
+        3,
+        1,
+        1,
+    )
 }

@@ -9,7 +9,12 @@ const EPS: f32 = 1e-5;
 
 /// Token ids [B, L] (integer-valued) -> hidden states [B, L, d_model].
 /// Parameters under `prefix` (normally `text_encoder.`), then `model.` as in diffusers.
-pub fn forward<O: Ops>(o: &mut O, cfg: &TextEncoderConfig, prefix: &str, ids: &O::T) -> Result<O::T> {
+pub fn forward<O: Ops>(
+    o: &mut O,
+    cfg: &TextEncoderConfig,
+    prefix: &str,
+    ids: &O::T,
+) -> Result<O::T> {
     cfg.validate()?;
     let p = Path::root(prefix).sub("model");
     let d = cfg.d_model;
@@ -23,7 +28,10 @@ pub fn forward<O: Ops>(o: &mut O, cfg: &TextEncoderConfig, prefix: &str, ids: &O
     }
     let table = o.param(&p.sub("embed_tokens").name("weight"), &[cfg.vocab_size, d])?;
     let tok = o.embedding(&table, ids)?;
-    let pos = o.param(&p.sub("embed_positions").name("weight"), &[cfg.max_position_embeddings, d])?;
+    let pos = o.param(
+        &p.sub("embed_positions").name("weight"),
+        &[cfg.max_position_embeddings, d],
+    )?;
     let pos = o.slice(&pos, 0, 0, l)?;
     let mut h = o.add(&tok, &pos)?;
     let inner = cfg.encoder_attention_heads * cfg.head_dim;

@@ -10,13 +10,30 @@ const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// diffusers `BasicTransformerBlock`: self-attention, cross-attention to the context, GEGLU
 /// feed-forward, each pre-LayerNorm with a residual.
-fn transformer_block<O: Ops>(o: &mut O, p: &Path, x: &O::T, ctx: &O::T, dim: usize, heads: usize, cdim: usize) -> Result<O::T> {
+fn transformer_block<O: Ops>(
+    o: &mut O,
+    p: &Path,
+    x: &O::T,
+    ctx: &O::T,
+    dim: usize,
+    heads: usize,
+    cdim: usize,
+) -> Result<O::T> {
     let hd = dim / heads;
     let h = nn::layer_norm(o, &p.sub("norm1"), x, dim, LAYER_NORM_EPS)?;
     let h = nn::attention(o, &p.sub("attn1"), &h, None, dim, heads, hd, false)?;
     let x = o.add(x, &h)?;
     let h = nn::layer_norm(o, &p.sub("norm2"), &x, dim, LAYER_NORM_EPS)?;
-    let h = nn::attention(o, &p.sub("attn2"), &h, Some((ctx, cdim)), dim, heads, hd, false)?;
+    let h = nn::attention(
+        o,
+        &p.sub("attn2"),
+        &h,
+        Some((ctx, cdim)),
+        dim,
+        heads,
+        hd,
+        false,
+    )?;
     let x = o.add(&x, &h)?;
     let h = nn::layer_norm(o, &p.sub("norm3"), &x, dim, LAYER_NORM_EPS)?;
     // GEGLU: one projection to 2*inner, split into value and gate.
@@ -33,10 +50,25 @@ fn transformer_block<O: Ops>(o: &mut O, p: &Path, x: &O::T, ctx: &O::T, dim: usi
 }
 
 /// diffusers `Transformer2DModel` (the spatial transformer).
-fn spatial_transformer<O: Ops>(o: &mut O, cfg: &UNetConfig, p: &Path, x: &O::T, ctx: &O::T, c: usize, heads: usize) -> Result<O::T> {
+fn spatial_transformer<O: Ops>(
+    o: &mut O,
+    cfg: &UNetConfig,
+    p: &Path,
+    x: &O::T,
+    ctx: &O::T,
+    c: usize,
+    heads: usize,
+) -> Result<O::T> {
     let s = o.shape(x);
     let (hh, ww) = (s[2], s[3]);
-    let h = nn::group_norm(o, &p.sub("norm"), x, c, cfg.norm_num_groups, TRANSFORMER_NORM_EPS)?;
+    let h = nn::group_norm(
+        o,
+        &p.sub("norm"),
+        x,
+        c,
+        cfg.norm_num_groups,
+        TRANSFORMER_NORM_EPS,
+    )?;
     let mut h = if cfg.use_linear_projection {
         let t = nn::to_tokens(o, &h)?;
         nn::linear(o, &p.sub("proj_in"), &t, c, c, true)?
@@ -45,7 +77,15 @@ fn spatial_transformer<O: Ops>(o: &mut O, cfg: &UNetConfig, p: &Path, x: &O::T, 
         nn::to_tokens(o, &t)?
     };
     for d in 0..cfg.transformer_layers_per_block {
-        h = transformer_block(o, &p.sub("transformer_blocks").sub(d), &h, ctx, c, heads, cfg.cross_attention_dim)?;
+        h = transformer_block(
+            o,
+            &p.sub("transformer_blocks").sub(d),
+            &h,
+            ctx,
+            c,
+            heads,
+            cfg.cross_attention_dim,
+        )?;
     }
     let h = if cfg.use_linear_projection {
         let t = nn::linear(o, &p.sub("proj_out"), &h, c, c, true)?;
@@ -59,7 +99,14 @@ fn spatial_transformer<O: Ops>(o: &mut O, cfg: &UNetConfig, p: &Path, x: &O::T, 
 
 /// One UNet evaluation: `x` [B, in, h, w], `t` [B] timesteps, `ctx` [B, L, cross_attention_dim]
 /// -> [B, out, h, w]. Parameters live under `prefix` (normally `unet.`).
-pub fn forward<O: Ops>(o: &mut O, cfg: &UNetConfig, prefix: &str, x: &O::T, t: &O::T, ctx: &O::T) -> Result<O::T> {
+pub fn forward<O: Ops>(
+    o: &mut O,
+    cfg: &UNetConfig,
+    prefix: &str,
+    x: &O::T,
+    t: &O::T,
+    ctx: &O::T,
+) -> Result<O::T> {
     cfg.validate()?;
     let p = Path::root(prefix);
     let boc = &cfg.block_out_channels;
@@ -79,7 +126,16 @@ pub fn forward<O: Ops>(o: &mut O, cfg: &UNetConfig, prefix: &str, x: &O::T, t: &
     for (lvl, &cout) in boc.iter().enumerate() {
         let bp = p.sub("down_blocks").sub(lvl);
         for j in 0..cfg.layers_per_block {
-            h = nn::resnet(o, &bp.sub("resnets").sub(j), &h, Some((&temb, tdim)), c, cout, g, RESNET_EPS)?;
+            h = nn::resnet(
+                o,
+                &bp.sub("resnets").sub(j),
+                &h,
+                Some((&temb, tdim)),
+                c,
+                cout,
+                g,
+                RESNET_EPS,
+            )?;
             c = cout;
             if cfg.attention_levels[lvl] {
                 let heads = cfg.heads_at(lvl, c);
@@ -88,25 +144,71 @@ pub fn forward<O: Ops>(o: &mut O, cfg: &UNetConfig, prefix: &str, x: &O::T, t: &
             skips.push((h.clone(), c));
         }
         if lvl + 1 < n {
-            h = nn::conv(o, &bp.sub("downsamplers").sub(0).sub("conv"), &h, c, c, 3, 2, 1)?;
+            h = nn::conv(
+                o,
+                &bp.sub("downsamplers").sub(0).sub("conv"),
+                &h,
+                c,
+                c,
+                3,
+                2,
+                1,
+            )?;
             skips.push((h.clone(), c));
         }
     }
 
     let mp = p.sub("mid_block");
     let top = n - 1;
-    h = nn::resnet(o, &mp.sub("resnets").sub(0), &h, Some((&temb, tdim)), c, c, g, RESNET_EPS)?;
-    h = spatial_transformer(o, cfg, &mp.sub("attentions").sub(0), &h, ctx, c, cfg.heads_at(top, c))?;
-    h = nn::resnet(o, &mp.sub("resnets").sub(1), &h, Some((&temb, tdim)), c, c, g, RESNET_EPS)?;
+    h = nn::resnet(
+        o,
+        &mp.sub("resnets").sub(0),
+        &h,
+        Some((&temb, tdim)),
+        c,
+        c,
+        g,
+        RESNET_EPS,
+    )?;
+    h = spatial_transformer(
+        o,
+        cfg,
+        &mp.sub("attentions").sub(0),
+        &h,
+        ctx,
+        c,
+        cfg.heads_at(top, c),
+    )?;
+    h = nn::resnet(
+        o,
+        &mp.sub("resnets").sub(1),
+        &h,
+        Some((&temb, tdim)),
+        c,
+        c,
+        g,
+        RESNET_EPS,
+    )?;
 
     for i in 0..n {
         let lvl = n - 1 - i;
         let cout = boc[lvl];
         let bp = p.sub("up_blocks").sub(i);
         for j in 0..=cfg.layers_per_block {
-            let (skip, cs) = skips.pop().ok_or_else(|| crate::Error::Config("unet skip stack underflow".into()))?;
+            let (skip, cs) = skips
+                .pop()
+                .ok_or_else(|| crate::Error::Config("unet skip stack underflow".into()))?;
             h = o.concat(&[&h, &skip], 1)?;
-            h = nn::resnet(o, &bp.sub("resnets").sub(j), &h, Some((&temb, tdim)), c + cs, cout, g, RESNET_EPS)?;
+            h = nn::resnet(
+                o,
+                &bp.sub("resnets").sub(j),
+                &h,
+                Some((&temb, tdim)),
+                c + cs,
+                cout,
+                g,
+                RESNET_EPS,
+            )?;
             c = cout;
             if cfg.attention_levels[lvl] {
                 let heads = cfg.heads_at(lvl, c);

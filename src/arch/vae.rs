@@ -40,7 +40,16 @@ pub fn encode<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, x: &O::T) -> Res
         }
         if lvl + 1 < boc.len() {
             // The autoencoder pads right and bottom only, then convolves with stride 2.
-            h = nn::conv_padded(o, &bp.sub("downsamplers").sub(0).sub("conv"), &h, c, c, 3, 2, [0, 0, 1, 1])?;
+            h = nn::conv_padded(
+                o,
+                &bp.sub("downsamplers").sub(0).sub("conv"),
+                &h,
+                c,
+                c,
+                3,
+                2,
+                [0, 0, 1, 1],
+            )?;
         }
     }
     h = mid_block(o, &p.sub("mid_block"), &h, c, g)?;

@@ -26,7 +26,10 @@ impl Tensor {
         Ok(Self { shape, data })
     }
     pub fn zeros(shape: &[usize]) -> Self {
-        Self { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        Self {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
     }
 }
 
@@ -55,7 +58,11 @@ pub fn check_weights(graph: &Graph, weights: &dyn WeightSource) -> Result<()> {
         match weights.shape(&path) {
             None => return Err(crate::Error::MissingWeight(path)),
             Some(found) if found != expected => {
-                return Err(crate::Error::WeightShape { path, expected, found })
+                return Err(crate::Error::WeightShape {
+                    path,
+                    expected,
+                    found,
+                })
             }
             Some(_) => {}
         }
@@ -113,7 +120,8 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
         }
         "vulkan" => Err(crate::Error::Backend {
             backend: "vulkan",
-            msg: "the Vulkan backend is not part of this build yet; use --backend cpu or auto".into(),
+            msg: "the Vulkan backend is not part of this build yet; use --backend cpu or auto"
+                .into(),
         }),
         other => Err(crate::Error::Input(format!(
             "unknown backend `{other}` (expected auto, cpu, vulkan or reference)"

@@ -92,12 +92,18 @@ struct BenchArgs {
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let (w, h) = s.split_once(['x', 'X']).with_context(|| format!("size `{s}` must look like 64x64"))?;
-    Ok((w.trim().parse().context("bad width")?, h.trim().parse().context("bad height")?))
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("size `{s}` must look like 64x64"))?;
+    Ok((
+        w.trim().parse().context("bad width")?,
+        h.trim().parse().context("bad height")?,
+    ))
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let model = Model::open(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let model = Model::open(&a.model)
+        .with_context(|| format!("cannot load model {}", a.model.display()))?;
     let mut req = Txt2Img::new(&model, &a.prompt)?;
     req.negative_prompt = a.negative_prompt;
     req.seed = a.seed;
@@ -119,7 +125,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let shape = vec![1, model.config.unet.in_channels, h, w];
     let init = match &a.init_noise {
         Some(p) => npy::read_f32(p)?,
-        None => ldm_edge::backend::Tensor::new(shape, ldm_edge::sampler::NoiseGen::new(req.seed).sample(h * w * model.config.unet.in_channels))?,
+        None => ldm_edge::backend::Tensor::new(
+            shape,
+            ldm_edge::sampler::NoiseGen::new(req.seed)
+                .sample(h * w * model.config.unet.in_channels),
+        )?,
     };
     req.init_noise = Some(init.clone());
 
@@ -129,10 +139,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if let Err(e) = ctrlc::set_handler(move || c2.cancel()) {
         log::warn!("Ctrl-C handler not installed: {e}");
     }
-    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(req.steps as u64) };
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(req.steps as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let out = pipe.txt2img(&req, &mut |p| bar.set_position(p.step as u64), &cancel);
     bar.finish_and_clear();
@@ -165,10 +181,17 @@ fn human(bytes: u64) -> String {
 }
 
 fn info(file: PathBuf) -> Result<()> {
-    let f = ldm_edge::format::ModelFile::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+    let f = ldm_edge::format::ModelFile::open(&file)
+        .with_context(|| format!("cannot open {}", file.display()))?;
     println!("file: {} ({})", file.display(), human(f.file_len()));
     let meta = f.meta();
-    for key in ["config", "sampler", "provenance", "latent_scale", "image_size"] {
+    for key in [
+        "config",
+        "sampler",
+        "provenance",
+        "latent_scale",
+        "image_size",
+    ] {
         if let Some(v) = meta.get(key) {
             println!("{key}: {}", serde_json::to_string_pretty(v)?);
         }
@@ -179,7 +202,13 @@ fn info(file: PathBuf) -> Result<()> {
         let n: u64 = t.shape.iter().map(|&d| d as u64).product();
         let e = by_dtype.entry(format!("{:?}", t.dtype)).or_default();
         *e = (e.0 + 1, e.1 + n, e.2 + t.len);
-        println!("  {:<72} {:>4?} {:?} {}", t.name, t.dtype, t.shape, human(t.len));
+        println!(
+            "  {:<72} {:>4?} {:?} {}",
+            t.name,
+            t.dtype,
+            t.shape,
+            human(t.len)
+        );
     }
     for (d, (count, n, bytes)) in by_dtype {
         println!("{d}: {count} tensors, {n} values, {}", human(bytes));
@@ -188,14 +217,28 @@ fn info(file: PathBuf) -> Result<()> {
 }
 
 fn verify(file: PathBuf) -> Result<()> {
-    let model = Model::open(&file).with_context(|| format!("{} is not a valid model", file.display()))?;
-    model.file.verify_digest().with_context(|| format!("{} failed its digest check", file.display()))?;
-    println!("{}: OK (digest matches, {} tensors agree with the architecture)", file.display(), model.file.tensors().len());
+    let model =
+        Model::open(&file).with_context(|| format!("{} is not a valid model", file.display()))?;
+    model
+        .file
+        .verify_digest()
+        .with_context(|| format!("{} failed its digest check", file.display()))?;
+    println!(
+        "{}: OK (digest matches, {} tensors agree with the architecture)",
+        file.display(),
+        model.file.tensors().len()
+    );
     Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let r = ldm_edge::bench::run(&a.model, backend::select(&a.backend)?, a.latent, a.iters, a.skip_decoder)?;
+    let r = ldm_edge::bench::run(
+        &a.model,
+        backend::select(&a.backend)?,
+        a.latent,
+        a.iters,
+        a.skip_decoder,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -205,7 +248,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     println!("file size        {}", human(r.file_bytes));
     println!("load (map+check) {:.2} ms", r.load_ms);
     println!("unet prepare     {:.0} ms", r.unet_prepare_ms);
-    println!("unet eval        {:.1} ms at {}x{} latents, batch 1 ({:.1} GFLOP, {:.1} GFLOP/s)", r.unet_ms_per_eval, r.latent[0], r.latent[1], r.unet_gflop, r.unet_gflops);
+    println!(
+        "unet eval        {:.1} ms at {}x{} latents, batch 1 ({:.1} GFLOP, {:.1} GFLOP/s)",
+        r.unet_ms_per_eval, r.latent[0], r.latent[1], r.unet_gflop, r.unet_gflops
+    );
     println!("text encoder     {:.1} ms", r.text_encoder_ms);
     println!("decoder          {:.1} ms", r.decoder_ms);
     println!("peak RSS         {:.0} MiB", r.peak_rss_mb);
@@ -224,7 +270,9 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let cancelled = e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Cancelled)));
+            let cancelled = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Cancelled)));
             eprintln!("error: {e:#}");
             if cancelled {
                 ExitCode::from(130)

@@ -14,30 +14,62 @@ pub enum ValueType {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A runtime input, bound by name.
-    Input { name: String, ty: ValueType },
+    Input {
+        name: String,
+        ty: ValueType,
+    },
     /// A weight, addressed by path in the weight source.
-    Param { path: String },
+    Param {
+        path: String,
+    },
     /// inputs: x, w, [b]
-    Conv2d { stride: usize, pads: [usize; 4] },
+    Conv2d {
+        stride: usize,
+        pads: [usize; 4],
+    },
     /// inputs: x, w [out, in], [b]
     Linear,
     Add,
     Mul,
-    Scale { s: f32 },
+    Scale {
+        s: f32,
+    },
     /// inputs: x, gamma, beta
-    GroupNorm { groups: usize, eps: f32 },
+    GroupNorm {
+        groups: usize,
+        eps: f32,
+    },
     /// inputs: x, gamma, beta
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        eps: f32,
+    },
     Silu,
     Gelu,
     /// inputs: q, k, v
-    Attention { heads: usize, causal: bool },
-    Reshape { shape: Vec<usize> },
-    Permute { perm: Vec<usize> },
-    Concat { axis: usize },
-    Slice { axis: usize, start: usize, end: usize },
+    Attention {
+        heads: usize,
+        causal: bool,
+    },
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Permute {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: usize,
+    },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     Upsample2x,
-    TimestepEmbedding { dim: usize, flip_sin_to_cos: bool, shift: f32 },
+    TimestepEmbedding {
+        dim: usize,
+        flip_sin_to_cos: bool,
+        shift: f32,
+    },
     /// inputs: table, ids
     Embedding,
 }
@@ -88,7 +120,9 @@ pub struct Graph {
 impl Graph {
     /// Input nodes in order of appearance.
     pub fn inputs(&self) -> Vec<NodeId> {
-        (0..self.nodes.len()).filter(|&i| matches!(self.nodes[i].op, Op::Input { .. })).collect()
+        (0..self.nodes.len())
+            .filter(|&i| matches!(self.nodes[i].op, Op::Input { .. }))
+            .collect()
     }
 
     /// Every weight path the graph reads, with the shape it reads it at, in first-use order.

@@ -16,7 +16,10 @@ impl Tracer {
 
     pub fn input(&mut self, name: &str, shape: &[usize], ty: ValueType) -> NodeId {
         self.graph.nodes.push(Node {
-            op: Op::Input { name: name.to_string() , ty },
+            op: Op::Input {
+                name: name.to_string(),
+                ty,
+            },
             inputs: vec![],
             shape: shape.to_vec(),
             ty,
@@ -31,9 +34,17 @@ impl Tracer {
 
     /// Appends a node after inferring its shape; the single entry point for every op.
     pub fn push(&mut self, op: Op, inputs: &[NodeId]) -> Result<NodeId> {
-        let shapes: Vec<&[usize]> = inputs.iter().map(|&i| self.graph.nodes[i].shape.as_slice()).collect();
+        let shapes: Vec<&[usize]> = inputs
+            .iter()
+            .map(|&i| self.graph.nodes[i].shape.as_slice())
+            .collect();
         let shape = infer(&op, &shapes)?;
-        self.graph.nodes.push(Node { op, inputs: inputs.to_vec(), shape, ty: ValueType::F32 });
+        self.graph.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            shape,
+            ty: ValueType::F32,
+        });
         Ok(self.graph.nodes.len() - 1)
     }
 }
@@ -53,7 +64,9 @@ impl Ops for Tracer {
 
     fn param(&mut self, path: &str, shape: &[usize]) -> Result<NodeId> {
         self.graph.nodes.push(Node {
-            op: Op::Param { path: path.to_string() },
+            op: Op::Param {
+                path: path.to_string(),
+            },
             inputs: vec![],
             shape: shape.to_vec(),
             ty: ValueType::F32,
@@ -61,7 +74,14 @@ impl Ops for Tracer {
         Ok(self.graph.nodes.len() - 1)
     }
 
-    fn conv2d(&mut self, x: &NodeId, w: &NodeId, b: Option<&NodeId>, stride: usize, pads: Pads) -> Result<NodeId> {
+    fn conv2d(
+        &mut self,
+        x: &NodeId,
+        w: &NodeId,
+        b: Option<&NodeId>,
+        stride: usize,
+        pads: Pads,
+    ) -> Result<NodeId> {
         self.push(Op::Conv2d { stride, pads }, &with_bias(*x, *w, b))
     }
     fn linear(&mut self, x: &NodeId, w: &NodeId, b: Option<&NodeId>) -> Result<NodeId> {
@@ -76,7 +96,14 @@ impl Ops for Tracer {
     fn scale(&mut self, x: &NodeId, s: f32) -> Result<NodeId> {
         self.push(Op::Scale { s }, &[*x])
     }
-    fn group_norm(&mut self, x: &NodeId, g: &NodeId, b: &NodeId, groups: usize, eps: f32) -> Result<NodeId> {
+    fn group_norm(
+        &mut self,
+        x: &NodeId,
+        g: &NodeId,
+        b: &NodeId,
+        groups: usize,
+        eps: f32,
+    ) -> Result<NodeId> {
         self.push(Op::GroupNorm { groups, eps }, &[*x, *g, *b])
     }
     fn layer_norm(&mut self, x: &NodeId, g: &NodeId, b: &NodeId, eps: f32) -> Result<NodeId> {
@@ -88,14 +115,31 @@ impl Ops for Tracer {
     fn gelu(&mut self, x: &NodeId) -> Result<NodeId> {
         self.push(Op::Gelu, &[*x])
     }
-    fn attention(&mut self, q: &NodeId, k: &NodeId, v: &NodeId, heads: usize, causal: bool) -> Result<NodeId> {
+    fn attention(
+        &mut self,
+        q: &NodeId,
+        k: &NodeId,
+        v: &NodeId,
+        heads: usize,
+        causal: bool,
+    ) -> Result<NodeId> {
         self.push(Op::Attention { heads, causal }, &[*q, *k, *v])
     }
     fn reshape(&mut self, x: &NodeId, shape: &[usize]) -> Result<NodeId> {
-        self.push(Op::Reshape { shape: shape.to_vec() }, &[*x])
+        self.push(
+            Op::Reshape {
+                shape: shape.to_vec(),
+            },
+            &[*x],
+        )
     }
     fn permute(&mut self, x: &NodeId, perm: &[usize]) -> Result<NodeId> {
-        self.push(Op::Permute { perm: perm.to_vec() }, &[*x])
+        self.push(
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            &[*x],
+        )
     }
     fn concat(&mut self, xs: &[&NodeId], axis: usize) -> Result<NodeId> {
         let ids: Vec<NodeId> = xs.iter().map(|x| **x).collect();
@@ -107,8 +151,21 @@ impl Ops for Tracer {
     fn upsample_nearest2x(&mut self, x: &NodeId) -> Result<NodeId> {
         self.push(Op::Upsample2x, &[*x])
     }
-    fn timestep_embedding(&mut self, t: &NodeId, dim: usize, flip_sin_to_cos: bool, shift: f32) -> Result<NodeId> {
-        self.push(Op::TimestepEmbedding { dim, flip_sin_to_cos, shift }, &[*t])
+    fn timestep_embedding(
+        &mut self,
+        t: &NodeId,
+        dim: usize,
+        flip_sin_to_cos: bool,
+        shift: f32,
+    ) -> Result<NodeId> {
+        self.push(
+            Op::TimestepEmbedding {
+                dim,
+                flip_sin_to_cos,
+                shift,
+            },
+            &[*t],
+        )
     }
     fn embedding(&mut self, table: &NodeId, ids: &NodeId) -> Result<NodeId> {
         self.push(Op::Embedding, &[*table, *ids])

@@ -32,7 +32,10 @@ impl Txt2Img {
             steps: d.steps,
             guidance: d.guidance,
             seed: 0,
-            sampler: d.sampler.parse().map_err(|e: crate::sampler::SamplerError| Error::Config(e.to_string()))?,
+            sampler: d
+                .sampler
+                .parse()
+                .map_err(|e: crate::sampler::SamplerError| Error::Config(e.to_string()))?,
             eta: 0.0,
             width: model.config.image_size,
             height: model.config.image_size,
@@ -58,7 +61,10 @@ pub struct Pipeline<'m> {
 fn check_finite(t: &Tensor, what: &str) -> Result<()> {
     match t.data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(Error::NonFinite(format!("{what} holds {} at element {i}", t.data[i]))),
+        Some(i) => Err(Error::NonFinite(format!(
+            "{what} holds {} at element {i}",
+            t.data[i]
+        ))),
     }
 }
 
@@ -72,10 +78,14 @@ impl<'m> Pipeline<'m> {
         let f = self.model.config.vae.factor();
         let m = f * self.model.config.latent_multiple();
         if width == 0 || height == 0 || width % m != 0 || height % m != 0 {
-            return Err(Error::Input(format!("image size {width}x{height} must be a positive multiple of {m}")));
+            return Err(Error::Input(format!(
+                "image size {width}x{height} must be a positive multiple of {m}"
+            )));
         }
         if width > 4096 || height > 4096 {
-            return Err(Error::Input(format!("image size {width}x{height} exceeds 4096x4096")));
+            return Err(Error::Input(format!(
+                "image size {width}x{height} exceeds 4096x4096"
+            )));
         }
         Ok((height / f, width / f))
     }
@@ -103,22 +113,36 @@ impl<'m> Pipeline<'m> {
         first(plan.run(&[z])?)
     }
 
-    pub fn txt2img(&self, req: &Txt2Img, on_step: &mut dyn FnMut(Progress), cancel: &Cancel) -> Result<Generated> {
+    pub fn txt2img(
+        &self,
+        req: &Txt2Img,
+        on_step: &mut dyn FnMut(Progress),
+        cancel: &Cancel,
+    ) -> Result<Generated> {
         if req.prompt.trim().is_empty() {
             return Err(Error::Input("the prompt is empty".into()));
         }
         if req.steps == 0 || req.steps > 1000 {
-            return Err(Error::Input(format!("steps must be in 1..=1000, got {}", req.steps)));
+            return Err(Error::Input(format!(
+                "steps must be in 1..=1000, got {}",
+                req.steps
+            )));
         }
         if !req.guidance.is_finite() || req.guidance < 0.0 {
-            return Err(Error::Input(format!("guidance must be finite and >= 0, got {}", req.guidance)));
+            return Err(Error::Input(format!(
+                "guidance must be finite and >= 0, got {}",
+                req.guidance
+            )));
         }
         let (h, w) = self.latent_size(req.width, req.height)?;
         let zc = self.model.config.unet.in_channels;
         let latent_shape = vec![1, zc, h, w];
         let mut x = match &req.init_noise {
             Some(n) if n.shape != latent_shape => {
-                return Err(Error::Input(format!("init noise has shape {:?}, this run needs {latent_shape:?}", n.shape)))
+                return Err(Error::Input(format!(
+                    "init noise has shape {:?}, this run needs {latent_shape:?}",
+                    n.shape
+                )))
             }
             Some(n) => n.data.clone(),
             None => NoiseGen::new(req.seed).sample(latent_shape.iter().product()),
@@ -126,14 +150,23 @@ impl<'m> Pipeline<'m> {
         // Classifier-free guidance batches [unconditional, conditional] through one UNet call;
         // at scale 1 the unconditional half would be multiplied by zero, so it is skipped.
         let cfg_on = req.guidance != 1.0;
-        let prompts: Vec<&str> = if cfg_on { vec![&req.negative_prompt, &req.prompt] } else { vec![&req.prompt] };
+        let prompts: Vec<&str> = if cfg_on {
+            vec![&req.negative_prompt, &req.prompt]
+        } else {
+            vec![&req.prompt]
+        };
         let batch = prompts.len();
         let context = self.encode_text(&prompts)?;
         let graph = self.model.config.unet_graph(batch, h, w)?;
         let mut unet = self.backend.prepare(&graph, self.model)?;
 
-        let mut sched = make_scheduler(req.sampler, &self.model.sampler.schedule, req.steps, req.eta)
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let mut sched = make_scheduler(
+            req.sampler,
+            &self.model.sampler.schedule,
+            req.steps,
+            req.eta,
+        )
+        .map_err(|e| Error::Input(e.to_string()))?;
         let mut noise = NoiseGen::new(req.seed.wrapping_add(1));
         let sigma = sched.init_noise_sigma();
         x.iter_mut().for_each(|v| *v *= sigma);
@@ -153,7 +186,11 @@ impl<'m> Pipeline<'m> {
                 out
             };
             x = sched.step(&eps, i, &x, &mut noise);
-            on_step(Progress { step: i + 1, total: timesteps.len(), elapsed: start.elapsed() });
+            on_step(Progress {
+                step: i + 1,
+                total: timesteps.len(),
+                elapsed: start.elapsed(),
+            });
         }
         let latents = Tensor::new(latent_shape, x)?;
         check_finite(&latents, "the final latent")?;
@@ -161,13 +198,22 @@ impl<'m> Pipeline<'m> {
         check_finite(&image, "the decoded image")?;
         let (height, width) = (image.shape[2], image.shape[3]);
         let rgb = super::image::to_rgb8(&image)?;
-        Ok(Generated { image, latents, rgb, width, height })
+        Ok(Generated {
+            image,
+            latents,
+            rgb,
+            width,
+            height,
+        })
     }
 }
 
 fn first(mut v: Vec<Tensor>) -> Result<Tensor> {
     if v.is_empty() {
-        return Err(Error::Backend { backend: "pipeline", msg: "graph produced no output".into() });
+        return Err(Error::Backend {
+            backend: "pipeline",
+            msg: "graph produced no output".into(),
+        });
     }
     Ok(v.swap_remove(0))
 }

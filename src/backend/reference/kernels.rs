@@ -114,7 +114,14 @@ fn moments(v: &[f32]) -> (f64, f64) {
     (mean, var)
 }
 
-pub fn group_norm(x: &[f32], xs: &[usize], g: &[f32], b: &[f32], groups: usize, eps: f32) -> Vec<f32> {
+pub fn group_norm(
+    x: &[f32],
+    xs: &[usize],
+    g: &[f32],
+    b: &[f32],
+    groups: usize,
+    eps: f32,
+) -> Vec<f32> {
     let (n, c) = (xs[0], xs[1]);
     let spatial = numel(&xs[2..]);
     let per = c / groups * spatial;
@@ -194,8 +201,11 @@ pub fn attention(
                     sum += *pj;
                 }
                 for e in 0..dv {
-                    let acc: f64 =
-                        p.iter().enumerate().map(|(j, pj)| pj * v[(b * lk + j) * cv + h * dv + e] as f64).sum();
+                    let acc: f64 = p
+                        .iter()
+                        .enumerate()
+                        .map(|(j, pj)| pj * v[(b * lk + j) * cv + h * dv + e] as f64)
+                        .sum();
                     out[(b * lq + i) * cv + h * dv + e] = (acc / sum) as f32;
                 }
             }
@@ -285,7 +295,9 @@ pub fn embedding(table: &[f32], ts: &[usize], ids: &[f32]) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(ids.len() * d);
     for &id in ids {
         if !(id >= 0.0 && (id as usize) < v && id.fract() == 0.0) {
-            return Err(Error::Input(format!("token id {id} outside the vocabulary of {v}")));
+            return Err(Error::Input(format!(
+                "token id {id} outside the vocabulary of {v}"
+            )));
         }
         out.extend_from_slice(&table[id as usize * d..][..d]);
     }

@@ -21,7 +21,10 @@ impl Backend for ReferenceBackend {
                 params[i] = Some(Arc::new(weights.load_f32(path)?));
             }
         }
-        Ok(Box::new(ReferencePlan { graph: graph.clone(), params }))
+        Ok(Box::new(ReferencePlan {
+            graph: graph.clone(),
+            params,
+        }))
     }
 }
 
@@ -37,7 +40,11 @@ impl Executable for ReferencePlan {
     }
 }
 
-fn run_graph(g: &Graph, params: &[Option<Arc<Vec<f32>>>], inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+fn run_graph(
+    g: &Graph,
+    params: &[Option<Arc<Vec<f32>>>],
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>> {
     let last_use = g.last_use();
     let mut vals: Vec<Option<Arc<Vec<f32>>>> = vec![None; g.nodes.len()];
     let mut next_input = inputs.iter();
@@ -46,22 +53,36 @@ fn run_graph(g: &Graph, params: &[Option<Arc<Vec<f32>>>], inputs: &[Tensor]) -> 
             vals[node.inputs[j]]
                 .as_deref()
                 .map(|v| v.as_slice())
-                .ok_or_else(|| Error::Backend { backend: "reference", msg: format!("node {i} reads a freed value") })
+                .ok_or_else(|| Error::Backend {
+                    backend: "reference",
+                    msg: format!("node {i} reads a freed value"),
+                })
         };
         let sh = |j: usize| g.nodes[node.inputs[j]].shape.as_slice();
         let os = node.shape.as_slice();
         let out: Vec<f32> = match &node.op {
-            Op::Input { .. } => next_input.next().map(|t| t.data.clone()).unwrap_or_default(),
+            Op::Input { .. } => next_input
+                .next()
+                .map(|t| t.data.clone())
+                .unwrap_or_default(),
             Op::Param { .. } => {
                 vals[i] = params[i].clone();
                 continue;
             }
             Op::Conv2d { stride, pads } => {
-                let b = if node.inputs.len() > 2 { Some(arg(2)?) } else { None };
+                let b = if node.inputs.len() > 2 {
+                    Some(arg(2)?)
+                } else {
+                    None
+                };
                 kernels::conv2d(arg(0)?, sh(0), arg(1)?, sh(1), b, *stride, *pads, os)
             }
             Op::Linear => {
-                let b = if node.inputs.len() > 2 { Some(arg(2)?) } else { None };
+                let b = if node.inputs.len() > 2 {
+                    Some(arg(2)?)
+                } else {
+                    None
+                };
                 kernels::linear(arg(0)?, arg(1)?, sh(1), b)
             }
             Op::Add => kernels::broadcast_binary(arg(0)?, sh(0), arg(1)?, sh(1), os, |a, b| a + b),
@@ -76,9 +97,16 @@ fn run_graph(g: &Graph, params: &[Option<Arc<Vec<f32>>>], inputs: &[Tensor]) -> 
             }
             Op::Silu => arg(0)?.iter().map(|&v| kernels::silu(v)).collect(),
             Op::Gelu => arg(0)?.iter().map(|&v| kernels::gelu(v)).collect(),
-            Op::Attention { heads, causal } => {
-                kernels::attention(arg(0)?, sh(0), arg(1)?, sh(1), arg(2)?, sh(2), *heads, *causal)
-            }
+            Op::Attention { heads, causal } => kernels::attention(
+                arg(0)?,
+                sh(0),
+                arg(1)?,
+                sh(1),
+                arg(2)?,
+                sh(2),
+                *heads,
+                *causal,
+            ),
             Op::Reshape { .. } => arg(0)?.to_vec(),
             Op::Permute { perm } => kernels::permute(arg(0)?, sh(0), perm, os),
             Op::Concat { axis } => {
@@ -92,9 +120,11 @@ fn run_graph(g: &Graph, params: &[Option<Arc<Vec<f32>>>], inputs: &[Tensor]) -> 
             }
             Op::Slice { axis, start, end } => kernels::slice(arg(0)?, sh(0), *axis, *start, *end),
             Op::Upsample2x => kernels::upsample2x(arg(0)?, sh(0)),
-            Op::TimestepEmbedding { dim, flip_sin_to_cos, shift } => {
-                kernels::timestep_embedding(arg(0)?, *dim, *flip_sin_to_cos, *shift)
-            }
+            Op::TimestepEmbedding {
+                dim,
+                flip_sin_to_cos,
+                shift,
+            } => kernels::timestep_embedding(arg(0)?, *dim, *flip_sin_to_cos, *shift),
             Op::Embedding => kernels::embedding(arg(0)?, sh(0), arg(1)?)?,
         };
         vals[i] = Some(Arc::new(out));

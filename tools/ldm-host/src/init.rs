@@ -16,9 +16,17 @@ pub fn storage_dtype(shape: &[usize], want: DType) -> DType {
     }
 }
 
-pub fn write_random_model(cfg: &ModelConfig, tokenizer_json: &str, seed: u64, dtype: DType, recipe: &str, out: &Path) -> Result<u64> {
+pub fn write_random_model(
+    cfg: &ModelConfig,
+    tokenizer_json: &str,
+    seed: u64,
+    dtype: DType,
+    recipe: &str,
+    out: &Path,
+) -> Result<u64> {
     cfg.validate()?;
-    let tokenizer: serde_json::Value = serde_json::from_str(tokenizer_json).context("tokenizer.json is not JSON")?;
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(tokenizer_json).context("tokenizer.json is not JSON")?;
     let meta = json!({
         "config": cfg,
         "sampler": SamplerDefaults::default(),
@@ -36,6 +44,7 @@ pub fn write_random_model(cfg: &ModelConfig, tokenizer_json: &str, seed: u64, dt
         let data = random_param(seed, &path, &shape);
         w.add(&path, &shape, &data, storage_dtype(&shape, dtype))?;
     }
-    w.write(out).with_context(|| format!("cannot write {}", out.display()))?;
+    w.write(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }

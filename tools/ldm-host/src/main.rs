@@ -10,7 +10,11 @@ mod init;
 mod tokenizer;
 
 #[derive(Parser)]
-#[command(name = "ldm-host", version, about = "Make, train and export ldm-edge models")]
+#[command(
+    name = "ldm-host",
+    version,
+    about = "Make, train and export ldm-edge models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -63,17 +67,26 @@ enum Cmd {
 
 fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
     match path {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())),
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        }
         None => {
             let tk = tokenizer::train_wordpiece(&tokenizer::shapes_vocabulary_captions(), 256)?;
-            tk.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))
+            tk.to_string(false)
+                .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))
         }
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Init { preset, dtype, seed, tokenizer, output } => {
+        Cmd::Init {
+            preset,
+            dtype,
+            seed,
+            tokenizer,
+            output,
+        } => {
             let tok = tokenizer_json(tokenizer.as_ref())?;
             let vocab = ldm_edge::tokenizer::TextTokenizer::from_json(&tok, 1)?.vocab_size();
             let cfg = match preset {
@@ -90,7 +103,11 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = init::write_random_model(&cfg, &tok, seed, dtype, &recipe, &output)?;
             eprintln!("wrote {} ({bytes} bytes)", output.display());
         }
-        Cmd::Tokenizer { captions, vocab_size, output } => {
+        Cmd::Tokenizer {
+            captions,
+            vocab_size,
+            output,
+        } => {
             let caps: Vec<String> = match captions {
                 Some(p) => std::fs::read_to_string(&p)
                     .with_context(|| format!("cannot read {}", p.display()))?
@@ -104,8 +121,13 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("no captions to train the tokenizer on");
             }
             let tk = tokenizer::train_wordpiece(&caps, vocab_size)?;
-            tk.save(&output, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
-            eprintln!("wrote {} ({} tokens)", output.display(), tk.get_vocab_size(true));
+            tk.save(&output, true)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+            eprintln!(
+                "wrote {} ({} tokens)",
+                output.display(),
+                tk.get_vocab_size(true)
+            );
         }
     }
     Ok(())

@@ -2,33 +2,40 @@
 use anyhow::{anyhow, Result};
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::models::TrainerWrapper;
-use tokenizers::{AddedToken, Tokenizer, TokenizerImpl};
+use tokenizers::{AddedToken, Tokenizer};
 
 pub const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 /// Trains a lower-casing WordPiece tokenizer with BERT's normalizer, pre-tokenizer and
 /// `[CLS] $A [SEP]` template on `captions`.
 pub fn train_wordpiece(captions: &[String], vocab_size: usize) -> Result<Tokenizer> {
-    let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect();
-    let mut trainer: TrainerWrapper =
-        WordPieceTrainer::builder().vocab_size(vocab_size).special_tokens(specials).show_progress(false).build().into();
+    let specials: Vec<AddedToken> = SPECIALS
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
+    let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
+        .vocab_size(vocab_size)
+        .special_tokens(specials)
+        .show_progress(false)
+        .build()
+        .into();
     let template = TemplateProcessing::builder()
         .try_single("[CLS] $A [SEP]")
         .map_err(|e| anyhow!("template: {e}"))?
         .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
         .build()
         .map_err(|e| anyhow!("template: {e}"))?;
-    let mut tk = TokenizerImpl::new(WordPiece::default());
+    let mut tk = Tokenizer::new(WordPiece::default());
     tk.with_normalizer(Some(BertNormalizer::default()));
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
     tk.with_post_processor(Some(template));
     tk.with_decoder(Some(WordPieceDecoder::default()));
-    let mut tk: Tokenizer = Tokenizer::from(tk.into_inner_wrapped());
-    tk.train(&mut trainer, captions.iter()).map_err(|e| anyhow!("training the tokenizer failed: {e}"))?;
+    tk.train(&mut trainer, captions.iter())
+        .map_err(|e| anyhow!("training the tokenizer failed: {e}"))?;
     for (i, s) in SPECIALS.iter().enumerate() {
         if tk.token_to_id(s) != Some(i as u32) {
             return Err(anyhow!("special token {s} did not get id {i}"));
@@ -39,19 +46,38 @@ pub fn train_wordpiece(captions: &[String], vocab_size: usize) -> Result<Tokeniz
 
 /// Captions that cover the shapes vocabulary, for tokenizers of placeholder models.
 pub fn shapes_vocabulary_captions() -> Vec<String> {
-    let colors = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "gray"];
+    let colors = [
+        "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "gray",
+    ];
     let shapes = ["circle", "square", "triangle", "star", "cross", "diamond"];
     let sizes = ["small", "large", "big", "tiny"];
-    let places = ["top left", "top right", "bottom left", "bottom right", "center", "middle", "left", "right"];
+    let places = [
+        "top left",
+        "top right",
+        "bottom left",
+        "bottom right",
+        "center",
+        "middle",
+        "left",
+        "right",
+    ];
     let relations = ["above", "below", "left of", "right of", "next to", "on"];
     let mut out = Vec::new();
     for c in colors {
         for s in shapes {
             for z in sizes {
-                out.push(format!("a {z} {c} {s} in the {}", places[(c.len() + s.len()) % places.len()]));
+                out.push(format!(
+                    "a {z} {c} {s} in the {}",
+                    places[(c.len() + s.len()) % places.len()]
+                ));
             }
             for r in relations {
-                out.push(format!("a {c} {s} {r} a {} {} on a {} background", colors[s.len() % 10], shapes[c.len() % 6], colors[r.len() % 10]));
+                out.push(format!(
+                    "a {c} {s} {r} a {} {} on a {} background",
+                    colors[s.len() % 10],
+                    shapes[c.len() % 6],
+                    colors[r.len() % 10]
+                ));
             }
         }
     }
