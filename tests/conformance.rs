@@ -33,6 +33,7 @@ const TOLERANCE: &[(&str, f64)] = &[
     ("timestep_embedding", 1e-5),
     ("embedding", 0.0),
     ("resnet_block", 1e-5),
+    ("edge_graph", 1e-5),
 ];
 
 fn tolerance(op: &str) -> f64 {
@@ -476,6 +477,43 @@ fn resnet_block() {
             },
         ],
     );
+}
+
+/// Graph shapes the lowering must not trip on: outputs that are inputs or weights, the same
+/// value output twice, a `Linear` whose weight is computed, token ids also read as floats.
+#[test]
+fn edge_graphs() {
+    let mut c = Case::new(11);
+    let x = c.input(&[2, 5]);
+    let w = c.param(&[3, 5]);
+    let w2 = c.t.scale(&w, 0.5).unwrap();
+    let y = c.t.linear(&x, &w2, None).unwrap();
+    let z = c.t.linear(&x, &w, None).unwrap();
+    let table = c.param(&[6, 4]);
+    let ids = c.input_data(&[2], ValueType::I64, vec![5.0, 0.0]);
+    let e = c.t.embedding(&table, &ids).unwrap();
+    let idf = c.t.scale(&ids, 1.0).unwrap();
+    let g = c.t.finish(&[y, x, w, y, z, e, idf]);
+    let r = ReferenceBackend
+        .prepare(&g, &c.weights)
+        .unwrap()
+        .run(&c.inputs)
+        .unwrap();
+    let a = CpuBackend
+        .prepare(&g, &c.weights)
+        .unwrap()
+        .run(&c.inputs)
+        .unwrap();
+    assert_eq!(a.len(), r.len());
+    let err = a
+        .iter()
+        .zip(&r)
+        .map(|(a, r)| max_rel_err(a, r))
+        .fold(0.0, f64::max);
+    println!(
+        "edge_graph           7 outputs (input, weight, duplicate, ...)     max rel err {err:.2e}"
+    );
+    assert!(err <= tolerance("edge_graph"));
 }
 
 /// Bad inputs are errors from `run`, never panics.

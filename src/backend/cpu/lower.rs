@@ -34,7 +34,10 @@ pub fn lower(graph: &Graph, weights: &dyn WeightSource) -> Result<ModelProto> {
         l.lower_node(id, weights)?;
     }
     for &o in &graph.outputs {
-        let name = l.f32_of(o)?;
+        // One Identity per output gives each its own name, so an output that is also an input,
+        // a weight, or another output is still a distinct graph output to tract.
+        let v = l.f32_of(o)?;
+        let name = l.b.node("Identity", &[&v], vec![]);
         l.b.output(&name, &graph.nodes[o].shape);
     }
     Ok(l.b.finish())

@@ -11,7 +11,8 @@ use tract_onnx::prelude::{
 };
 
 /// Parses `proto` and optimizes it. The proto is consumed so its copy of the weights is freed
-/// as soon as tract holds its own, which keeps peak memory near two copies, not three.
+/// as soon as tract holds its own. `examples/cpu_memory.rs` measures the cost: preparing peaks
+/// near 2.3x the f32 weights (proto, tract's import, its packed copy), the plan keeps ~1.2x.
 pub fn build(proto: ModelProto) -> Result<std::sync::Arc<TypedRunnableModel>> {
     let model = tract_onnx::onnx()
         .model_for_proto_model(&proto)
