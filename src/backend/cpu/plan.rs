@@ -94,8 +94,9 @@ fn to_ids(t: &Tensor, vocab: Option<usize>) -> Result<Vec<i64>> {
         .iter()
         .map(|&v| {
             let in_vocab = vocab.is_none_or(|n| (v as f64) < n as f64);
-            // 2^53 bounds the integers f32 -> i64 converts exactly without any doubt.
-            if v.fract() == 0.0 && v >= 0.0 && v < 9.0e15 && in_vocab {
+            // With no vocabulary in sight, still refuse values `as i64` would saturate (~2^53
+            // is far past any vocabulary and well inside i64). NaN fails every comparison.
+            if v.fract() == 0.0 && (0.0..9.0e15).contains(&v) && in_vocab {
                 Ok(v as i64)
             } else {
                 let why = vocab.map_or(String::new(), |n| format!(" of {n} entries"));
