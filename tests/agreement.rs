@@ -24,7 +24,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 fn agree(name: &str, g: &Graph, w: &HashMap<String, Tensor>, inputs: &[Tensor]) {
     let r = ReferenceBackend.prepare(g, w).unwrap().run(inputs).unwrap();
-    let c = CpuBackend::new()
+    let c = CpuBackend
         .prepare(g, w)
         .unwrap()
         .run(inputs)

@@ -112,11 +112,11 @@ pub fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<()> {
 /// otherwise uses the CPU, saying why in the log; an explicit unavailable backend is an error.
 pub fn select(name: &str) -> Result<Box<dyn Backend>> {
     match name {
-        "cpu" => Ok(Box::new(cpu::CpuBackend::new())),
+        "cpu" => Ok(Box::new(cpu::CpuBackend)),
         "reference" => Ok(Box::new(reference::ReferenceBackend)),
         "auto" => {
             log::info!("backend auto: this build has no Vulkan backend yet, using the CPU (tract)");
-            Ok(Box::new(cpu::CpuBackend::new()))
+            Ok(Box::new(cpu::CpuBackend))
         }
         "vulkan" => Err(crate::Error::Backend {
             backend: "vulkan",

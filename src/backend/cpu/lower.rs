@@ -1,0 +1,440 @@
+//! Lowering of the graph IR to an in-memory ONNX model, one small function per op.
+//!
+//! Only plain opset-13 operators that tract has supported for a long time are used: norms,
+//! activations and attention are decomposed rather than mapped onto newer fused operators, and
+//! the 2x upsampling is a reshape + broadcast rather than `Resize`, whose many modes are the
+//! part of ONNX importers most often subtly wrong.
+use super::onnx::{attr_int, attr_ints, dims, ProtoBuilder};
+use crate::backend::reference::kernels::timestep_freqs;
+use crate::backend::WeightSource;
+use crate::graph::shape::numel;
+use crate::graph::{Graph, NodeId, Op, ValueType};
+use crate::{Error, Result};
+use tract_onnx::pb::ModelProto;
+
+/// ONNX `Cast` targets.
+const TO_FLOAT: i64 = 1;
+const TO_INT64: i64 = 7;
+
+/// Added to masked attention scores. Finite, so no `inf - inf` can turn a row into NaN, and far
+/// below any real score, so its softmax weight underflows to exactly zero as `-inf` would.
+const MASKED: f32 = -1e30;
+
+fn err(msg: String) -> Error {
+    Error::Backend {
+        backend: "cpu",
+        msg,
+    }
+}
+
+/// Builds the ONNX model of `graph`, reading every weight once from `weights`.
+pub fn lower(graph: &Graph, weights: &dyn WeightSource) -> Result<ModelProto> {
+    let mut l = Lowerer::new(graph);
+    for id in 0..graph.nodes.len() {
+        l.lower_node(id, weights)?;
+    }
+    for &o in &graph.outputs {
+        // One Identity per output gives each its own name, so an output that is also an input,
+        // a weight, or another output is still a distinct graph output to tract.
+        let v = l.f32_of(o)?;
+        let name = l.b.node("Identity", &[&v], vec![]);
+        l.b.output(&name, &graph.nodes[o].shape);
+    }
+    Ok(l.b.finish())
+}
+
+/// How a weight is read: as stored, and/or transposed (the `[in, out]` right operand of MatMul
+/// that `Linear`'s torch-layout `[out, in]` weight becomes).
+#[derive(Clone, Copy, Default)]
+struct ParamUse {
+    plain: bool,
+    transposed: bool,
+}
+
+fn param_uses(g: &Graph) -> Vec<ParamUse> {
+    let mut uses = vec![ParamUse::default(); g.nodes.len()];
+    for n in &g.nodes {
+        for (slot, &i) in n.inputs.iter().enumerate() {
+            if matches!(n.op, Op::Linear) && slot == 1 {
+                uses[i].transposed = true;
+            } else {
+                uses[i].plain = true;
+            }
+        }
+    }
+    for &o in &g.outputs {
+        uses[o].plain = true;
+    }
+    uses
+}
+
+fn transpose2d(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+struct Lowerer<'g> {
+    g: &'g Graph,
+    b: ProtoBuilder,
+    uses: Vec<ParamUse>,
+    /// The f32 ONNX value of each IR node, once made.
+    f32s: Vec<Option<String>>,
+    /// The int64 ONNX value of each IR node (token-id inputs, or casts made for `Gather`).
+    i64s: Vec<Option<String>>,
+    /// The transposed initializer of each `Linear` weight.
+    transposed: Vec<Option<String>>,
+}
+
+impl<'g> Lowerer<'g> {
+    fn new(g: &'g Graph) -> Self {
+        let n = g.nodes.len();
+        Self {
+            g,
+            b: ProtoBuilder::default(),
+            uses: param_uses(g),
+            f32s: vec![None; n],
+            i64s: vec![None; n],
+            transposed: vec![None; n],
+        }
+    }
+
+    /// The f32 value of node `id`, casting an int64 input on first use.
+    fn f32_of(&mut self, id: NodeId) -> Result<String> {
+        if let Some(v) = &self.f32s[id] {
+            return Ok(v.clone());
+        }
+        let i = self.i64s[id]
+            .clone()
+            .ok_or_else(|| err(format!("node {id} is read before it is defined")))?;
+        let v = self.b.node("Cast", &[&i], vec![attr_int("to", TO_FLOAT)]);
+        self.f32s[id] = Some(v.clone());
+        Ok(v)
+    }
+
+    /// The int64 value of node `id`, for `Gather` indices.
+    fn i64_of(&mut self, id: NodeId) -> Result<String> {
+        if let Some(v) = &self.i64s[id] {
+            return Ok(v.clone());
+        }
+        let f = self.f32_of(id)?;
+        let v = self.b.node("Cast", &[&f], vec![attr_int("to", TO_INT64)]);
+        self.i64s[id] = Some(v.clone());
+        Ok(v)
+    }
+
+    fn shape(&self, id: NodeId) -> &'g [usize] {
+        &self.g.nodes[id].shape
+    }
+
+    fn lower_node(&mut self, id: NodeId, weights: &dyn WeightSource) -> Result<()> {
+        let g = self.g;
+        let node = &g.nodes[id];
+        if let Op::Input { ty, .. } = node.op {
+            let int64 = ty == ValueType::I64;
+            let v = self.b.input(&node.shape, int64);
+            if int64 {
+                self.i64s[id] = Some(v);
+            } else {
+                self.f32s[id] = Some(v);
+            }
+            return Ok(());
+        }
+        if let Op::Param { path } = &node.op {
+            return self.param(id, path, weights);
+        }
+        let ins = node.inputs.clone();
+        let x = |l: &mut Self, j: usize| l.f32_of(ins[j]);
+        let out = match &node.op {
+            Op::Input { .. } | Op::Param { .. } => {
+                return Err(err(format!("leaf node {id} reached the op lowering")))
+            }
+            Op::Conv2d { stride, pads } => {
+                let args: Vec<String> =
+                    (0..ins.len()).map(|j| x(self, j)).collect::<Result<_>>()?;
+                self.conv2d(&args, *stride, *pads)
+            }
+            Op::Linear => {
+                let bias = if ins.len() > 2 {
+                    Some(x(self, 2)?)
+                } else {
+                    None
+                };
+                let xv = x(self, 0)?;
+                self.linear(&xv, ins[1], bias.as_deref())?
+            }
+            Op::Add => {
+                let (a, b) = (x(self, 0)?, x(self, 1)?);
+                self.b.node("Add", &[&a, &b], vec![])
+            }
+            Op::Mul => {
+                let (a, b) = (x(self, 0)?, x(self, 1)?);
+                self.b.node("Mul", &[&a, &b], vec![])
+            }
+            Op::Scale { s } => {
+                let a = x(self, 0)?;
+                let c = self.b.const_f32(&[], vec![*s]);
+                self.b.node("Mul", &[&a, &c], vec![])
+            }
+            Op::GroupNorm { groups, eps } => {
+                let (a, g, b) = (x(self, 0)?, x(self, 1)?, x(self, 2)?);
+                self.group_norm(&a, self.shape(ins[0]), &g, &b, *groups, *eps)
+            }
+            Op::LayerNorm { eps } => {
+                let (a, g, b) = (x(self, 0)?, x(self, 1)?, x(self, 2)?);
+                self.layer_norm(&a, self.shape(ins[0]).len(), &g, &b, *eps)
+            }
+            Op::Silu => {
+                let a = x(self, 0)?;
+                let s = self.b.node("Sigmoid", &[&a], vec![]);
+                self.b.node("Mul", &[&a, &s], vec![])
+            }
+            Op::Gelu => {
+                let a = x(self, 0)?;
+                self.gelu(&a)
+            }
+            Op::Attention { heads, causal } => {
+                let (q, k, v) = (x(self, 0)?, x(self, 1)?, x(self, 2)?);
+                let shapes = [self.shape(ins[0]), self.shape(ins[1]), self.shape(ins[2])];
+                self.attention([&q, &k, &v], shapes, *heads, *causal)
+            }
+            Op::Reshape { shape } => {
+                let a = x(self, 0)?;
+                self.reshape(&a, shape)
+            }
+            Op::Permute { perm } => {
+                let a = x(self, 0)?;
+                self.transpose(&a, perm)
+            }
+            Op::Concat { axis } => {
+                let args: Vec<String> =
+                    (0..ins.len()).map(|j| x(self, j)).collect::<Result<_>>()?;
+                let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+                self.b
+                    .node("Concat", &refs, vec![attr_int("axis", *axis as i64)])
+            }
+            Op::Slice { axis, start, end } => {
+                let a = x(self, 0)?;
+                self.slice(&a, *axis, *start, *end)
+            }
+            Op::Upsample2x => {
+                let a = x(self, 0)?;
+                self.upsample2x(&a, self.shape(ins[0]))
+            }
+            Op::TimestepEmbedding {
+                dim,
+                flip_sin_to_cos,
+                shift,
+            } => {
+                let t = x(self, 0)?;
+                self.timestep_embedding(&t, self.shape(ins[0])[0], *dim, *flip_sin_to_cos, *shift)
+            }
+            Op::Embedding => {
+                let table = x(self, 0)?;
+                let ids = self.i64_of(ins[1])?;
+                self.b
+                    .node("Gather", &[&table, &ids], vec![attr_int("axis", 0)])
+            }
+        };
+        self.f32s[id] = Some(out);
+        Ok(())
+    }
+
+    /// Loads a weight once and emits the initializer(s) its readers need.
+    fn param(&mut self, id: NodeId, path: &str, weights: &dyn WeightSource) -> Result<()> {
+        let shape = self.shape(id);
+        let data = weights.load_f32(path)?;
+        if data.len() != numel(shape) {
+            return Err(err(format!(
+                "weight `{path}` holds {} values, its shape {shape:?} needs {}",
+                data.len(),
+                numel(shape)
+            )));
+        }
+        let use_ = self.uses[id];
+        if use_.transposed && shape.len() == 2 {
+            let t = transpose2d(&data, shape[0], shape[1]);
+            self.transposed[id] = Some(self.b.const_f32(&[shape[1], shape[0]], t));
+        }
+        if use_.plain {
+            self.f32s[id] = Some(self.b.const_f32(shape, data));
+        }
+        Ok(())
+    }
+
+    fn conv2d(&mut self, args: &[String], stride: usize, pads: [usize; 4]) -> String {
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        // ONNX pads are [top, left, bottom, right] for 2-D, the IR's order too.
+        let attrs = vec![
+            attr_ints("strides", &[stride as i64, stride as i64]),
+            attr_ints("pads", &dims(&pads)),
+        ];
+        self.b.node("Conv", &refs, attrs)
+    }
+
+    /// `x @ w^T + b`. The transpose is done once at load time on the host, so tract sees a
+    /// plain constant `[in, out]` right operand it can pack for its matmul kernels.
+    fn linear(&mut self, x: &str, w: NodeId, bias: Option<&str>) -> Result<String> {
+        let wt = match self.transposed[w].clone() {
+            Some(wt) => wt,
+            None => {
+                // A computed weight (not a `Param`): transpose it in the graph.
+                let wv = self.f32_of(w)?;
+                self.transpose(&wv, &[1, 0])
+            }
+        };
+        let y = self.b.node("MatMul", &[x, &wt], vec![]);
+        Ok(match bias {
+            Some(b) => self.b.node("Add", &[&y, b], vec![]),
+            None => y,
+        })
+    }
+
+    fn reshape(&mut self, x: &str, shape: &[usize]) -> String {
+        let s = self.b.const_ints(&dims(shape));
+        self.b.node("Reshape", &[x, &s], vec![])
+    }
+
+    fn transpose(&mut self, x: &str, perm: &[usize]) -> String {
+        self.b
+            .node("Transpose", &[x], vec![attr_ints("perm", &dims(perm))])
+    }
+
+    /// `(x - mean) / sqrt(var + eps)` over the last axis, with the biased variance.
+    fn normalize_last(&mut self, x: &str, rank: usize, eps: f32) -> String {
+        let axes = || {
+            vec![
+                attr_ints("axes", &[rank as i64 - 1]),
+                attr_int("keepdims", 1),
+            ]
+        };
+        let mean = self.b.node("ReduceMean", &[x], axes());
+        let d = self.b.node("Sub", &[x, &mean], vec![]);
+        let d2 = self.b.node("Mul", &[&d, &d], vec![]);
+        let var = self.b.node("ReduceMean", &[&d2], axes());
+        let e = self.b.const_f32(&[], vec![eps]);
+        let ve = self.b.node("Add", &[&var, &e], vec![]);
+        let den = self.b.node("Sqrt", &[&ve], vec![]);
+        self.b.node("Div", &[&d, &den], vec![])
+    }
+
+    fn group_norm(
+        &mut self,
+        x: &str,
+        xs: &[usize],
+        gamma: &str,
+        beta: &str,
+        groups: usize,
+        eps: f32,
+    ) -> String {
+        // [N, C, ...] -> [N, G, C/G * spatial]: each group is one contiguous row.
+        let per = numel(&xs[1..]) / groups;
+        let rows = self.reshape(x, &[xs[0], groups, per]);
+        let y = self.normalize_last(&rows, 3, eps);
+        let y = self.reshape(&y, xs);
+        // gamma, beta [C] -> [C, 1, ...] so they broadcast over the spatial axes.
+        let mut cs = vec![xs[1]];
+        cs.resize(xs.len() - 1, 1);
+        let g = self.reshape(gamma, &cs);
+        let b = self.reshape(beta, &cs);
+        let yg = self.b.node("Mul", &[&y, &g], vec![]);
+        self.b.node("Add", &[&yg, &b], vec![])
+    }
+
+    fn layer_norm(&mut self, x: &str, rank: usize, gamma: &str, beta: &str, eps: f32) -> String {
+        let y = self.normalize_last(x, rank, eps);
+        let yg = self.b.node("Mul", &[&y, gamma], vec![]);
+        self.b.node("Add", &[&yg, beta], vec![])
+    }
+
+    /// Exact GELU: `0.5 * x * (1 + erf(x / sqrt 2))`.
+    fn gelu(&mut self, x: &str) -> String {
+        let r = self.b.const_f32(&[], vec![std::f32::consts::FRAC_1_SQRT_2]);
+        let xr = self.b.node("Mul", &[x, &r], vec![]);
+        let e = self.b.node("Erf", &[&xr], vec![]);
+        let one = self.b.const_f32(&[], vec![1.0]);
+        let e1 = self.b.node("Add", &[&e, &one], vec![]);
+        let half = self.b.const_f32(&[], vec![0.5]);
+        let hx = self.b.node("Mul", &[x, &half], vec![]);
+        self.b.node("Mul", &[&hx, &e1], vec![])
+    }
+
+    /// softmax(Q K^T / sqrt(d) [+ causal mask]) V, heads split as [B, H, L, d].
+    fn attention(
+        &mut self,
+        [q, k, v]: [&str; 3],
+        [qs, ks, vs]: [&[usize]; 3],
+        heads: usize,
+        causal: bool,
+    ) -> String {
+        let (b, lq, lk) = (qs[0], qs[1], ks[1]);
+        let (d, dv) = (qs[2] / heads, vs[2] / heads);
+        let q = self.reshape(q, &[b, lq, heads, d]);
+        let q = self.transpose(&q, &[0, 2, 1, 3]);
+        let k = self.reshape(k, &[b, lk, heads, d]);
+        let k = self.transpose(&k, &[0, 2, 3, 1]);
+        let v = self.reshape(v, &[b, lk, heads, dv]);
+        let v = self.transpose(&v, &[0, 2, 1, 3]);
+        let s = self.b.node("MatMul", &[&q, &k], vec![]);
+        let c = self
+            .b
+            .const_f32(&[], vec![(1.0 / (d as f64).sqrt()) as f32]);
+        let mut s = self.b.node("Mul", &[&s, &c], vec![]);
+        if causal {
+            let mask = (0..lq * lk)
+                .map(|i| if i % lk > i / lk { MASKED } else { 0.0 })
+                .collect();
+            let m = self.b.const_f32(&[lq, lk], mask);
+            s = self.b.node("Add", &[&s, &m], vec![]);
+        }
+        let p = self.b.node("Softmax", &[&s], vec![attr_int("axis", 3)]);
+        let o = self.b.node("MatMul", &[&p, &v], vec![]);
+        let o = self.transpose(&o, &[0, 2, 1, 3]);
+        self.reshape(&o, &[b, lq, heads * dv])
+    }
+
+    fn slice(&mut self, x: &str, axis: usize, start: usize, end: usize) -> String {
+        let s = self.b.const_ints(&[start as i64]);
+        let e = self.b.const_ints(&[end as i64]);
+        let a = self.b.const_ints(&[axis as i64]);
+        self.b.node("Slice", &[x, &s, &e, &a], vec![])
+    }
+
+    /// Nearest 2x: [P, H, 1, W, 1] broadcast to [P, H, 2, W, 2] is exactly the upsampled
+    /// [P, 2H, 2W] in row-major order.
+    fn upsample2x(&mut self, x: &str, xs: &[usize]) -> String {
+        let n = xs.len();
+        let (p, h, w) = (numel(&xs[..n - 2]), xs[n - 2], xs[n - 1]);
+        let r = self.reshape(x, &[p, h, 1, w, 1]);
+        let to = self.b.const_ints(&dims(&[p, h, 2, w, 2]));
+        let e = self.b.node("Expand", &[&r, &to], vec![]);
+        let mut os = xs.to_vec();
+        os[n - 2] *= 2;
+        os[n - 1] *= 2;
+        self.reshape(&e, &os)
+    }
+
+    /// `t [B] * freqs [half]` formed in f32 like the reference, then [sin | cos] or [cos | sin].
+    fn timestep_embedding(
+        &mut self,
+        t: &str,
+        batch: usize,
+        dim: usize,
+        flip: bool,
+        shift: f32,
+    ) -> String {
+        let half = dim / 2;
+        let t = self.reshape(t, &[batch, 1]);
+        let f = self.b.const_f32(&[1, half], timestep_freqs(dim, shift));
+        let arg = self.b.node("Mul", &[&t, &f], vec![]);
+        let sin = self.b.node("Sin", &[&arg], vec![]);
+        let cos = self.b.node("Cos", &[&arg], vec![]);
+        let (first, second) = if flip { (cos, sin) } else { (sin, cos) };
+        self.b
+            .node("Concat", &[&first, &second], vec![attr_int("axis", 1)])
+    }
+}

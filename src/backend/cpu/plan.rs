@@ -1,0 +1,147 @@
+//! The tract plan: builds an optimized runnable model from the lowered ONNX proto and runs it,
+//! checking inputs first so that bad data is an error and never a panic inside tract.
+use super::tract_err;
+use crate::backend::{check_inputs, Executable, Tensor};
+use crate::graph::{Graph, NodeId, Op, ValueType};
+use crate::{Error, Result};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::{
+    tvec, Framework, InferenceModelExt, IntoRunnable, TValue, TVec, TypedRunnableModel,
+};
+
+/// Parses `proto` and optimizes it. The proto is consumed so its copy of the weights is freed
+/// as soon as tract holds its own. `examples/cpu_memory.rs` measures the cost: preparing peaks
+/// near 2.3x the f32 weights (proto, tract's import, its packed copy), the plan keeps ~1.2x.
+pub fn build(proto: ModelProto) -> Result<std::sync::Arc<TypedRunnableModel>> {
+    let model = tract_onnx::onnx()
+        .model_for_proto_model(&proto)
+        .map_err(tract_err("importing the lowered ONNX model"))?;
+    drop(proto);
+    model
+        .into_optimized()
+        .map_err(tract_err("optimizing"))?
+        .into_runnable()
+        .map_err(tract_err("making the plan runnable"))
+}
+
+/// How one graph input is handed to tract.
+#[derive(Clone, Debug)]
+enum InputKind {
+    F32,
+    /// Token ids, given as integer-valued f32 and passed as int64. `vocab` is the smallest
+    /// vocabulary of the embeddings they index, when that can be seen from the graph.
+    I64 {
+        vocab: Option<usize>,
+    },
+}
+
+pub struct CpuPlan {
+    /// The weightless graph, for `check_inputs` and output shapes.
+    graph: Graph,
+    kinds: Vec<InputKind>,
+    model: std::sync::Arc<TypedRunnableModel>,
+}
+
+impl CpuPlan {
+    pub fn new(graph: &Graph, model: std::sync::Arc<TypedRunnableModel>) -> Self {
+        let limits = vocab_limits(graph);
+        let kinds = graph
+            .inputs()
+            .into_iter()
+            .map(|i| match graph.nodes[i].op {
+                Op::Input {
+                    ty: ValueType::I64, ..
+                } => InputKind::I64 { vocab: limits[i] },
+                _ => InputKind::F32,
+            })
+            .collect();
+        Self {
+            // The IR holds no weight data, so this clone is small.
+            graph: graph.clone(),
+            kinds,
+            model,
+        }
+    }
+}
+
+/// For each input node, the smallest vocabulary of the embeddings its values reach as ids,
+/// following layout-only ops (reshape, permute, slice, concat) back from each `Embedding`.
+/// tract's `Gather` wraps negative indices and panics past the end, so `run` checks first.
+fn vocab_limits(g: &Graph) -> Vec<Option<usize>> {
+    let mut lim: Vec<Option<usize>> = vec![None; g.nodes.len()];
+    for n in &g.nodes {
+        if !matches!(n.op, Op::Embedding) {
+            continue;
+        }
+        let vocab = g.nodes[n.inputs[0]].shape[0];
+        let mut stack: Vec<NodeId> = vec![n.inputs[1]];
+        while let Some(i) = stack.pop() {
+            match g.nodes[i].op {
+                Op::Input { .. } => lim[i] = Some(lim[i].map_or(vocab, |l| l.min(vocab))),
+                Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Concat { .. } => {
+                    stack.extend(&g.nodes[i].inputs)
+                }
+                _ => {}
+            }
+        }
+    }
+    lim
+}
+
+fn to_ids(t: &Tensor, vocab: Option<usize>) -> Result<Vec<i64>> {
+    t.data
+        .iter()
+        .map(|&v| {
+            let in_vocab = vocab.is_none_or(|n| (v as f64) < n as f64);
+            // With no vocabulary in sight, still refuse values `as i64` would saturate (~2^53
+            // is far past any vocabulary and well inside i64). NaN fails every comparison.
+            if v.fract() == 0.0 && (0.0..9.0e15).contains(&v) && in_vocab {
+                Ok(v as i64)
+            } else {
+                let why = vocab.map_or(String::new(), |n| format!(" of {n} entries"));
+                Err(Error::Input(format!(
+                    "token id {v} is not an index into the vocabulary{why}"
+                )))
+            }
+        })
+        .collect()
+}
+
+impl Executable for CpuPlan {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        check_inputs(&self.graph, inputs)?;
+        let mut tv: TVec<TValue> = tvec![];
+        for (t, kind) in inputs.iter().zip(&self.kinds) {
+            let tensor = match kind {
+                InputKind::F32 => tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data),
+                InputKind::I64 { vocab } => {
+                    tract_onnx::prelude::Tensor::from_shape(&t.shape, &to_ids(t, *vocab)?)
+                }
+            }
+            .map_err(tract_err("making an input tensor"))?;
+            tv.push(tensor.into());
+        }
+        // A safety net: a panic inside tract (a kernel bug, an id we could not see from the
+        // graph) becomes an error instead of unwinding through the caller.
+        let model = &self.model;
+        let outs = catch_unwind(AssertUnwindSafe(|| model.run(tv)))
+            .map_err(|_| Error::Backend {
+                backend: "cpu",
+                msg: "tract panicked while running the plan".into(),
+            })?
+            .map_err(tract_err("running"))?;
+        outs.iter()
+            .zip(&self.graph.outputs)
+            .map(|(o, &id)| {
+                let view = o
+                    .to_plain_array_view::<f32>()
+                    .map_err(tract_err("reading an output"))?;
+                Tensor::new(
+                    self.graph.nodes[id].shape.clone(),
+                    view.iter().copied().collect(),
+                )
+            })
+            .collect()
+    }
+}

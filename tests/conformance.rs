@@ -1,0 +1,569 @@
+//! Conformance: every IR op, at several shapes including odd ones, run on a backend and on the
+//! reference, compared within a per-op tolerance. The idea of ggml's `test-backend-ops` and
+//! ncnn's `test_layer`: each op is checked alone, so a failure names the op that is wrong.
+//!
+//! Run with `cargo test --release --test conformance -- --nocapture` to see one line per case.
+use ldm_edge::backend::cpu::CpuBackend;
+use ldm_edge::backend::reference::ReferenceBackend;
+use ldm_edge::backend::{Backend, Tensor};
+use ldm_edge::graph::{Graph, NodeId, Tracer, ValueType};
+use ldm_edge::ops::Ops;
+use ldm_edge::Result;
+use std::collections::HashMap;
+
+/// Max relative error allowed per op: max|a - b| / max(max|ref|, 1e-6). The reference
+/// accumulates in f64, tract in f32, so ops with long reductions or transcendental functions
+/// get more room than pure data movement, which must be exact.
+const TOLERANCE: &[(&str, f64)] = &[
+    ("conv2d", 1e-5),
+    ("linear", 1e-5),
+    ("add", 1e-6),
+    ("mul", 1e-6),
+    ("scale", 1e-6),
+    ("group_norm", 1e-5),
+    ("layer_norm", 1e-5),
+    ("silu", 1e-5),
+    ("gelu", 1e-5),
+    ("attention", 1e-5),
+    ("reshape", 0.0),
+    ("permute", 0.0),
+    ("concat", 0.0),
+    ("slice", 0.0),
+    ("upsample2x", 0.0),
+    ("timestep_embedding", 1e-5),
+    ("embedding", 0.0),
+    ("resnet_block", 1e-5),
+    ("edge_graph", 1e-5),
+];
+
+fn tolerance(op: &str) -> f64 {
+    TOLERANCE
+        .iter()
+        .find(|(o, _)| *o == op)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("no tolerance stated for `{op}`"))
+}
+
+/// splitmix64: small, deterministic, and good enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// One test graph under construction: the tracer, its weights and its input data.
+struct Case {
+    t: Tracer,
+    rng: Rng,
+    weights: HashMap<String, Tensor>,
+    inputs: Vec<Tensor>,
+}
+
+impl Case {
+    fn new(seed: u64) -> Self {
+        Self {
+            t: Tracer::new(),
+            rng: Rng(seed),
+            weights: HashMap::new(),
+            inputs: vec![],
+        }
+    }
+    fn random(&mut self, shape: &[usize], scale: f32, offset: f32) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|_| self.rng.uniform() * scale + offset)
+            .collect()
+    }
+    fn input_data(&mut self, shape: &[usize], ty: ValueType, data: Vec<f32>) -> NodeId {
+        let name = format!("in{}", self.inputs.len());
+        self.inputs.push(Tensor::new(shape.to_vec(), data).unwrap());
+        self.t.input(&name, shape, ty)
+    }
+    /// An f32 input uniform in [offset - scale, offset + scale).
+    fn input_scaled(&mut self, shape: &[usize], scale: f32, offset: f32) -> NodeId {
+        let data = self.random(shape, scale, offset);
+        self.input_data(shape, ValueType::F32, data)
+    }
+    fn input(&mut self, shape: &[usize]) -> NodeId {
+        self.input_scaled(shape, 1.0, 0.0)
+    }
+    fn param(&mut self, shape: &[usize]) -> NodeId {
+        let path = format!("p{}.weight", self.weights.len());
+        let data = self.random(shape, 1.0, 0.0);
+        self.weights
+            .insert(path.clone(), Tensor::new(shape.to_vec(), data).unwrap());
+        self.t.param(&path, shape).unwrap()
+    }
+}
+
+fn max_rel_err(a: &Tensor, r: &Tensor) -> f64 {
+    assert_eq!(a.shape, r.shape, "output shapes differ");
+    let diff = a
+        .data
+        .iter()
+        .zip(&r.data)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(
+            0.0,
+            |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        );
+    let scale = r
+        .data
+        .iter()
+        .map(|y| (*y as f64).abs())
+        .fold(1e-6, f64::max);
+    diff / scale
+}
+
+/// Builds one case, runs it on both backends and returns the error found.
+fn check(op: &str, desc: &str, seed: u64, build: impl FnOnce(&mut Case) -> Result<NodeId>) -> f64 {
+    let mut c = Case::new(seed);
+    let out = build(&mut c).unwrap_or_else(|e| panic!("{op} {desc}: building failed: {e}"));
+    let graph: Graph = c.t.finish(&[out]);
+    let run = |b: &dyn Backend| {
+        let mut exe = b
+            .prepare(&graph, &c.weights)
+            .unwrap_or_else(|e| panic!("{op} {desc}: {} prepare: {e}", b.name()));
+        exe.run(&c.inputs)
+            .unwrap_or_else(|e| panic!("{op} {desc}: {} run: {e}", b.name()))
+    };
+    let r = run(&ReferenceBackend);
+    let a = run(&CpuBackend);
+    let err = max_rel_err(&a[0], &r[0]);
+    let tol = tolerance(op);
+    let verdict = if err <= tol { "ok" } else { "FAIL" };
+    println!("{op:<20} {desc:<44} max rel err {err:.2e} (tol {tol:.0e}) {verdict}");
+    err
+}
+
+/// Runs every case of one op and fails after printing them all if any is out of tolerance.
+fn suite(op: &str, cases: Vec<(String, Build)>) {
+    let tol = tolerance(op);
+    let mut worst = 0f64;
+    for (i, (desc, build)) in cases.into_iter().enumerate() {
+        worst = worst.max(check(op, &desc, 1000 + i as u64, build));
+    }
+    assert!(worst <= tol, "{op}: max rel err {worst:.2e} over {tol:.0e}");
+}
+
+type Build = Box<dyn FnOnce(&mut Case) -> Result<NodeId>>;
+
+/// Boxes one case; going through this bound lets closures infer `&mut Case` for any lifetime.
+fn case(desc: &str, build: impl FnOnce(&mut Case) -> Result<NodeId> + 'static) -> (String, Build) {
+    (desc.to_string(), Box::new(build))
+}
+
+macro_rules! cases {
+    ($($desc:expr => $build:expr),+ $(,)?) => {
+        vec![$(case($desc, $build)),+]
+    };
+}
+
+fn conv(
+    c: &mut Case,
+    x: &[usize],
+    w: &[usize],
+    bias: bool,
+    stride: usize,
+    pads: [usize; 4],
+) -> Result<NodeId> {
+    let xi = c.input(x);
+    let wi = c.param(w);
+    let bi = bias.then(|| c.param(&[w[0]]));
+    c.t.conv2d(&xi, &wi, bi.as_ref(), stride, pads)
+}
+
+#[test]
+fn conv2d() {
+    suite(
+        "conv2d",
+        cases![
+            "x[1,3,7,5] w[4,3,3,3] s1 p1 bias" => |c| conv(c, &[1, 3, 7, 5], &[4, 3, 3, 3], true, 1, [1; 4]),
+            "x[2,3,9,7] w[5,3,3,3] s2 p1 bias" => |c| conv(c, &[2, 3, 9, 7], &[5, 3, 3, 3], true, 2, [1; 4]),
+            "x[1,4,8,6] w[4,4,3,3] s2 p[0,0,1,1] nobias" => |c| conv(c, &[1, 4, 8, 6], &[4, 4, 3, 3], false, 2, [0, 0, 1, 1]),
+            "x[1,8,5,5] w[6,8,1,1] s1 p0 bias" => |c| conv(c, &[1, 8, 5, 5], &[6, 8, 1, 1], true, 1, [0; 4]),
+            "x[2,3,7,5] w[2,3,3,2] s1 p[0,1,2,0] nobias" => |c| conv(c, &[2, 3, 7, 5], &[2, 3, 3, 2], false, 1, [0, 1, 2, 0]),
+            "x[1,32,16,16] w[32,32,3,3] s1 p1 bias" => |c| conv(c, &[1, 32, 16, 16], &[32, 32, 3, 3], true, 1, [1; 4]),
+        ],
+    );
+}
+
+fn linear(c: &mut Case, x: &[usize], out: usize, bias: bool) -> Result<NodeId> {
+    let xi = c.input(x);
+    let wi = c.param(&[out, *x.last().unwrap()]);
+    let bi = bias.then(|| c.param(&[out]));
+    c.t.linear(&xi, &wi, bi.as_ref())
+}
+
+#[test]
+fn linear_() {
+    suite(
+        "linear",
+        cases![
+            "x[5,7] w[3,7] bias" => |c| linear(c, &[5, 7], 3, true),
+            "x[5,7] w[3,7] nobias" => |c| linear(c, &[5, 7], 3, false),
+            "x[2,77,16] w[24,16] nobias" => |c| linear(c, &[2, 77, 16], 24, false),
+            "x[1,3,5] w[5,5] bias" => |c| linear(c, &[1, 3, 5], 5, true),
+            "x[2,9,320] w[640,320] bias" => |c| linear(c, &[2, 9, 320], 640, true),
+        ],
+    );
+}
+
+fn binary(c: &mut Case, a: &[usize], b: &[usize], mul: bool) -> Result<NodeId> {
+    let (x, y) = (c.input(a), c.input(b));
+    if mul {
+        c.t.mul(&x, &y)
+    } else {
+        c.t.add(&x, &y)
+    }
+}
+
+fn binary_cases(mul: bool) -> Vec<(String, Build)> {
+    cases![
+        "[2,3,7,5] . [2,3,7,5]" => move |c| binary(c, &[2, 3, 7, 5], &[2, 3, 7, 5], mul),
+        "[2,3,7,5] . [3,1,1]" => move |c| binary(c, &[2, 3, 7, 5], &[3, 1, 1], mul),
+        "[2,77,8] . [8]" => move |c| binary(c, &[2, 77, 8], &[8], mul),
+        "[1,4,1,1] . [2,4,5,3]" => move |c| binary(c, &[1, 4, 1, 1], &[2, 4, 5, 3], mul),
+    ]
+}
+
+#[test]
+fn add() {
+    suite("add", binary_cases(false));
+}
+
+#[test]
+fn mul() {
+    suite("mul", binary_cases(true));
+}
+
+#[test]
+fn scale() {
+    suite(
+        "scale",
+        cases![
+            "[2,3,7,5] * 0.18215" => |c| { let x = c.input(&[2, 3, 7, 5]); c.t.scale(&x, 0.18215) },
+            "[77] * -3" => |c| { let x = c.input(&[77]); c.t.scale(&x, -3.0) },
+            "[3,5,1] * 1e3" => |c| { let x = c.input(&[3, 5, 1]); c.t.scale(&x, 1e3) },
+        ],
+    );
+}
+
+fn group_norm(c: &mut Case, x: &[usize], groups: usize, eps: f32) -> Result<NodeId> {
+    // An offset and a spread so the mean subtraction and the variance both matter.
+    let xi = c.input_scaled(x, 3.0, 0.7);
+    let (g, b) = (c.param(&[x[1]]), c.param(&[x[1]]));
+    c.t.group_norm(&xi, &g, &b, groups, eps)
+}
+
+#[test]
+fn group_norm_() {
+    suite(
+        "group_norm",
+        cases![
+            "[1,8,7,5] g4 eps1e-5" => |c| group_norm(c, &[1, 8, 7, 5], 4, 1e-5),
+            "[2,6,3,3] g3 eps1e-6" => |c| group_norm(c, &[2, 6, 3, 3], 3, 1e-6),
+            "[2,32,9,9] g32 eps1e-5" => |c| group_norm(c, &[2, 32, 9, 9], 32, 1e-5),
+            "[1,4,77] g2 (3-D)" => |c| group_norm(c, &[1, 4, 77], 2, 1e-5),
+            "[3,4] g2 (2-D)" => |c| group_norm(c, &[3, 4], 2, 1e-5),
+        ],
+    );
+}
+
+fn layer_norm(c: &mut Case, x: &[usize], eps: f32) -> Result<NodeId> {
+    let xi = c.input_scaled(x, 3.0, -0.4);
+    let n = *x.last().unwrap();
+    let (g, b) = (c.param(&[n]), c.param(&[n]));
+    c.t.layer_norm(&xi, &g, &b, eps)
+}
+
+#[test]
+fn layer_norm_() {
+    suite(
+        "layer_norm",
+        cases![
+            "[2,77,24] eps1e-5" => |c| layer_norm(c, &[2, 77, 24], 1e-5),
+            "[5,7] eps1e-6" => |c| layer_norm(c, &[5, 7], 1e-6),
+            "[1,3,4,9] eps1e-5" => |c| layer_norm(c, &[1, 3, 4, 9], 1e-5),
+        ],
+    );
+}
+
+#[test]
+fn silu() {
+    suite(
+        "silu",
+        cases![
+            "[2,3,7,5] in +-6" => |c| { let x = c.input_scaled(&[2, 3, 7, 5], 6.0, 0.0); c.t.silu(&x) },
+            "[77] in +-20" => |c| { let x = c.input_scaled(&[77], 20.0, 0.0); c.t.silu(&x) },
+            "[3,1,5] in +-1" => |c| { let x = c.input(&[3, 1, 5]); c.t.silu(&x) },
+        ],
+    );
+}
+
+#[test]
+fn gelu() {
+    suite(
+        "gelu",
+        cases![
+            "[2,3,7,5] in +-6" => |c| { let x = c.input_scaled(&[2, 3, 7, 5], 6.0, 0.0); c.t.gelu(&x) },
+            "[77] in +-20" => |c| { let x = c.input_scaled(&[77], 20.0, 0.0); c.t.gelu(&x) },
+            "[3,1,5] in +-1" => |c| { let x = c.input(&[3, 1, 5]); c.t.gelu(&x) },
+        ],
+    );
+}
+
+fn attention(
+    c: &mut Case,
+    q: [usize; 3],
+    lk: usize,
+    cv: usize,
+    heads: usize,
+    causal: bool,
+) -> Result<NodeId> {
+    let qi = c.input_scaled(&q, 2.0, 0.0);
+    let ki = c.input_scaled(&[q[0], lk, q[2]], 2.0, 0.0);
+    let vi = c.input(&[q[0], lk, cv]);
+    c.t.attention(&qi, &ki, &vi, heads, causal)
+}
+
+#[test]
+fn attention_() {
+    suite(
+        "attention",
+        cases![
+            "q[1,7,16] kv[1,5,16] h2" => |c| attention(c, [1, 7, 16], 5, 16, 2, false),
+            "q[2,9,12] k[2,77,12] v[2,77,18] h3" => |c| attention(c, [2, 9, 12], 77, 18, 3, false),
+            "q=kv[2,77,24] h3 causal" => |c| attention(c, [2, 77, 24], 77, 24, 3, true),
+            "q=kv[1,5,8] h1 causal" => |c| attention(c, [1, 5, 8], 5, 8, 1, true),
+            "q[1,4,8] kv[1,6,8] h4 causal" => |c| attention(c, [1, 4, 8], 6, 8, 4, true),
+            "q[2,64,40] kv[2,64,40] h8" => |c| attention(c, [2, 64, 40], 64, 40, 8, false),
+        ],
+    );
+}
+
+#[test]
+fn reshape() {
+    suite(
+        "reshape",
+        cases![
+            "[2,3,7,5] -> [6,35]" => |c| { let x = c.input(&[2, 3, 7, 5]); c.t.reshape(&x, &[6, 35]) },
+            "[77,8] -> [7,11,8]" => |c| { let x = c.input(&[77, 8]); c.t.reshape(&x, &[7, 11, 8]) },
+            "[3,5] -> [15]" => |c| { let x = c.input(&[3, 5]); c.t.reshape(&x, &[15]) },
+        ],
+    );
+}
+
+#[test]
+fn permute() {
+    suite(
+        "permute",
+        cases![
+            "[2,3,7,5] [0,2,3,1]" => |c| { let x = c.input(&[2, 3, 7, 5]); c.t.permute(&x, &[0, 2, 3, 1]) },
+            "[2,77,24] [1,0,2]" => |c| { let x = c.input(&[2, 77, 24]); c.t.permute(&x, &[1, 0, 2]) },
+            "[3,5] [1,0]" => |c| { let x = c.input(&[3, 5]); c.t.permute(&x, &[1, 0]) },
+        ],
+    );
+}
+
+fn concat(c: &mut Case, shapes: &[&[usize]], axis: usize) -> Result<NodeId> {
+    let ids: Vec<NodeId> = shapes.iter().map(|s| c.input(s)).collect();
+    let refs: Vec<&NodeId> = ids.iter().collect();
+    c.t.concat(&refs, axis)
+}
+
+#[test]
+fn concat_() {
+    suite(
+        "concat",
+        cases![
+            "[2,3,7,5]+[2,4,7,5] axis1" => |c| concat(c, &[&[2, 3, 7, 5], &[2, 4, 7, 5]], 1),
+            "[1,5]+[2,5]+[3,5] axis0" => |c| concat(c, &[&[1, 5], &[2, 5], &[3, 5]], 0),
+            "[2,7,3]+[2,7,5]+[2,7,1] axis2" => |c| concat(c, &[&[2, 7, 3], &[2, 7, 5], &[2, 7, 1]], 2),
+        ],
+    );
+}
+
+#[test]
+fn slice() {
+    suite(
+        "slice",
+        cases![
+            "[2,8,7,5] axis1 2..5" => |c| { let x = c.input(&[2, 8, 7, 5]); c.t.slice(&x, 1, 2, 5) },
+            "[77,24] axis1 0..12" => |c| { let x = c.input(&[77, 24]); c.t.slice(&x, 1, 0, 12) },
+            "[3,5,7] axis2 6..7" => |c| { let x = c.input(&[3, 5, 7]); c.t.slice(&x, 2, 6, 7) },
+        ],
+    );
+}
+
+#[test]
+fn upsample2x() {
+    suite(
+        "upsample2x",
+        cases![
+            "[1,3,7,5]" => |c| { let x = c.input(&[1, 3, 7, 5]); c.t.upsample_nearest2x(&x) },
+            "[2,4,1,1]" => |c| { let x = c.input(&[2, 4, 1, 1]); c.t.upsample_nearest2x(&x) },
+            "[3,5] (2-D)" => |c| { let x = c.input(&[3, 5]); c.t.upsample_nearest2x(&x) },
+        ],
+    );
+}
+
+fn timestep(c: &mut Case, t: Vec<f32>, dim: usize, flip: bool, shift: f32) -> Result<NodeId> {
+    let ti = c.input_data(&[t.len()], ValueType::F32, t);
+    c.t.timestep_embedding(&ti, dim, flip, shift)
+}
+
+#[test]
+fn timestep_embedding() {
+    suite(
+        "timestep_embedding",
+        cases![
+            "t[0,1,999] dim32 flip shift0" => |c| timestep(c, vec![0.0, 1.0, 999.0], 32, true, 0.0),
+            "t[999,500.5] dim320 noflip shift1" => |c| timestep(c, vec![999.0, 500.5], 320, false, 1.0),
+            "t[7,981,3] dim6 flip shift1" => |c| timestep(c, vec![7.0, 981.0, 3.0], 6, true, 1.0),
+            "t[998] dim256 noflip shift0" => |c| timestep(c, vec![998.0], 256, false, 0.0),
+        ],
+    );
+}
+
+fn embedding(c: &mut Case, vocab: usize, d: usize, ids: &[usize]) -> Result<NodeId> {
+    let table = c.param(&[vocab, d]);
+    let data: Vec<f32> = (0..ids.iter().product())
+        .map(|_| c.rng.below(vocab) as f32)
+        .collect();
+    let ii = c.input_data(ids, ValueType::I64, data);
+    c.t.embedding(&table, &ii)
+}
+
+#[test]
+fn embedding_() {
+    suite(
+        "embedding",
+        cases![
+            "table[11,8] ids[2,5]" => |c| embedding(c, 11, 8, &[2, 5]),
+            "table[49,16] ids[1,77]" => |c| embedding(c, 49, 16, &[1, 77]),
+            "table[3,5] ids[7]" => |c| embedding(c, 3, 5, &[7]),
+        ],
+    );
+}
+
+/// A composite (GroupNorm, SiLU, conv, residual add), to check that ops also agree chained.
+#[test]
+fn resnet_block() {
+    suite(
+        "resnet_block",
+        cases![
+            "x[1,8,7,5] g4" => |c| {
+                let x = c.input(&[1, 8, 7, 5]);
+                let (g, b) = (c.param(&[8]), c.param(&[8]));
+                let h = c.t.group_norm(&x, &g, &b, 4, 1e-5)?;
+                let h = c.t.silu(&h)?;
+                let (w, wb) = (c.param(&[8, 8, 3, 3]), c.param(&[8]));
+                let h = c.t.conv2d(&h, &w, Some(&wb), 1, [1; 4])?;
+                c.t.add(&x, &h)
+            },
+        ],
+    );
+}
+
+/// Graph shapes the lowering must not trip on: outputs that are inputs or weights, the same
+/// value output twice, a `Linear` whose weight is computed, token ids also read as floats.
+#[test]
+fn edge_graphs() {
+    let mut c = Case::new(11);
+    let x = c.input(&[2, 5]);
+    let w = c.param(&[3, 5]);
+    let w2 = c.t.scale(&w, 0.5).unwrap();
+    let y = c.t.linear(&x, &w2, None).unwrap();
+    let z = c.t.linear(&x, &w, None).unwrap();
+    let table = c.param(&[6, 4]);
+    let ids = c.input_data(&[2], ValueType::I64, vec![5.0, 0.0]);
+    let e = c.t.embedding(&table, &ids).unwrap();
+    let idf = c.t.scale(&ids, 1.0).unwrap();
+    let g = c.t.finish(&[y, x, w, y, z, e, idf]);
+    let r = ReferenceBackend
+        .prepare(&g, &c.weights)
+        .unwrap()
+        .run(&c.inputs)
+        .unwrap();
+    let a = CpuBackend
+        .prepare(&g, &c.weights)
+        .unwrap()
+        .run(&c.inputs)
+        .unwrap();
+    assert_eq!(a.len(), r.len());
+    let err = a
+        .iter()
+        .zip(&r)
+        .map(|(a, r)| max_rel_err(a, r))
+        .fold(0.0, f64::max);
+    println!(
+        "edge_graph           7 outputs (input, weight, duplicate, ...)     max rel err {err:.2e}"
+    );
+    assert!(err <= tolerance("edge_graph"));
+}
+
+/// Bad inputs are errors from `run`, never panics.
+#[test]
+fn bad_inputs_are_errors() {
+    let mut c = Case::new(7);
+    let table = c.param(&[11, 4]);
+    let ids = c.input_data(&[3], ValueType::I64, vec![0.0, 1.0, 2.0]);
+    let out = c.t.embedding(&table, &ids).unwrap();
+    let g = c.t.finish(&[out]);
+    let mut exe = CpuBackend.prepare(&g, &c.weights).unwrap();
+    assert!(exe.run(&c.inputs).is_ok());
+    let bad = |data: Vec<f32>| vec![Tensor::new(vec![data.len()], data).unwrap()];
+    for ids in [
+        vec![0.0, 11.0, 2.0],
+        vec![-1.0, 0.0, 0.0],
+        vec![0.5, 0.0, 0.0],
+        vec![f32::NAN, 0.0, 0.0],
+    ] {
+        let e = exe
+            .run(&bad(ids.clone()))
+            .expect_err("out-of-vocab id accepted");
+        println!("ids {ids:?}: {e}");
+    }
+    let e = exe
+        .run(&bad(vec![0.0, 1.0]))
+        .expect_err("wrong input shape accepted");
+    println!("shape [2] for [3]: {e}");
+    assert!(exe.run(&[]).is_err(), "missing input accepted");
+
+    let mut c = Case::new(8);
+    let x = c.input(&[1, 3, 7, 5]);
+    let y = c.t.silu(&x).unwrap();
+    let g = c.t.finish(&[y]);
+    let mut exe = CpuBackend.prepare(&g, &c.weights).unwrap();
+    let wrong = Tensor::zeros(&[1, 3, 5, 7]);
+    let e = exe.run(&[wrong]).expect_err("wrong input shape accepted");
+    println!("shape [1,3,5,7] for [1,3,7,5]: {e}");
+}
+
+/// Missing or mis-shaped weights are errors at prepare time.
+#[test]
+fn bad_weights_are_errors() {
+    let mut c = Case::new(9);
+    let x = c.input(&[2, 4]);
+    let w = c.param(&[3, 4]);
+    let y = c.t.linear(&x, &w, None).unwrap();
+    let g = c.t.finish(&[y]);
+    let mut weights = c.weights.clone();
+    weights.insert("p0.weight".into(), Tensor::zeros(&[4, 3]));
+    assert!(CpuBackend.prepare(&g, &weights).is_err());
+    assert!(CpuBackend.prepare(&g, &HashMap::new()).is_err());
+}
