@@ -24,11 +24,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 
 fn agree(name: &str, g: &Graph, w: &HashMap<String, Tensor>, inputs: &[Tensor]) {
     let r = ReferenceBackend.prepare(g, w).unwrap().run(inputs).unwrap();
-    let c = CpuBackend
-        .prepare(g, w)
-        .unwrap()
-        .run(inputs)
-        .unwrap();
+    let c = CpuBackend.prepare(g, w).unwrap().run(inputs).unwrap();
     assert_eq!(r[0].shape, c[0].shape);
     let e = rel_err(&c[0].data, &r[0].data);
     println!("{name}: max relative error {e:.2e}");

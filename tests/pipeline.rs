@@ -16,7 +16,9 @@ fn progress_is_reported_every_step_and_cancel_stops_the_run() {
     let mut req = Txt2Img::new(&m, "a blue star").unwrap();
     req.steps = 5;
     let mut seen = Vec::new();
-    let out = pipe.txt2img(&req, &mut |p| seen.push((p.step, p.total)), &Cancel::new()).unwrap();
+    let out = pipe
+        .txt2img(&req, &mut |p| seen.push((p.step, p.total)), &Cancel::new())
+        .unwrap();
     assert_eq!(seen, (1..=5).map(|s| (s, 5)).collect::<Vec<_>>());
     assert_eq!(out.rgb.len(), out.width * out.height * 3);
 
@@ -48,7 +50,10 @@ fn guidance_changes_the_image_and_one_means_conditional_only() {
         let mut r = req.clone();
         r.guidance = g;
         r.negative_prompt = neg.to_string();
-        pipe.txt2img(&r, &mut |_| {}, &Cancel::new()).unwrap().latents.data
+        pipe.txt2img(&r, &mut |_| {}, &Cancel::new())
+            .unwrap()
+            .latents
+            .data
     };
     // At guidance 1 the negative prompt has no influence: only the conditional pass runs.
     assert_eq!(run(1.0, ""), run(1.0, "a red square"));
@@ -66,10 +71,19 @@ fn bad_requests_are_errors() {
         f(&mut r);
         pipe.txt2img(&r, &mut |_| {}, &Cancel::new())
     };
-    assert!(matches!(run(&|r| r.prompt = String::new()), Err(Error::Input(_))));
+    assert!(matches!(
+        run(&|r| r.prompt = String::new()),
+        Err(Error::Input(_))
+    ));
     assert!(matches!(run(&|r| r.width = 33), Err(Error::Input(_))));
-    assert!(matches!(run(&|r| r.guidance = f32::NAN), Err(Error::Input(_))));
+    assert!(matches!(
+        run(&|r| r.guidance = f32::NAN),
+        Err(Error::Input(_))
+    ));
     assert!(matches!(run(&|r| r.steps = 5000), Err(Error::Input(_))));
     let wrong = ldm_edge::backend::Tensor::zeros(&[1, 4, 3, 3]);
-    assert!(matches!(run(&|r| r.init_noise = Some(wrong.clone())), Err(Error::Input(_))));
+    assert!(matches!(
+        run(&|r| r.init_noise = Some(wrong.clone())),
+        Err(Error::Input(_))
+    ));
 }

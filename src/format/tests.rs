@@ -150,7 +150,7 @@ fn replace_keeps_live_mapping_valid() {
                 .unwrap()
                 .file_name()
                 .to_string_lossy()
-                .contains(".tmp-")
+                .contains("replace.ldm.tmp-")
         })
         .count();
     assert_eq!(leftovers, 0);
