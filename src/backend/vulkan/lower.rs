@@ -531,3 +531,78 @@ pub fn lower(g: &Graph, fmt_of: &dyn Fn(&str) -> WeightFmt, align: u64) -> Resul
         id_checks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Node, ValueType};
+
+    fn node(op: Op, inputs: Vec<usize>, shape: &[usize]) -> Node {
+        Node {
+            op,
+            inputs,
+            shape: shape.to_vec(),
+            ty: ValueType::F32,
+        }
+    }
+
+    /// A chain of elementwise ops reuses storage: at most two values are live at a time.
+    #[test]
+    fn chain_reuses_storage() {
+        let mut g = Graph::default();
+        g.nodes.push(node(
+            Op::Input {
+                name: "x".into(),
+                ty: ValueType::F32,
+            },
+            vec![],
+            &[64],
+        ));
+        for i in 0..6 {
+            g.nodes.push(node(Op::Scale { s: 2.0 }, vec![i], &[64]));
+        }
+        g.outputs = vec![6];
+        let low = lower(&g, &|_| WeightFmt::F32, 1).unwrap();
+        assert_eq!(low.steps.len(), 6);
+        assert_eq!(low.arena_elems, 128);
+    }
+
+    /// GroupNorm + SiLU becomes one dispatch; a Reshape is a view with no dispatch.
+    #[test]
+    fn fuses_group_norm_silu_and_views_reshape() {
+        let mut g = Graph::default();
+        let f = ValueType::F32;
+        g.nodes.push(node(
+            Op::Input {
+                name: "x".into(),
+                ty: f,
+            },
+            vec![],
+            &[1, 4, 3],
+        ));
+        g.nodes
+            .push(node(Op::Param { path: "g".into() }, vec![], &[4]));
+        g.nodes
+            .push(node(Op::Param { path: "b".into() }, vec![], &[4]));
+        g.nodes.push(node(
+            Op::GroupNorm {
+                groups: 2,
+                eps: 1e-5,
+            },
+            vec![0, 1, 2],
+            &[1, 4, 3],
+        ));
+        g.nodes.push(node(Op::Silu, vec![3], &[1, 4, 3]));
+        g.nodes
+            .push(node(Op::Reshape { shape: vec![12] }, vec![4], &[12]));
+        g.outputs = vec![5];
+        let low = lower(&g, &|_| WeightFmt::F32, 1).unwrap();
+        assert_eq!(low.steps.len(), 1);
+        assert_eq!(low.steps[0].kernel, "group_norm");
+        assert_eq!(low.steps[0].push[5], 1, "silu flag");
+        assert_eq!(
+            low.outputs[0].0, low.steps[0].bufs[3],
+            "the reshape views the fused output"
+        );
+    }
+}
