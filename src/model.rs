@@ -124,4 +124,11 @@ impl WeightSource for Model {
             .ok_or_else(|| Error::MissingWeight(path.to_string()))?;
         Ok(t.to_f32())
     }
+    fn raw_dtype(&self, path: &str) -> Option<crate::format::DType> {
+        self.file.tensor(path).map(|t| t.dtype())
+    }
+    fn load_raw(&self, path: &str) -> Option<(crate::format::DType, std::borrow::Cow<'_, [u8]>)> {
+        // Borrowed straight from the mapping: no copy of the weight in host memory.
+        self.file.tensor(path).map(|t| (t.dtype(), std::borrow::Cow::Borrowed(t.bytes)))
+    }
 }

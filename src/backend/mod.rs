@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 pub mod cpu;
 pub mod reference;
+#[cfg(feature = "vulkan")]
+pub mod vulkan;
 
 /// A host tensor: f32 data in row-major order. Integer inputs (token ids) are carried as exact
 /// integer-valued f32.
@@ -38,6 +40,16 @@ impl Tensor {
 pub trait WeightSource {
     fn shape(&self, path: &str) -> Option<Vec<usize>>;
     fn load_f32(&self, path: &str) -> Result<Vec<f32>>;
+    /// The stored dtype of a weight, when the source knows it. Lets a backend pick kernels that
+    /// read f16/q8/q4 directly. Default: unknown (treated as f32).
+    fn raw_dtype(&self, _path: &str) -> Option<crate::format::DType> {
+        None
+    }
+    /// The stored bytes of a weight in its dtype's layout (`format::quant` for q8/q4), borrowed
+    /// from the mapping where possible. Default: not available (use `load_f32`).
+    fn load_raw(&self, _path: &str) -> Option<(crate::format::DType, std::borrow::Cow<'_, [u8]>)> {
+        None
+    }
 }
 
 impl WeightSource for HashMap<String, Tensor> {
@@ -115,13 +127,24 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
         "cpu" => Ok(Box::new(cpu::CpuBackend)),
         "reference" => Ok(Box::new(reference::ReferenceBackend)),
         "auto" => {
-            log::info!("backend auto: this build has no Vulkan backend yet, using the CPU (tract)");
+            #[cfg(feature = "vulkan")]
+            match vulkan::VulkanBackend::new() {
+                Ok(v) => {
+                    log::info!("backend auto: using Vulkan on `{}`", v.device().name);
+                    return Ok(Box::new(v));
+                }
+                Err(e) => log::info!("backend auto: Vulkan unavailable ({e}), using the CPU (tract)"),
+            }
+            #[cfg(not(feature = "vulkan"))]
+            log::info!("backend auto: built without the `vulkan` feature, using the CPU (tract)");
             Ok(Box::new(cpu::CpuBackend))
         }
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Ok(Box::new(vulkan::VulkanBackend::new()?)),
+        #[cfg(not(feature = "vulkan"))]
         "vulkan" => Err(crate::Error::Backend {
             backend: "vulkan",
-            msg: "the Vulkan backend is not part of this build yet; use --backend cpu or auto"
-                .into(),
+            msg: "this build has no Vulkan backend (built without the `vulkan` feature)".into(),
         }),
         other => Err(crate::Error::Input(format!(
             "unknown backend `{other}` (expected auto, cpu, vulkan or reference)"

@@ -28,6 +28,8 @@ enum Cmd {
     Verify { file: PathBuf },
     /// Time the text encoder, one UNet evaluation and the decoder; report peak memory.
     Bench(BenchArgs),
+    /// List Vulkan devices with their capabilities and limits.
+    Devices,
 }
 
 #[derive(clap::Args)]
@@ -258,6 +260,37 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "vulkan")]
+fn devices() -> anyhow::Result<()> {
+    let list = ldm_edge::backend::vulkan::list_devices()?;
+    if list.is_empty() {
+        println!("the Vulkan loader reports no devices");
+    }
+    for d in list {
+        println!("[{}] {} ({}, Vulkan {})", d.index, d.name, d.kind, d.api_version);
+        println!(
+            "    compute queue: {}  f16 arithmetic: {}  16-bit storage: {}  subgroup size: {}",
+            if d.has_compute { "yes" } else { "no" },
+            if d.f16_arith { "yes" } else { "no" },
+            if d.storage_16bit { "yes" } else { "no" },
+            d.subgroup_size.map_or("?".to_string(), |s| s.to_string())
+        );
+        println!(
+            "    device-local memory: {} MiB  max storage buffer range: {} MiB  max workgroup invocations: {}  push constants: {} B",
+            d.device_local_bytes >> 20,
+            d.max_storage_buffer_range >> 20,
+            d.max_workgroup_invocations,
+            d.max_push_constants
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn devices() -> anyhow::Result<()> {
+    anyhow::bail!("this build has no Vulkan backend (built without the `vulkan` feature)")
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -266,6 +299,7 @@ fn main() -> ExitCode {
         Cmd::Info { file } => info(file),
         Cmd::Verify { file } => verify(file),
         Cmd::Bench(a) => bench(a),
+        Cmd::Devices => devices(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,27 @@
+// Row lookup: y[r, :] = table[ids[r], :]. Ids are integer-valued f32. The host checks ids that
+// come straight from graph inputs; an invalid computed id yields NaN so it cannot pass unseen.
+//#include common.wgsl
+struct Params {
+    n: u32, // rows * d
+    d: u32,
+    vocab: u32,
+}
+var<immediate> pc: Params;
+@group(0) @binding(0) var<storage, read> TABLE: array<f32>;
+@group(0) @binding(1) var<storage, read> IDS: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let i = wg_linear(wid, nwg) * 256u + li;
+    if (i >= pc.n) {
+        return;
+    }
+    let id = IDS[i / pc.d];
+    if (!(id >= 0.0 && id < f32(pc.vocab) && fract(id) == 0.0)) {
+        Y[i] = bitcast<f32>(0x7fc00000u);
+        return;
+    }
+    Y[i] = TABLE[u32(id) * pc.d + i % pc.d];
+}

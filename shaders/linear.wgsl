@@ -1,0 +1,77 @@
+// y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]: a 64x64 output tile per workgroup, 4x4 outputs per
+// invocation, K in steps of 16 staged through workgroup memory. The weight read `load_w` comes
+// from the variant's snippet, so q8/q4 blocks are dequantized right here, in the tile load.
+//#variants WEIGHTS=f32,f16,q8,q4
+//#include common.wgsl
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    wblocks: u32, // quant blocks in the weight (q8/q4 only)
+}
+var<immediate> pc: Params;
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+//#include weights_${WEIGHTS}.wgsl
+@group(0) @binding(2) var<storage, read> BIAS: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+
+// k-major tiles: As[kk * 64 + row], so the inner loop reads 4 rows of one k step.
+var<workgroup> As: array<f32, 1024>;
+var<workgroup> Bs: array<f32, 1024>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let m0 = wid.y * 64u;
+    let n0 = wid.x * 64u;
+    let tx = li % 16u; // output columns n0 + tx + 16 j
+    let ty = li / 16u; // output rows m0 + ty + 16 i
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < pc.k; k0 += 16u) {
+        for (var e = 0u; e < 4u; e++) {
+            // k fastest across invocations: both x and w rows are contiguous in k.
+            let idx = li + 256u * e;
+            let row = idx / 16u;
+            let kk = idx % 16u;
+            let k = k0 + kk;
+            let m = m0 + row;
+            let n = n0 + row;
+            var a = 0.0;
+            if (m < pc.m && k < pc.k) {
+                a = X[m * pc.k + k];
+            }
+            var b = 0.0;
+            if (n < pc.n && k < pc.k) {
+                b = load_w(n * pc.k + k, pc.wblocks);
+            }
+            As[kk * 64u + row] = a;
+            Bs[kk * 64u + row] = b;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let o = kk * 64u;
+            let bv = vec4<f32>(Bs[o + tx], Bs[o + tx + 16u], Bs[o + tx + 32u], Bs[o + tx + 48u]);
+            acc[0] += As[o + ty] * bv;
+            acc[1] += As[o + ty + 16u] * bv;
+            acc[2] += As[o + ty + 32u] * bv;
+            acc[3] += As[o + ty + 48u] * bv;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + ty + 16u * i;
+        if (m >= pc.m) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tx + 16u * j;
+            if (n < pc.n) {
+                var y = acc[i][j];
+                if (pc.has_bias == 1u) {
+                    y += BIAS[n];
+                }
+                Y[m * pc.n + n] = y;
+            }
+        }
+    }
+}

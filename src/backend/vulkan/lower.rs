@@ -1,0 +1,608 @@
+//! Lowering of a graph to a flat list of kernel dispatches over planned storage. Pure: no device
+//! calls, so the plan (buffer reuse, fusion, push constants) is testable on its own.
+//!
+//! IR rewrites done here: Reshape is a view (it shares its input's storage), and a GroupNorm
+//! whose only reader is a SiLU runs as one fused kernel.
+use super::arena::Arena;
+use super::backend_error;
+use crate::backend::reference::kernels::timestep_freqs;
+use crate::graph::shape::numel;
+use crate::graph::{Graph, Op};
+use crate::Result;
+use std::collections::HashMap;
+
+/// Where a value lives on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// `len` f32 elements at element offset `off` of the activation arena.
+    Arena { off: u64, len: u64 },
+    /// A whole weight/constant buffer.
+    Weight(usize),
+}
+
+/// How a matrix weight (of Linear or Conv2d) is stored on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFmt {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+impl WeightFmt {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            WeightFmt::F32 => "f32",
+            WeightFmt::F16 => "f16",
+            WeightFmt::Q8 => "q8",
+            WeightFmt::Q4 => "q4",
+        }
+    }
+}
+
+/// A device buffer to fill at prepare time.
+#[derive(Clone, Debug)]
+pub enum WeightData {
+    Param {
+        path: String,
+        fmt: WeightFmt,
+        numel: usize,
+    },
+    Const(Vec<f32>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub node: usize,
+    pub kernel: String,
+    pub bufs: Vec<Storage>,
+    pub push: Vec<u32>,
+    pub groups: Groups,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Groups {
+    /// A 1-D count of workgroups, laid out by the device's grid limits.
+    Linear(u64),
+    /// An explicit 2-D tile grid.
+    Grid([u32; 3]),
+}
+
+pub struct Lowered {
+    pub steps: Vec<Step>,
+    pub weights: Vec<WeightData>,
+    /// Storage of each graph input, in `Graph::inputs()` order.
+    pub inputs: Vec<Storage>,
+    pub outputs: Vec<(Storage, Vec<usize>)>,
+    pub arena_elems: u64,
+    /// (graph input position, vocabulary) of embedding ids that come straight from an input;
+    /// `run` validates them on the host like the reference does.
+    pub id_checks: Vec<(usize, usize)>,
+}
+
+fn f(v: f32) -> u32 {
+    v.to_bits()
+}
+
+fn u(v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        backend_error(format!(
+            "size {v} does not fit the 32-bit indices of the kernels"
+        ))
+    })
+}
+
+fn elementwise(n: usize) -> Groups {
+    Groups::Linear(n.div_ceil(256) as u64)
+}
+
+fn strides(s: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; s.len()];
+    for i in (0..s.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1] * s[i + 1];
+    }
+    st
+}
+
+/// Packs up to 8 values as two vec4<u32> (zero padded).
+fn vec8(v: &[usize]) -> Result<Vec<u32>> {
+    let mut out = vec![0u32; 8];
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = u(x)?;
+    }
+    Ok(out)
+}
+
+fn tile_grid(cols: usize, rows: usize) -> Result<Groups> {
+    let (x, y) = (cols.div_ceil(64), rows.div_ceil(64));
+    if y > 65535 || x > 65535 {
+        return Err(backend_error(format!(
+            "a {rows}x{cols} matrix product exceeds the dispatch grid"
+        )));
+    }
+    Ok(Groups::Grid([x as u32, y as u32, 1]))
+}
+
+/// `fmt_of(path)` says how a weight that only feeds Linear/Conv2d as their weight is stored;
+/// every other weight is f32. `align` is the storage offset alignment in elements.
+pub fn lower(g: &Graph, fmt_of: &dyn Fn(&str) -> WeightFmt, align: u64) -> Result<Lowered> {
+    let n = g.nodes.len();
+    let last = g.last_use();
+    // Storage roots: a Reshape shares its input's storage, so a root lives until its last
+    // reader through any view.
+    let mut root: Vec<usize> = (0..n).collect();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if matches!(node.op, Op::Reshape { .. }) {
+            root[i] = root[node.inputs[0]];
+        }
+    }
+    let mut end = vec![0usize; n];
+    for i in 0..n {
+        let r = root[i];
+        end[r] = end[r].max(last[i]).max(i);
+    }
+    // Readers of each node, and whether a param is only ever a matrix weight.
+    let mut readers: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for (pos, &j) in node.inputs.iter().enumerate() {
+            readers[j].push((i, pos));
+        }
+    }
+    let is_output = |i: usize| g.outputs.contains(&i);
+    // GroupNorm -> SiLU fusion: the SiLU's storage is produced by the GroupNorm.
+    let mut fused_into = vec![None; n];
+    for i in 0..n {
+        if let Op::GroupNorm { .. } = g.nodes[i].op {
+            if let [(j, 0)] = readers[i][..] {
+                if matches!(g.nodes[j].op, Op::Silu) && !is_output(i) {
+                    fused_into[i] = Some(j);
+                }
+            }
+        }
+    }
+
+    let mut fused_silu = vec![false; n];
+    for j in fused_into.iter().flatten() {
+        fused_silu[*j] = true;
+    }
+
+    let mut arena = Arena::new(align);
+    let mut store: Vec<Option<Storage>> = vec![None; n];
+    let mut weights: Vec<WeightData> = Vec::new();
+    let mut weight_ids: HashMap<(String, WeightFmt), usize> = HashMap::new();
+    let mut wfmt = vec![WeightFmt::F32; n];
+    let mut steps = Vec::new();
+    let mut inputs = Vec::new();
+    let mut id_checks = Vec::new();
+    let input_pos: HashMap<usize, usize> = g
+        .inputs()
+        .into_iter()
+        .enumerate()
+        .map(|(k, i)| (i, k))
+        .collect();
+
+    for i in 0..n {
+        let node = &g.nodes[i];
+        let os = node.shape.as_slice();
+        let on = numel(os);
+        // Place the output (before freeing inputs, so it never overlaps what it reads).
+        match &node.op {
+            Op::Param { path } => {
+                let matrix = !readers[i].is_empty()
+                    && readers[i].iter().all(|&(r, pos)| {
+                        pos == 1 && matches!(g.nodes[r].op, Op::Linear | Op::Conv2d { .. })
+                    });
+                let fmt = if matrix { fmt_of(path) } else { WeightFmt::F32 };
+                wfmt[i] = fmt;
+                let id = *weight_ids.entry((path.clone(), fmt)).or_insert_with(|| {
+                    weights.push(WeightData::Param {
+                        path: path.clone(),
+                        fmt,
+                        numel: on,
+                    });
+                    weights.len() - 1
+                });
+                store[i] = Some(Storage::Weight(id));
+            }
+            Op::Reshape { .. } => store[i] = store[node.inputs[0]],
+            // A fused GroupNorm writes straight into its SiLU's storage (placed below); that SiLU
+            // was placed when its GroupNorm was.
+            _ if fused_into[i].is_some() || store[i].is_some() => {}
+            _ => {
+                let off = arena.alloc(on as u64);
+                store[i] = Some(Storage::Arena {
+                    off,
+                    len: on as u64,
+                });
+            }
+        }
+        if let Some(j) = fused_into[i] {
+            let len = numel(&g.nodes[j].shape) as u64;
+            store[j] = Some(Storage::Arena {
+                off: arena.alloc(len),
+                len,
+            });
+        }
+        let st = |j: usize| -> Result<Storage> {
+            store[j].ok_or_else(|| {
+                backend_error(format!("node {i} reads node {j} before it is placed"))
+            })
+        };
+        let arg = |k: usize| st(node.inputs[k]);
+        let sh = |k: usize| g.nodes[node.inputs[k]].shape.as_slice();
+        let out = match fused_into[i] {
+            Some(j) => st(j)?,
+            None => st(i)?,
+        };
+        let mut step = |kernel: String, bufs: Vec<Storage>, push: Vec<u32>, groups: Groups| {
+            steps.push(Step {
+                node: i,
+                kernel,
+                bufs,
+                push,
+                groups,
+            });
+        };
+        match &node.op {
+            Op::Input { .. } => inputs.push(out),
+            Op::Param { .. } | Op::Reshape { .. } => {}
+            Op::Silu if fused_silu[i] => {}
+            Op::Conv2d { stride, pads } => {
+                let (xs, ws) = (sh(0), sh(1));
+                let fmt = wfmt[node.inputs[1]];
+                let k = ws[1] * ws[2] * ws[3];
+                let m = os[0] * os[2] * os[3];
+                let has_bias = node.inputs.len() > 2;
+                let bias = if has_bias { arg(2)? } else { arg(0)? };
+                let push = vec![
+                    u(m)?,
+                    u(ws[0])?,
+                    u(k)?,
+                    has_bias as u32,
+                    u(numel(ws).div_ceil(32))?,
+                    u(xs[1])?,
+                    u(xs[2])?,
+                    u(xs[3])?,
+                    u(os[2])?,
+                    u(os[3])?,
+                    u(ws[2])?,
+                    u(ws[3])?,
+                    u(*stride)?,
+                    u(pads[0])?,
+                    u(pads[1])?,
+                ];
+                step(
+                    format!("conv2d_{}", fmt.suffix()),
+                    vec![arg(0)?, arg(1)?, bias, out],
+                    push,
+                    tile_grid(ws[0], m)?,
+                );
+            }
+            Op::Linear => {
+                let ws = sh(1);
+                let fmt = wfmt[node.inputs[1]];
+                let (nn, k) = (ws[0], ws[1]);
+                let m = numel(sh(0)) / k.max(1);
+                let has_bias = node.inputs.len() > 2;
+                let bias = if has_bias { arg(2)? } else { arg(0)? };
+                let push = vec![
+                    u(m)?,
+                    u(nn)?,
+                    u(k)?,
+                    has_bias as u32,
+                    u(numel(ws).div_ceil(32))?,
+                ];
+                step(
+                    format!("linear_{}", fmt.suffix()),
+                    vec![arg(0)?, arg(1)?, bias, out],
+                    push,
+                    tile_grid(nn, m)?,
+                );
+            }
+            Op::Add | Op::Mul => {
+                let r = os.len();
+                if r > 8 {
+                    return Err(backend_error(format!(
+                        "{}: rank {r} > 8 is not supported",
+                        node.op.kind()
+                    )));
+                }
+                let pad = |s: &[usize]| {
+                    let mut p = vec![1; r - s.len()];
+                    p.extend_from_slice(s);
+                    p
+                };
+                let bstr = |s: &[usize]| {
+                    let p = pad(s);
+                    strides(&p)
+                        .iter()
+                        .zip(&p)
+                        .map(|(&st, &d)| if d == 1 { 0 } else { st })
+                        .collect::<Vec<_>>()
+                };
+                let contiguous = sh(0) == os && sh(1) == os;
+                let mut push = vec![
+                    u(on)?,
+                    matches!(node.op, Op::Mul) as u32,
+                    u(r)?,
+                    contiguous as u32,
+                ];
+                push.extend(vec8(os)?);
+                push.extend(vec8(&bstr(sh(0)))?);
+                push.extend(vec8(&bstr(sh(1)))?);
+                step(
+                    "binary".into(),
+                    vec![arg(0)?, arg(1)?, out],
+                    push,
+                    elementwise(on),
+                );
+            }
+            Op::Scale { s } => step(
+                "scale".into(),
+                vec![arg(0)?, out],
+                vec![u(on)?, f(*s)],
+                elementwise(on),
+            ),
+            Op::Silu => step(
+                "silu".into(),
+                vec![arg(0)?, out],
+                vec![u(on)?, 0],
+                elementwise(on),
+            ),
+            Op::Gelu => step(
+                "gelu".into(),
+                vec![arg(0)?, out],
+                vec![u(on)?, 0],
+                elementwise(on),
+            ),
+            Op::GroupNorm { groups, eps } => {
+                let xs = sh(0);
+                let spatial = numel(&xs[2..]);
+                let cpg = xs[1] / groups;
+                let total = xs[0] * groups;
+                let push = vec![
+                    u(cpg * spatial)?,
+                    u(spatial)?,
+                    u(cpg)?,
+                    u(*groups)?,
+                    f(*eps),
+                    fused_into[i].is_some() as u32,
+                    u(total)?,
+                ];
+                step(
+                    "group_norm".into(),
+                    vec![arg(0)?, arg(1)?, arg(2)?, out],
+                    push,
+                    Groups::Linear(total as u64),
+                );
+            }
+            Op::LayerNorm { eps } => {
+                let c = *os.last().unwrap_or(&1);
+                let rows = on / c.max(1);
+                let push = vec![u(c)?, f(*eps), u(rows)?];
+                step(
+                    "layer_norm".into(),
+                    vec![arg(0)?, arg(1)?, arg(2)?, out],
+                    push,
+                    Groups::Linear(rows as u64),
+                );
+            }
+            Op::Attention { heads, causal } => {
+                let (qs, ks, vs) = (sh(0), sh(1), sh(2));
+                let (d, dv) = (qs[2] / heads, vs[2] / heads);
+                if d > 256 || dv > 256 {
+                    return Err(backend_error(format!(
+                        "attention head size {d}/{dv} > 256 is not supported"
+                    )));
+                }
+                let rows = qs[0] * heads * qs[1];
+                let push = vec![
+                    u(qs[1])?,
+                    u(ks[1])?,
+                    u(qs[2])?,
+                    u(vs[2])?,
+                    u(*heads)?,
+                    u(d)?,
+                    u(dv)?,
+                    *causal as u32,
+                    f((1.0 / (d as f64).sqrt()) as f32),
+                    u(rows)?,
+                ];
+                step(
+                    "attention".into(),
+                    vec![arg(0)?, arg(1)?, arg(2)?, out],
+                    push,
+                    Groups::Linear(rows as u64),
+                );
+            }
+            Op::Permute { perm } => {
+                let xs = sh(0);
+                if os.len() > 8 {
+                    return Err(backend_error(format!(
+                        "permute: rank {} > 8 is not supported",
+                        os.len()
+                    )));
+                }
+                let sx = strides(xs);
+                let st: Vec<usize> = perm.iter().map(|&p| sx[p]).collect();
+                let mut push = vec![u(on)?, u(os.len())?, 0, 0];
+                push.extend(vec8(os)?);
+                push.extend(vec8(&st)?);
+                step("permute".into(), vec![arg(0)?, out], push, elementwise(on));
+            }
+            Op::Concat { axis } => {
+                let inner = numel(&os[axis + 1..]);
+                let mut off = 0;
+                for k in 0..node.inputs.len() {
+                    let xs = sh(k);
+                    let xn = numel(xs);
+                    let push = vec![
+                        u(xn)?,
+                        u(xs[*axis] * inner)?,
+                        u(os[*axis] * inner)?,
+                        u(off * inner)?,
+                    ];
+                    step("concat".into(), vec![arg(k)?, out], push, elementwise(xn));
+                    off += xs[*axis];
+                }
+            }
+            Op::Slice { axis, start, end } => {
+                let xs = sh(0);
+                let inner = numel(&xs[axis + 1..]);
+                let push = vec![
+                    u(on)?,
+                    u((end - start) * inner)?,
+                    u(xs[*axis] * inner)?,
+                    u(start * inner)?,
+                ];
+                step("slice".into(), vec![arg(0)?, out], push, elementwise(on));
+            }
+            Op::Upsample2x => {
+                let xs = sh(0);
+                let r = xs.len();
+                step(
+                    "upsample2x".into(),
+                    vec![arg(0)?, out],
+                    vec![u(on)?, u(xs[r - 2])?, u(xs[r - 1])?],
+                    elementwise(on),
+                );
+            }
+            Op::TimestepEmbedding {
+                dim,
+                flip_sin_to_cos,
+                shift,
+            } => {
+                weights.push(WeightData::Const(timestep_freqs(*dim, *shift)));
+                let freqs = Storage::Weight(weights.len() - 1);
+                let half = dim / 2;
+                let nb = sh(0)[0] * half;
+                let push = vec![u(nb)?, u(half)?, *flip_sin_to_cos as u32];
+                step(
+                    "timestep_embedding".into(),
+                    vec![arg(0)?, freqs, out],
+                    push,
+                    elementwise(nb),
+                );
+            }
+            Op::Embedding => {
+                let ts = sh(0);
+                if let Some(&k) = input_pos.get(&node.inputs[1]) {
+                    id_checks.push((k, ts[0]));
+                }
+                let push = vec![u(on)?, u(ts[1])?, u(ts[0])?];
+                step(
+                    "embedding".into(),
+                    vec![arg(0)?, arg(1)?, out],
+                    push,
+                    elementwise(on),
+                );
+            }
+        }
+        // Release storage whose last reader (through any view) was this node, and values
+        // nobody reads at all.
+        let mut done: Vec<usize> = node.inputs.iter().map(|&j| root[j]).collect();
+        done.push(root[i]);
+        done.sort_unstable();
+        done.dedup();
+        for r in done {
+            if end[r] <= i && !is_output(r) {
+                if let Some(Storage::Arena { off, len }) = store[r] {
+                    arena.free(off, len);
+                }
+            }
+        }
+    }
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|&o| {
+            Ok((
+                store[o].ok_or_else(|| backend_error("an output has no storage"))?,
+                g.nodes[o].shape.clone(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Lowered {
+        steps,
+        weights,
+        inputs,
+        outputs,
+        arena_elems: arena.size(),
+        id_checks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Node, ValueType};
+
+    fn node(op: Op, inputs: Vec<usize>, shape: &[usize]) -> Node {
+        Node {
+            op,
+            inputs,
+            shape: shape.to_vec(),
+            ty: ValueType::F32,
+        }
+    }
+
+    /// A chain of elementwise ops reuses storage: at most two values are live at a time.
+    #[test]
+    fn chain_reuses_storage() {
+        let mut g = Graph::default();
+        g.nodes.push(node(
+            Op::Input {
+                name: "x".into(),
+                ty: ValueType::F32,
+            },
+            vec![],
+            &[64],
+        ));
+        for i in 0..6 {
+            g.nodes.push(node(Op::Scale { s: 2.0 }, vec![i], &[64]));
+        }
+        g.outputs = vec![6];
+        let low = lower(&g, &|_| WeightFmt::F32, 1).unwrap();
+        assert_eq!(low.steps.len(), 6);
+        assert_eq!(low.arena_elems, 128);
+    }
+
+    /// GroupNorm + SiLU becomes one dispatch; a Reshape is a view with no dispatch.
+    #[test]
+    fn fuses_group_norm_silu_and_views_reshape() {
+        let mut g = Graph::default();
+        let f = ValueType::F32;
+        g.nodes.push(node(
+            Op::Input {
+                name: "x".into(),
+                ty: f,
+            },
+            vec![],
+            &[1, 4, 3],
+        ));
+        g.nodes
+            .push(node(Op::Param { path: "g".into() }, vec![], &[4]));
+        g.nodes
+            .push(node(Op::Param { path: "b".into() }, vec![], &[4]));
+        g.nodes.push(node(
+            Op::GroupNorm {
+                groups: 2,
+                eps: 1e-5,
+            },
+            vec![0, 1, 2],
+            &[1, 4, 3],
+        ));
+        g.nodes.push(node(Op::Silu, vec![3], &[1, 4, 3]));
+        g.nodes
+            .push(node(Op::Reshape { shape: vec![12] }, vec![4], &[12]));
+        g.outputs = vec![5];
+        let low = lower(&g, &|_| WeightFmt::F32, 1).unwrap();
+        assert_eq!(low.steps.len(), 1);
+        assert_eq!(low.steps[0].kernel, "group_norm");
+        assert_eq!(low.steps[0].push[5], 1, "silu flag");
+        assert_eq!(
+            low.outputs[0].0, low.steps[0].bufs[3],
+            "the reshape views the fused output"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! The Vulkan compute backend: the IR lowered to WGSL kernels (compiled to SPIR-V by build.rs),
+//! run through vulkano.
+//!
+//! One job per file: [`device`] picks the device and queue, [`pipelines`] caches pipelines,
+//! [`arena`] plans activation memory by liveness, [`upload`] moves weights through bounded
+//! staging, [`lower`] turns the graph into dispatches, [`plan`] records and replays them.
+pub mod arena;
+pub mod device;
+pub mod lower;
+pub mod pipelines;
+pub mod plan;
+pub mod upload;
+
+pub use device::{list_devices, DeviceInfo};
+pub use plan::VulkanPlan;
+
+use super::{Backend, Executable, WeightSource};
+use crate::graph::Graph;
+use crate::{Error, Result};
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::sync::Arc;
+
+pub(crate) fn backend_error(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "vulkan",
+        msg: msg.into(),
+    }
+}
+
+/// Maps any vulkano error to `Error::Backend`, keeping its text (device lost, out of memory...).
+pub(crate) fn verr<E: Display>(what: &str) -> impl Fn(E) -> Error + '_ {
+    move |e| backend_error(format!("{what}: {e}"))
+}
+
+/// Storage choices for matrix weights (Linear and Conv2d).
+#[derive(Clone, Debug)]
+pub struct VulkanOptions {
+    /// Keep f32 weights as f16 on the device (halves their memory; ~1e-3 relative error).
+    pub f16_weights: bool,
+    /// Use q8/q4/f16 weights as the source stores them, dequantized inside the kernels.
+    pub quantized: bool,
+}
+
+impl Default for VulkanOptions {
+    fn default() -> Self {
+        VulkanOptions {
+            f16_weights: false,
+            quantized: true,
+        }
+    }
+}
+
+pub struct VulkanBackend {
+    gpu: Arc<device::Gpu>,
+    cache: RefCell<pipelines::PipelineCache>,
+    opts: VulkanOptions,
+}
+
+impl VulkanBackend {
+    /// Opens the best Vulkan device. Fails with a clear error (never a panic) when there is no
+    /// loader, no device, or no compute queue.
+    pub fn new() -> Result<Self> {
+        Self::with_options(VulkanOptions::default())
+    }
+
+    pub fn with_options(opts: VulkanOptions) -> Result<Self> {
+        Ok(VulkanBackend {
+            gpu: Arc::new(device::Gpu::open()?),
+            cache: RefCell::default(),
+            opts,
+        })
+    }
+
+    pub fn device(&self) -> &DeviceInfo {
+        &self.gpu.info
+    }
+
+    /// Like `Backend::prepare`, keeping the concrete plan (for `peak_device_bytes`).
+    pub fn prepare_plan(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<VulkanPlan> {
+        let mut cache = self.cache.borrow_mut();
+        VulkanPlan::new(self.gpu.clone(), &mut cache, &self.opts, graph, weights)
+    }
+}
+
+impl Backend for VulkanBackend {
+    fn name(&self) -> &'static str {
+        "vulkan"
+    }
+    fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>> {
+        Ok(Box::new(self.prepare_plan(graph, weights)?))
+    }
+}

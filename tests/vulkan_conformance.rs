@@ -1,0 +1,655 @@
+//! Vulkan backend conformance: every IR op, several shapes including odd ones, against the
+//! reference backend, with a per-op tolerance; then whole tiny models.
+//!
+//! Without a Vulkan device the tests print a loud SKIP and pass, unless `CI=true` or
+//! `LDM_REQUIRE_VULKAN=1`, where a missing device fails them.
+#![cfg(feature = "vulkan")]
+
+use ldm_edge::arch::{init::random_param, ModelConfig};
+use ldm_edge::backend::reference::ReferenceBackend;
+use ldm_edge::backend::vulkan::{VulkanBackend, VulkanOptions};
+use ldm_edge::backend::{Backend, Tensor, WeightSource};
+use ldm_edge::format::quant::{dequantize_q4, dequantize_q8, quantize_q4, quantize_q8};
+use ldm_edge::format::DType;
+use ldm_edge::graph::{shape::infer, Graph, Node, Op, ValueType};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("LDM_REQUIRE_VULKAN").is_ok_and(|v| v == "1")
+}
+
+fn backend(opts: VulkanOptions) -> Option<VulkanBackend> {
+    match VulkanBackend::with_options(opts) {
+        Ok(b) => Some(b),
+        Err(e) if required() => {
+            panic!("Vulkan is required here (CI / LDM_REQUIRE_VULKAN) but unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n*** SKIP: no usable Vulkan device ({e}); Vulkan conformance NOT tested ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// Per-op tolerance on max|a-b| / max(max|ref|, 1e-6), for f32 storage.
+fn tolerance(kind: &str) -> f32 {
+    match kind {
+        // Copies and lookups are exact.
+        "reshape" | "permute" | "concat" | "slice" | "upsample2x" | "embedding" => 0.0,
+        "add" | "mul" | "scale" => 1e-6,
+        "silu" | "gelu" | "timestep_embedding" => 1e-6,
+        // f32 accumulation over K, two-pass f32 moments, online softmax.
+        "conv2d" | "linear" | "group_norm" | "layer_norm" | "attention" => 1e-5,
+        _ => 1e-5,
+    }
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| {
+        if x.is_nan() != y.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max((x - y).abs())
+        }
+    }) / scale
+}
+
+/// A tiny graph builder (the tracer lives behind `Ops`; here we want single raw ops).
+#[derive(Default)]
+struct B {
+    g: Graph,
+    inputs: Vec<Tensor>,
+    weights: HashMap<String, Tensor>,
+    seed: u64,
+}
+
+impl B {
+    fn data(&mut self, n: usize, amp: f32) -> Vec<f32> {
+        self.seed += 1;
+        // random_param of a 1-D ".bias" path is a plain uniform draw; scale it to taste.
+        random_param(self.seed, "x.bias", &[n])
+            .iter()
+            .map(|v| v * amp * 10.0)
+            .collect()
+    }
+    fn push(&mut self, op: Op, inputs: Vec<usize>, shape: Vec<usize>) -> usize {
+        self.g.nodes.push(Node {
+            op,
+            inputs,
+            shape,
+            ty: ValueType::F32,
+        });
+        self.g.nodes.len() - 1
+    }
+    fn input(&mut self, shape: &[usize]) -> usize {
+        let d = self.data(shape.iter().product(), 1.0);
+        self.input_with(shape, d)
+    }
+    fn input_with(&mut self, shape: &[usize], data: Vec<f32>) -> usize {
+        let name = format!("in{}", self.inputs.len());
+        self.inputs.push(Tensor::new(shape.to_vec(), data).unwrap());
+        self.push(
+            Op::Input {
+                name,
+                ty: ValueType::F32,
+            },
+            vec![],
+            shape.to_vec(),
+        )
+    }
+    fn param(&mut self, shape: &[usize]) -> usize {
+        let path = format!("p{}.weight", self.g.nodes.len());
+        let d = self.data(shape.iter().product(), 0.5);
+        self.weights
+            .insert(path.clone(), Tensor::new(shape.to_vec(), d).unwrap());
+        self.push(Op::Param { path }, vec![], shape.to_vec())
+    }
+    fn op(&mut self, op: Op, ins: &[usize]) -> usize {
+        let shapes: Vec<&[usize]> = ins
+            .iter()
+            .map(|&i| self.g.nodes[i].shape.as_slice())
+            .collect();
+        let s = infer(&op, &shapes).unwrap();
+        self.push(op, ins.to_vec(), s)
+    }
+    fn finish(mut self, outs: &[usize]) -> Self {
+        self.g.outputs = outs.to_vec();
+        self
+    }
+}
+
+/// Runs a graph on both backends; returns the relative error of every output.
+fn compare(vk: &VulkanBackend, g: &Graph, w: &dyn WeightSource, inputs: &[Tensor]) -> f32 {
+    let r = ReferenceBackend.prepare(g, w).unwrap().run(inputs).unwrap();
+    let mut plan = vk.prepare(g, w).unwrap();
+    // Run twice: the recorded command buffer must replay with the same result.
+    let _ = plan.run(inputs).unwrap();
+    let v = plan.run(inputs).unwrap();
+    r.iter()
+        .zip(&v)
+        .map(|(r, v)| {
+            assert_eq!(r.shape, v.shape);
+            rel_err(&v.data, &r.data)
+        })
+        .fold(0.0, f32::max)
+}
+
+fn check(vk: &VulkanBackend, kind: &str, label: &str, b: B, errors: &mut Vec<String>) {
+    let e = compare(vk, &b.g, &b.weights, &b.inputs);
+    let tol = tolerance(kind);
+    println!("{kind:>20} {label:<40} rel err {e:.2e} (tol {tol:.0e})");
+    if e > tol {
+        errors.push(format!("{kind} {label}: {e:.3e} > {tol:.0e}"));
+    }
+}
+
+fn single(op: Op, shapes: &[&[usize]]) -> B {
+    let mut b = B::default();
+    let ins: Vec<usize> = shapes.iter().map(|s| b.input(s)).collect();
+    let y = b.op(op, &ins);
+    b.finish(&[y])
+}
+
+fn conv(x: &[usize], w: &[usize], bias: bool, stride: usize, pads: [usize; 4]) -> B {
+    let mut b = B::default();
+    let xi = b.input(x);
+    let wi = b.param(w);
+    let mut ins = vec![xi, wi];
+    if bias {
+        ins.push(b.param(&[w[0]]));
+    }
+    let y = b.op(Op::Conv2d { stride, pads }, &ins);
+    b.finish(&[y])
+}
+
+fn linear(x: &[usize], w: &[usize], bias: bool) -> B {
+    let mut b = B::default();
+    let xi = b.input(x);
+    let wi = b.param(w);
+    let mut ins = vec![xi, wi];
+    if bias {
+        ins.push(b.param(&[w[0]]));
+    }
+    let y = b.op(Op::Linear, &ins);
+    b.finish(&[y])
+}
+
+fn norm(op: Op, x: &[usize], c: usize) -> B {
+    let mut b = B::default();
+    let xi = b.input(x);
+    let g = b.param(&[c]);
+    let be = b.param(&[c]);
+    let y = b.op(op, &[xi, g, be]);
+    b.finish(&[y])
+}
+
+#[test]
+fn every_op_matches_reference() {
+    let Some(vk) = backend(VulkanOptions::default()) else {
+        return;
+    };
+    let mut errors = Vec::new();
+    let e = &mut errors;
+
+    for (x, w, bias, s, p) in [
+        (&[1, 3, 5, 7][..], &[4, 3, 3, 3][..], true, 1, [1, 1, 1, 1]),
+        (&[2, 5, 9, 6], &[7, 5, 3, 3], true, 2, [1, 1, 1, 1]),
+        (&[1, 16, 4, 5], &[33, 16, 1, 1], false, 1, [0; 4]),
+        (&[1, 6, 11, 13], &[70, 6, 3, 3], true, 2, [0, 0, 1, 1]),
+    ] {
+        check(
+            &vk,
+            "conv2d",
+            &format!("{x:?}*{w:?} s{s} p{p:?}"),
+            conv(x, w, bias, s, p),
+            e,
+        );
+    }
+    for (x, w, bias) in [
+        (&[3, 5][..], &[7, 5][..], true),
+        (&[2, 9, 33], &[65, 33], false),
+        (&[1, 130], &[70, 130], true),
+        (&[2, 77, 64], &[128, 64], true),
+    ] {
+        check(
+            &vk,
+            "linear",
+            &format!("{x:?}*{w:?}"),
+            linear(x, w, bias),
+            e,
+        );
+    }
+    for op in [Op::Add, Op::Mul] {
+        for (a, bb) in [
+            (&[2, 3, 5][..], &[2, 3, 5][..]),
+            (&[2, 3, 4, 5], &[3, 1, 1]),
+            (&[4, 1], &[1, 5]),
+            (&[2, 7, 9], &[9]),
+            (&[1], &[3, 7]),
+        ] {
+            check(
+                &vk,
+                op.kind(),
+                &format!("{a:?}, {bb:?}"),
+                single(op.clone(), &[a, bb]),
+                e,
+            );
+        }
+    }
+    for s in [&[3, 7][..], &[1000], &[2, 3, 5, 7]] {
+        check(
+            &vk,
+            "scale",
+            &format!("{s:?}"),
+            single(Op::Scale { s: -0.37 }, &[s]),
+            e,
+        );
+        check(&vk, "silu", &format!("{s:?}"), single(Op::Silu, &[s]), e);
+        check(&vk, "gelu", &format!("{s:?}"), single(Op::Gelu, &[s]), e);
+    }
+    for (x, groups, eps) in [
+        (&[2, 6, 5, 3][..], 3, 1e-5),
+        (&[1, 32, 9, 7], 8, 1e-6),
+        (&[1, 4, 300], 2, 1e-5),
+        (&[3, 5], 5, 1e-5),
+    ] {
+        check(
+            &vk,
+            "group_norm",
+            &format!("{x:?} g{groups}"),
+            norm(Op::GroupNorm { groups, eps }, x, x[1]),
+            e,
+        );
+        // GroupNorm followed by SiLU is fused into one kernel.
+        let mut b = norm(Op::GroupNorm { groups, eps }, x, x[1]);
+        let gn = b.g.outputs[0];
+        let y = b.op(Op::Silu, &[gn]);
+        check(
+            &vk,
+            "group_norm",
+            &format!("{x:?} g{groups} +silu (fused)"),
+            b.finish(&[y]),
+            e,
+        );
+    }
+    for x in [&[3, 7][..], &[2, 5, 33], &[1, 1, 300]] {
+        let c = *x.last().unwrap();
+        check(
+            &vk,
+            "layer_norm",
+            &format!("{x:?}"),
+            norm(Op::LayerNorm { eps: 1e-5 }, x, c),
+            e,
+        );
+    }
+    for (q, k, v, heads, causal) in [
+        (&[2, 5, 8][..], &[2, 7, 8][..], &[2, 7, 12][..], 2, false),
+        (&[1, 9, 16], &[1, 9, 16], &[1, 9, 16], 1, true),
+        (&[2, 37, 40], &[2, 11, 40], &[2, 11, 40], 5, false),
+        (&[1, 4, 320], &[1, 4, 320], &[1, 4, 320], 2, false),
+        (&[1, 70, 16], &[1, 70, 16], &[1, 70, 16], 2, true),
+        (&[1, 70, 16], &[1, 70, 16], &[1, 70, 16], 2, false),
+    ] {
+        let label = format!("q{q:?} k{k:?} v{v:?} h{heads} causal={causal}");
+        check(
+            &vk,
+            "attention",
+            &label,
+            single(Op::Attention { heads, causal }, &[q, k, v]),
+            e,
+        );
+    }
+    // Reshape is a view: check it as an output and as the input of another op.
+    for (x, s) in [
+        (&[2, 3, 4][..], vec![6, 4]),
+        (&[5, 7], vec![35]),
+        (&[1, 2, 3, 5], vec![2, 15]),
+    ] {
+        check(
+            &vk,
+            "reshape",
+            &format!("{x:?}->{s:?}"),
+            single(Op::Reshape { shape: s.clone() }, &[x]),
+            e,
+        );
+        let mut b = B::default();
+        let xi = b.input(x);
+        let r = b.op(Op::Reshape { shape: s.clone() }, &[xi]);
+        let y = b.op(Op::Scale { s: 2.0 }, &[r]);
+        let z = b.op(Op::Add, &[y, r]);
+        check(
+            &vk,
+            "reshape",
+            &format!("{x:?}->{s:?} then ops"),
+            b.finish(&[z, r]),
+            e,
+        );
+    }
+    for (x, p) in [
+        (&[2, 3, 4][..], vec![2, 0, 1]),
+        (&[2, 3, 5, 7], vec![0, 2, 3, 1]),
+        (&[4, 5], vec![1, 0]),
+    ] {
+        check(
+            &vk,
+            "permute",
+            &format!("{x:?} {p:?}"),
+            single(Op::Permute { perm: p.clone() }, &[x]),
+            e,
+        );
+    }
+    for (shapes, axis) in [
+        (vec![&[2, 3, 4][..], &[2, 5, 4]], 1),
+        (vec![&[1, 3][..], &[2, 3]], 0),
+        (vec![&[2, 3, 1][..], &[2, 3, 4], &[2, 3, 3]], 2),
+    ] {
+        check(
+            &vk,
+            "concat",
+            &format!("{shapes:?} axis {axis}"),
+            single(Op::Concat { axis }, &shapes),
+            e,
+        );
+    }
+    for (x, axis, s0, s1) in [
+        (&[2, 7, 5][..], 1, 2, 5),
+        (&[2, 7, 5], 2, 0, 3),
+        (&[3, 4], 0, 1, 2),
+    ] {
+        let op = Op::Slice {
+            axis,
+            start: s0,
+            end: s1,
+        };
+        check(
+            &vk,
+            "slice",
+            &format!("{x:?} axis {axis} {s0}..{s1}"),
+            single(op, &[x]),
+            e,
+        );
+    }
+    for x in [&[1, 2, 3, 5][..], &[2, 3, 4, 4], &[3, 1, 1]] {
+        check(
+            &vk,
+            "upsample2x",
+            &format!("{x:?}"),
+            single(Op::Upsample2x, &[x]),
+            e,
+        );
+    }
+    for (t, dim, flip, shift) in [
+        (vec![0.0, 1.5, 999.0], 8, true, 1.0),
+        (vec![981.0, 1.0], 32, false, 0.0),
+        (vec![500.0, 250.5, 3.0, 999.0, 0.0], 320, true, 0.0),
+    ] {
+        let mut b = B::default();
+        let ti = b.input_with(&[t.len()], t.clone());
+        let y = b.op(
+            Op::TimestepEmbedding {
+                dim,
+                flip_sin_to_cos: flip,
+                shift,
+            },
+            &[ti],
+        );
+        check(
+            &vk,
+            "timestep_embedding",
+            &format!("t{t:?} dim {dim}"),
+            b.finish(&[y]),
+            e,
+        );
+    }
+    for (v, d, ids) in [
+        (11, 5, vec![2usize, 3]),
+        (64, 33, vec![1, 16]),
+        (7, 1, vec![4]),
+    ] {
+        let mut b = B::default();
+        let n: usize = ids.iter().product();
+        let table = b.param(&[v, d]);
+        let id_data = (0..n).map(|i| ((i * 5 + 3) % v) as f32).collect();
+        let ii = b.input_with(&ids, id_data);
+        let y = b.op(Op::Embedding, &[table, ii]);
+        check(
+            &vk,
+            "embedding",
+            &format!("[{v},{d}] ids {ids:?}"),
+            b.finish(&[y]),
+            e,
+        );
+    }
+    assert!(
+        errors.is_empty(),
+        "ops outside tolerance:\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn out_of_vocabulary_id_is_an_error() {
+    let Some(vk) = backend(VulkanOptions::default()) else {
+        return;
+    };
+    let mut b = B::default();
+    let table = b.param(&[5, 3]);
+    let ii = b.input_with(&[2], vec![1.0, 5.0]);
+    let y = b.op(Op::Embedding, &[table, ii]);
+    let b = b.finish(&[y]);
+    let mut plan = vk.prepare(&b.g, &b.weights).unwrap();
+    assert!(plan.run(&b.inputs).is_err());
+}
+
+/// A weight source that stores every 2-D+ weight as q8, q4 or f16 bytes and reports the
+/// dequantized values through `load_f32`, so the reference sees exactly what the bytes mean.
+struct Stored {
+    f32s: HashMap<String, Tensor>,
+    raw: HashMap<String, (DType, Vec<u8>)>,
+}
+
+impl Stored {
+    fn new(w: &HashMap<String, Tensor>, dt: DType) -> Self {
+        let mut f32s = HashMap::new();
+        let mut raw = HashMap::new();
+        for (k, t) in w {
+            if t.shape.len() < 2 {
+                f32s.insert(k.clone(), t.clone());
+                continue;
+            }
+            let n = t.data.len();
+            let (bytes, deq) = match dt {
+                DType::Q8 => {
+                    let q = quantize_q8(&t.data);
+                    let d = dequantize_q8(&q, n);
+                    (q, d)
+                }
+                DType::Q4 => {
+                    let q = quantize_q4(&t.data);
+                    let d = dequantize_q4(&q, n);
+                    (q, d)
+                }
+                _ => {
+                    let h: Vec<half::f16> =
+                        t.data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    (
+                        h.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        h.iter().map(|x| x.to_f32()).collect(),
+                    )
+                }
+            };
+            f32s.insert(k.clone(), Tensor::new(t.shape.clone(), deq).unwrap());
+            raw.insert(k.clone(), (dt, bytes));
+        }
+        Stored { f32s, raw }
+    }
+}
+
+impl WeightSource for Stored {
+    fn shape(&self, path: &str) -> Option<Vec<usize>> {
+        self.f32s.shape(path)
+    }
+    fn load_f32(&self, path: &str) -> ldm_edge::Result<Vec<f32>> {
+        self.f32s.load_f32(path)
+    }
+    fn raw_dtype(&self, path: &str) -> Option<DType> {
+        Some(self.raw.get(path).map_or(DType::F32, |r| r.0))
+    }
+    fn load_raw(&self, path: &str) -> Option<(DType, Cow<'_, [u8]>)> {
+        self.raw
+            .get(path)
+            .map(|(d, b)| (*d, Cow::Borrowed(b.as_slice())))
+    }
+}
+
+/// q8, q4 and f16 weights are read by the conv/linear kernels themselves (dequantized in the
+/// tile loads). Compared with the reference on the dequantized values, so the f32 tolerance (1e-5) holds.
+#[test]
+fn quantized_and_f16_weights_match_reference() {
+    let Some(vk) = backend(VulkanOptions::default()) else {
+        return;
+    };
+    let mut errors = Vec::new();
+    for dt in [DType::Q8, DType::Q4, DType::F16] {
+        let cases: Vec<(String, B)> = vec![
+            (
+                "conv [1,3,5,7]*[4,3,3,3]".into(),
+                conv(&[1, 3, 5, 7], &[4, 3, 3, 3], true, 1, [1; 4]),
+            ),
+            (
+                "conv [2,5,9,6]*[7,5,3,3] s2".into(),
+                conv(&[2, 5, 9, 6], &[7, 5, 3, 3], true, 2, [1; 4]),
+            ),
+            (
+                "conv [1,40,4,5]*[33,40,1,1]".into(),
+                conv(&[1, 40, 4, 5], &[33, 40, 1, 1], false, 1, [0; 4]),
+            ),
+            ("linear [3,5]*[7,5]".into(), linear(&[3, 5], &[7, 5], true)),
+            (
+                "linear [2,9,33]*[65,33]".into(),
+                linear(&[2, 9, 33], &[65, 33], false),
+            ),
+            (
+                "linear [1,130]*[70,130]".into(),
+                linear(&[1, 130], &[70, 130], true),
+            ),
+        ];
+        for (label, b) in cases {
+            let src = Stored::new(&b.weights, dt);
+            let err = compare(&vk, &b.g, &src, &b.inputs);
+            println!(
+                "{:>20} {label:<40} rel err {err:.2e} (tol 1e-5)",
+                format!("{dt:?}")
+            );
+            if err > 1e-5 {
+                errors.push(format!("{dt:?} {label}: {err:.3e}"));
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "outside tolerance:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// `f16_weights` keeps f32 sources as f16 on the device: error against the f32 reference is
+/// the f16 rounding of the weights, stated as 2e-3.
+#[test]
+fn f16_weight_storage_is_close() {
+    let Some(vk) = backend(VulkanOptions {
+        f16_weights: true,
+        quantized: true,
+    }) else {
+        return;
+    };
+    for (label, b) in [
+        (
+            "conv",
+            conv(&[1, 6, 11, 13], &[70, 6, 3, 3], true, 2, [0, 0, 1, 1]),
+        ),
+        ("linear", linear(&[2, 77, 64], &[128, 64], true)),
+    ] {
+        let err = compare(&vk, &b.g, &b.weights, &b.inputs);
+        println!("f16 storage {label}: rel err {err:.2e} (tol 2e-3)");
+        assert!(err <= 2e-3, "{label}: {err}");
+    }
+}
+
+fn model_weights(cfg: &ModelConfig) -> HashMap<String, Tensor> {
+    cfg.param_specs()
+        .unwrap()
+        .into_iter()
+        .map(|(p, s)| {
+            let d = random_param(7, &p, &s);
+            (p, Tensor { shape: s, data: d })
+        })
+        .collect()
+}
+
+fn noise(seed: u64, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor {
+        shape: shape.to_vec(),
+        data: random_param(seed, "input.bias", &[n])
+            .iter()
+            .map(|v| v * 10.0)
+            .collect(),
+    }
+}
+
+#[test]
+fn tiny_models_match_reference() {
+    let Some(vk) = backend(VulkanOptions::default()) else {
+        return;
+    };
+    let cfg = ModelConfig::tiny(64);
+    let w = model_weights(&cfg);
+    let l = cfg.text_encoder.max_position_embeddings;
+    let ids = Tensor::new(
+        vec![2, l],
+        (0..2 * l).map(|i| ((i * 7 + 1) % 64) as f32).collect(),
+    )
+    .unwrap();
+    let mut report = Vec::new();
+    let mut bad = Vec::new();
+    let cases = [
+        ("text", cfg.text_graph(2).unwrap(), vec![ids]),
+        (
+            "unet",
+            cfg.unet_graph(2, 8, 6).unwrap(),
+            vec![
+                noise(1, &[2, 4, 8, 6]),
+                Tensor {
+                    shape: vec![2],
+                    data: vec![981.0, 1.0],
+                },
+                noise(3, &[2, l, cfg.unet.cross_attention_dim]),
+            ],
+        ),
+        (
+            "decoder",
+            cfg.decoder_graph(1, 5, 7).unwrap(),
+            vec![noise(4, &[1, 4, 5, 7])],
+        ),
+    ];
+    for (name, g, inputs) in cases {
+        let e = compare(&vk, &g, &w, &inputs);
+        let plan = vk.prepare_plan(&g, &w).unwrap();
+        report.push(format!(
+            "{name}: rel err {e:.2e}, {} dispatches, device memory {} KiB",
+            plan.dispatches(),
+            plan.peak_device_bytes() / 1024
+        ));
+        if e > 1e-4 {
+            bad.push(format!("{name}: {e:.3e}"));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(bad.is_empty(), "whole-model disagreement > 1e-4: {bad:?}");
+}
