@@ -131,7 +131,7 @@ fn bad_input_is_a_clear_error() {
     fails_with(&generate(&out, &["--size", "30x32"]), "multiple of");
     fails_with(&generate(&out, &["--sampler", "heun"]), "heun");
     fails_with(&generate(&out, &["--steps", "0"]), "steps");
-    fails_with(&generate(&out, &["--backend", "vulkan"]), "Vulkan");
+    fails_with(&generate(&out, &["--backend", "tpu"]), "unknown backend");
     fails_with(
         &generate(&out, &["--model", "does/not/exist.ldm"]),
         "exist.ldm",

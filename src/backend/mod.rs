@@ -129,6 +129,12 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
         "auto" => {
             #[cfg(feature = "vulkan")]
             match vulkan::VulkanBackend::new() {
+                // A software rasteriser (llvmpipe, SwiftShader) is slower than tract on the
+                // same cores, so auto only takes a real GPU; `--backend vulkan` still uses one.
+                Ok(v) if v.device().kind == "Cpu" => log::info!(
+                    "backend auto: `{}` is a software Vulkan device, using the CPU (tract)",
+                    v.device().name
+                ),
                 Ok(v) => {
                     log::info!("backend auto: using Vulkan on `{}`", v.device().name);
                     return Ok(Box::new(v));
