@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-shot GPU measurement on a lent x86-64 GPU machine (no Rust toolchain there): carries the
+# stripped `ldm` and `ldm-host` binaries (.devbin/bins.tar.xz), the Vulkan loader (.gl/*.deb)
+# and the diffusers wheel (.whl/). Writes JSON results under $OUT.
+#   Vulkan (ours):  SD-1.5-shaped UNet, random weights, 64x64 latents, f16 and q8 weight storage
+#   PyTorch:        diffusers' SD-1.5 UNet, random weights, CUDA fp16, same shape (the baseline)
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+nv=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$nv" ] && export VK_DRIVER_FILES=$nv
+mkdir -p /tmp/b && tar xJf .devbin/bins.tar.xz -C /tmp/b
+/tmp/b/ldm devices 2>&1 | tee "$OUT/devices.txt"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$OUT/devices.txt"
+
+# Model files are made here (too big to carry); CPU work, overlapped with the PyTorch run.
+( /tmp/b/ldm-host init --preset sd15 --dtype f16 -o /tmp/sd15-f16.ldm &&
+  /tmp/b/ldm-host init --preset sd15 --dtype q8 -o /tmp/sd15-q8.ldm ) > "$OUT/init.log" 2>&1 &
+init=$!
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+for b in 1 2; do
+  PYTHONPATH=/tmp/site python3 benches/gpu/torch_unet.py --latent 64 --batch $b --iters 20 \
+    2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl"
+done
+wait $init
+for d in f16 q8; do
+  timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-$d.ldm --latent 64 --iters 10 \
+    --skip-decoder --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
+  echo "vulkan $d rc=$?"; cat "$OUT/vk-$d.json"; tail -3 "$OUT/vk-$d.err"
+done
