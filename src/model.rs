@@ -129,6 +129,8 @@ impl WeightSource for Model {
     }
     fn load_raw(&self, path: &str) -> Option<(crate::format::DType, std::borrow::Cow<'_, [u8]>)> {
         // Borrowed straight from the mapping: no copy of the weight in host memory.
-        self.file.tensor(path).map(|t| (t.dtype(), std::borrow::Cow::Borrowed(t.bytes)))
+        self.file
+            .tensor(path)
+            .map(|t| (t.dtype(), std::borrow::Cow::Borrowed(t.bytes)))
     }
 }

@@ -139,7 +139,9 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
                     log::info!("backend auto: using Vulkan on `{}`", v.device().name);
                     return Ok(Box::new(v));
                 }
-                Err(e) => log::info!("backend auto: Vulkan unavailable ({e}), using the CPU (tract)"),
+                Err(e) => {
+                    log::info!("backend auto: Vulkan unavailable ({e}), using the CPU (tract)")
+                }
             }
             #[cfg(not(feature = "vulkan"))]
             log::info!("backend auto: built without the `vulkan` feature, using the CPU (tract)");

@@ -267,7 +267,10 @@ fn devices() -> anyhow::Result<()> {
         println!("the Vulkan loader reports no devices");
     }
     for d in list {
-        println!("[{}] {} ({}, Vulkan {})", d.index, d.name, d.kind, d.api_version);
+        println!(
+            "[{}] {} ({}, Vulkan {})",
+            d.index, d.name, d.kind, d.api_version
+        );
         println!(
             "    compute queue: {}  f16 arithmetic: {}  16-bit storage: {}  subgroup size: {}",
             if d.has_compute { "yes" } else { "no" },

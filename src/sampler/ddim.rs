@@ -58,12 +58,6 @@ impl Scheduler for DdimScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _x: &mut [f32], _step: usize) {}
-
     fn step(
         &mut self,
         model_output: &[f32],

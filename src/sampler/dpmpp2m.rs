@@ -87,12 +87,6 @@ impl Scheduler for DpmSolverPP2MScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _x: &mut [f32], _step: usize) {}
-
     fn step(
         &mut self,
         model_output: &[f32],

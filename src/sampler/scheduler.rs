@@ -22,11 +22,13 @@ pub trait Scheduler: Send {
     }
 
     /// Standard deviation of the initial noise: multiply unit Gaussian noise by this.
-    fn init_noise_sigma(&self) -> f32;
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
 
     /// Scales the sample in place into the model's input space for step `step` (identity for
     /// all but Euler, whose samples live in sigma space).
-    fn scale_model_input(&self, x: &mut [f32], step: usize);
+    fn scale_model_input(&self, _x: &mut [f32], _step: usize) {}
 
     /// One denoising step: from `sample` at step `step` and the (guided) model output for it,
     /// returns the sample for step `step + 1` (after the last step: the final latent).
