@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod dataset;
+mod eval;
 mod init;
 mod tokenizer;
 
@@ -75,6 +76,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: dataset::cli::DatasetCmd,
     },
+    /// Measure a shapes model: text alignment read back by an analytic checker (at the model's
+    /// guidance and at 1.0), and autoencoder reconstruction PSNR.
+    Eval(eval::EvalArgs),
 }
 
 fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
+        Cmd::Eval(args) => eval::run(&args)?,
     }
     Ok(())
 }
