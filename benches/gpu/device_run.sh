@@ -3,6 +3,7 @@
 # stripped `ldm` and `ldm-host` binaries (.devbin/bins.tar.xz), the Vulkan loader (.gl/*.deb)
 # and the diffusers wheel (.whl/). Writes JSON results under $OUT.
 #   Vulkan (ours):  SD-1.5-shaped UNet, random weights, 64x64 latents, f16 and q8 weight storage
+#                   with --profile: per-op GPU timestamp breakdown and the plan's device memory
 #   PyTorch:        diffusers' SD-1.5 UNet, random weights, CUDA fp16, same shape (the baseline)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -25,6 +26,6 @@ done
 wait $init
 for d in f16 q8; do
   timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-$d.ldm --latent 64 --iters 10 \
-    --skip-decoder --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
+    --skip-decoder --profile --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
   echo "vulkan $d rc=$?"; cat "$OUT/vk-$d.json"; tail -3 "$OUT/vk-$d.err"
 done

@@ -91,6 +91,9 @@ struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time each op of one UNet evaluation (GPU timestamps on Vulkan).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -240,6 +243,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         a.latent,
         a.iters,
         a.skip_decoder,
+        a.profile,
     )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -257,6 +261,17 @@ fn bench(a: BenchArgs) -> Result<()> {
     println!("text encoder     {:.1} ms", r.text_encoder_ms);
     println!("decoder          {:.1} ms", r.decoder_ms);
     println!("peak RSS         {:.0} MiB", r.peak_rss_mb);
+    if let Some(mb) = r.unet_device_mb {
+        println!("unet device mem  {mb:.1} MiB");
+    }
+    match &r.unet_op_times {
+        Some(t) => print!(
+            "unet per-op breakdown (one eval):\n{}",
+            ldm_edge::backend::profile::table(t)
+        ),
+        None if a.profile => println!("unet per-op breakdown: not available on this backend"),
+        None => {}
+    }
     Ok(())
 }
 
@@ -267,7 +282,10 @@ fn devices() -> anyhow::Result<()> {
         println!("the Vulkan loader reports no devices");
     }
     for d in list {
-        println!("[{}] {} ({}, Vulkan {})", d.index, d.name, d.kind, d.api_version);
+        println!(
+            "[{}] {} ({}, Vulkan {})",
+            d.index, d.name, d.kind, d.api_version
+        );
         println!(
             "    compute queue: {}  f16 arithmetic: {}  16-bit storage: {}  subgroup size: {}",
             if d.has_compute { "yes" } else { "no" },
