@@ -188,6 +188,45 @@ fn norm(op: Op, x: &[usize], c: usize) -> B {
     b.finish(&[y])
 }
 
+/// GroupNorm (alone and fused with SiLU) and LayerNorm: the kernels with reduction variants.
+fn norm_cases(vk: &VulkanBackend, e: &mut Vec<String>) {
+    for (x, groups, eps) in [
+        (&[2, 6, 5, 3][..], 3, 1e-5),
+        (&[1, 32, 9, 7], 8, 1e-6),
+        (&[1, 4, 300], 2, 1e-5),
+        (&[3, 5], 5, 1e-5),
+    ] {
+        check(
+            vk,
+            "group_norm",
+            &format!("{x:?} g{groups}"),
+            norm(Op::GroupNorm { groups, eps }, x, x[1]),
+            e,
+        );
+        // GroupNorm followed by SiLU is fused into one kernel.
+        let mut b = norm(Op::GroupNorm { groups, eps }, x, x[1]);
+        let gn = b.g.outputs[0];
+        let y = b.op(Op::Silu, &[gn]);
+        check(
+            vk,
+            "group_norm",
+            &format!("{x:?} g{groups} +silu (fused)"),
+            b.finish(&[y]),
+            e,
+        );
+    }
+    for x in [&[3, 7][..], &[2, 5, 33], &[1, 1, 300]] {
+        let c = *x.last().unwrap();
+        check(
+            vk,
+            "layer_norm",
+            &format!("{x:?}"),
+            norm(Op::LayerNorm { eps: 1e-5 }, x, c),
+            e,
+        );
+    }
+}
+
 #[test]
 fn every_op_matches_reference() {
     let Some(vk) = backend(VulkanOptions::default()) else {
@@ -252,41 +291,7 @@ fn every_op_matches_reference() {
         check(&vk, "silu", &format!("{s:?}"), single(Op::Silu, &[s]), e);
         check(&vk, "gelu", &format!("{s:?}"), single(Op::Gelu, &[s]), e);
     }
-    for (x, groups, eps) in [
-        (&[2, 6, 5, 3][..], 3, 1e-5),
-        (&[1, 32, 9, 7], 8, 1e-6),
-        (&[1, 4, 300], 2, 1e-5),
-        (&[3, 5], 5, 1e-5),
-    ] {
-        check(
-            &vk,
-            "group_norm",
-            &format!("{x:?} g{groups}"),
-            norm(Op::GroupNorm { groups, eps }, x, x[1]),
-            e,
-        );
-        // GroupNorm followed by SiLU is fused into one kernel.
-        let mut b = norm(Op::GroupNorm { groups, eps }, x, x[1]);
-        let gn = b.g.outputs[0];
-        let y = b.op(Op::Silu, &[gn]);
-        check(
-            &vk,
-            "group_norm",
-            &format!("{x:?} g{groups} +silu (fused)"),
-            b.finish(&[y]),
-            e,
-        );
-    }
-    for x in [&[3, 7][..], &[2, 5, 33], &[1, 1, 300]] {
-        let c = *x.last().unwrap();
-        check(
-            &vk,
-            "layer_norm",
-            &format!("{x:?}"),
-            norm(Op::LayerNorm { eps: 1e-5 }, x, c),
-            e,
-        );
-    }
+    norm_cases(&vk, e);
     for (q, k, v, heads, causal) in [
         (&[2, 5, 8][..], &[2, 7, 8][..], &[2, 7, 12][..], 2, false),
         (&[1, 9, 16], &[1, 9, 16], &[1, 9, 16], 1, true),
@@ -507,6 +512,30 @@ impl WeightSource for Stored {
     }
 }
 
+/// The reductions of the norm kernels in both variants: subgroupAdd (the default where the
+/// device has subgroup arithmetic, as llvmpipe does) and the portable workgroup-memory tree.
+#[test]
+fn norm_reduction_variants_match_reference() {
+    for subgroup_reduce in [true, false] {
+        let Some(vk) = backend(VulkanOptions {
+            subgroup_reduce,
+            ..VulkanOptions::default()
+        }) else {
+            return;
+        };
+        let choice = vk.kernel_choice();
+        println!("norm kernels: {choice:?} (asked subgroup_reduce={subgroup_reduce})");
+        if subgroup_reduce && !choice.subgroup_reduce {
+            eprintln!(
+                "*** this device has no subgroup arithmetic: the `_sg` variant is NOT tested ***"
+            );
+        }
+        let mut errors = Vec::new();
+        norm_cases(&vk, &mut errors);
+        assert!(errors.is_empty(), "{choice:?}: {}", errors.join("\n"));
+    }
+}
+
 /// q8, q4 and f16 weights are read by the conv/linear kernels themselves (dequantized in the
 /// tile loads). Compared with the reference on the dequantized values, so the f32 tolerance (1e-5) holds.
 #[test]
@@ -564,7 +593,7 @@ fn quantized_and_f16_weights_match_reference() {
 fn f16_weight_storage_is_close() {
     let Some(vk) = backend(VulkanOptions {
         f16_weights: true,
-        quantized: true,
+        ..VulkanOptions::default()
     }) else {
         return;
     };

@@ -151,7 +151,7 @@ fn f16_storage_agrees_with_cpu() {
     // The device option: an f32 file kept as f16 on the GPU, against the CPU's f32 weights.
     let Some(vk) = vulkan(VulkanOptions {
         f16_weights: true,
-        quantized: true,
+        ..VulkanOptions::default()
     }) else {
         return;
     };

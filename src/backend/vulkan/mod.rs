@@ -13,6 +13,7 @@ pub mod plan;
 pub mod profile;
 pub mod record;
 pub mod upload;
+pub mod variants;
 
 pub use device::{list_devices, DeviceInfo};
 pub use fault::Fault;
@@ -45,6 +46,9 @@ pub struct VulkanOptions {
     pub f16_weights: bool,
     /// Use q8/q4/f16 weights as the source stores them, dequantized inside the kernels.
     pub quantized: bool,
+    /// Reduce with subgroupAdd where the device has subgroup arithmetic (off: the portable
+    /// workgroup-memory tree everywhere; lets tests cover both variants on one device).
+    pub subgroup_reduce: bool,
 }
 
 impl Default for VulkanOptions {
@@ -52,6 +56,7 @@ impl Default for VulkanOptions {
         VulkanOptions {
             f16_weights: false,
             quantized: true,
+            subgroup_reduce: true,
         }
     }
 }
@@ -87,6 +92,11 @@ impl VulkanBackend {
 
     pub fn device(&self) -> &DeviceInfo {
         &self.gpu.info
+    }
+
+    /// The kernel variants this backend runs on its device.
+    pub fn kernel_choice(&self) -> variants::KernelChoice {
+        variants::KernelChoice::new(&self.gpu, &self.opts)
     }
 
     /// Like `Backend::prepare`, keeping the concrete plan (for `peak_device_bytes`).

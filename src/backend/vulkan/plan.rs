@@ -7,6 +7,7 @@ use super::pipelines::PipelineCache;
 use super::profile::Profiler;
 use super::record::{Dispatch, Recording};
 use super::upload::{device_buffer, host_buffer, Uploader};
+use super::variants::KernelChoice;
 use super::{backend_error, verr, VulkanOptions};
 use crate::backend::profile::OpTime;
 use crate::backend::{check_inputs, check_weights, Executable, Tensor, WeightSource};
@@ -164,6 +165,7 @@ impl VulkanPlan {
 
         // Drivers cap one binding (llvmpipe: 128 MiB); say so instead of a validation error.
         let max_range = gpu.info.max_storage_buffer_range as u64;
+        let choice = KernelChoice::new(&gpu, opts);
         for st in &low.steps {
             if let Some(big) = st
                 .bufs
@@ -180,7 +182,7 @@ impl VulkanPlan {
                     big as f64 / (1 << 20) as f64,
                 )));
             }
-            let kernel = cache.get(&gpu.device, &st.kernel)?;
+            let kernel = cache.get(&gpu.device, &choice.kernel(&st.kernel))?;
             let set_layout = kernel
                 .layout()
                 .set_layouts()
@@ -221,6 +223,7 @@ impl VulkanPlan {
             outputs.push((hb, shape.clone()));
         }
         let cb = rec.record(&gpu, None)?;
+        log::debug!("vulkan: kernel variants {choice:?}");
         log::info!(
             "vulkan: prepared {} dispatches; device memory {:.1} MiB (activations {:.1} MiB)",
             low.steps.len(),
