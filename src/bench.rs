@@ -1,5 +1,5 @@
 //! `ldm bench`: time the components of a model on a backend and report memory.
-use crate::backend::profile::OpTime;
+use crate::backend::profile::Profile;
 use crate::backend::{Backend, Tensor};
 use crate::model::Model;
 use crate::Result;
@@ -25,9 +25,9 @@ pub struct BenchReport {
     /// Device memory the UNet plan holds (weights + activation arena + transfer buffers), for
     /// backends with their own memory.
     pub unet_device_mb: Option<f64>,
-    /// Per-op time breakdown of one UNet evaluation (`--profile`, where the backend measures
-    /// one: GPU timestamps on Vulkan). Largest first.
-    pub unet_op_times: Option<Vec<OpTime>>,
+    /// Per-op time breakdown and slowest steps of one UNet evaluation (`--profile`, where the
+    /// backend measures one: GPU timestamps on Vulkan).
+    pub unet_profile: Option<Profile>,
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB; 0 where /proc is unavailable.
@@ -103,7 +103,7 @@ pub fn run(
     let inputs = [x, t, ctx];
     let unet_t = time(iters, || unet.run(&inputs).map(drop))?;
     // After the timed runs, so the profiled command buffer never affects the plain timing.
-    let op_times = if profile {
+    let unet_profile = if profile {
         let t = unet.profile(&inputs)?;
         if t.is_none() {
             log::warn!(
@@ -141,6 +141,6 @@ pub fn run(
         decoder_ms: ms(dec_t),
         peak_rss_mb: peak_rss_mb(),
         unet_device_mb: device_mb,
-        unet_op_times: op_times,
+        unet_profile,
     })
 }

@@ -33,7 +33,7 @@ for d in f16 q8; do
     --skip-decoder --profile --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
   echo "vulkan $d rc=$?"; cat "$OUT/vk-$d.json"; tail -3 "$OUT/vk-$d.err"
 done
-# The per-op breakdown as a table (from the JSON's unet_op_times; no extra device run).
+# The per-op breakdown as tables (from the JSON's unet_profile; no extra device run).
 for d in f16 q8; do
   python3 - "$OUT/vk-$d.json" <<'PY' | tee "$OUT/vk-$d-profile.txt"
 import json, sys
@@ -42,7 +42,11 @@ try:
 except Exception as e:
     sys.exit(f"no JSON in {sys.argv[1]}: {e}")
 print(f"{r['model']}: {r['unet_ms_per_eval']:.1f} ms/eval, device memory {r.get('unet_device_mb')} MiB")
-for t in r.get("unet_op_times") or []:
+p = r.get("unet_profile") or {}
+for t in p.get("ops", []):
     print(f"{t['op']:<18} {t['count']:>5} {t['total_ms']:>10.3f} ms {100 * t['share']:>6.1f}%")
+print("slowest steps:")
+for t in p.get("slowest", []):
+    print(f"{t['ms']:>10.3f} ms  {t['step']}")
 PY
 done

@@ -101,7 +101,7 @@ pub trait Executable {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
     /// One run with a per-op time breakdown, for backends that can measure one (the Vulkan
     /// backend, with GPU timestamps). Default: not available; nothing is run.
-    fn profile(&mut self, _inputs: &[Tensor]) -> Result<Option<Vec<profile::OpTime>>> {
+    fn profile(&mut self, _inputs: &[Tensor]) -> Result<Option<profile::Profile>> {
         Ok(None)
     }
     /// Device memory the plan holds (weights, activations, transfer buffers), for backends

@@ -2,6 +2,46 @@
 //! (`Executable::profile`); `ldm bench --profile` prints it and puts it in `--json`.
 use serde::Serialize;
 
+/// What one profiled run measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Profile {
+    /// Time by op kind, largest first.
+    pub ops: Vec<OpTime>,
+    /// The slowest single steps, slowest first: where one shape (say a low-resolution conv that
+    /// fills few workgroups) costs more than its share of the work.
+    pub slowest: Vec<StepTime>,
+}
+
+/// One step (kernel dispatch) of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepTime {
+    /// Kernel, graph node, output shape, workgroup grid: whatever the backend can name.
+    pub step: String,
+    pub ms: f64,
+}
+
+/// How many of the slowest steps a profile keeps.
+pub const SLOWEST: usize = 15;
+
+impl Profile {
+    /// From (op kind, step description, milliseconds) per step.
+    pub fn from_steps(steps: &[(&str, String, f64)]) -> Profile {
+        let mut slowest: Vec<StepTime> = steps
+            .iter()
+            .map(|(_, step, ms)| StepTime {
+                step: step.clone(),
+                ms: *ms,
+            })
+            .collect();
+        slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        slowest.truncate(SLOWEST);
+        Profile {
+            ops: aggregate(steps.iter().map(|(op, _, ms)| (*op, *ms))),
+            slowest,
+        }
+    }
+}
+
 /// Time spent in one kind of op (conv2d, linear, attention, group_norm+silu, ...) in one run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OpTime {
@@ -38,8 +78,19 @@ pub fn aggregate<'a>(samples: impl IntoIterator<Item = (&'a str, f64)>) -> Vec<O
     by
 }
 
-/// The breakdown as an aligned text table with a total line.
-pub fn table(times: &[OpTime]) -> String {
+/// The breakdown as aligned text: the table by op with a total line, then the slowest steps.
+pub fn table(p: &Profile) -> String {
+    let mut s = op_table(&p.ops);
+    if !p.slowest.is_empty() {
+        s += "slowest steps:\n";
+        for t in &p.slowest {
+            s += &format!("{:>11.3} ms  {}\n", t.ms, t.step);
+        }
+    }
+    s
+}
+
+fn op_table(times: &[OpTime]) -> String {
     let mut s = format!(
         "{:<18} {:>6} {:>11} {:>7}\n",
         "op", "count", "total ms", "share"
@@ -75,6 +126,14 @@ mod tests {
         assert_eq!((t[0].count, t[0].total_ms), (2, 3.0));
         assert_eq!(t[1].op, "conv2d");
         assert!((t.iter().map(|x| x.share).sum::<f64>() - 1.0).abs() < 1e-12);
-        assert!(table(&t).contains("total"));
+        assert!(op_table(&t).contains("total"));
+        let p = Profile::from_steps(&[
+            ("linear", "a".into(), 1.0),
+            ("conv2d", "b".into(), 3.0),
+            ("linear", "c".into(), 2.0),
+        ]);
+        assert_eq!(p.slowest[0].step, "b");
+        assert_eq!(p.ops[0].total_ms, 3.0);
+        assert!(table(&p).contains("slowest steps"));
     }
 }

@@ -264,7 +264,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(mb) = r.unet_device_mb {
         println!("unet device mem  {mb:.1} MiB");
     }
-    match &r.unet_op_times {
+    match &r.unet_profile {
         Some(t) => print!(
             "unet per-op breakdown (one eval):\n{}",
             ldm_edge::backend::profile::table(t)

@@ -9,7 +9,7 @@ use super::record::{Dispatch, Recording};
 use super::upload::{device_buffer, host_buffer, Uploader};
 use super::variants::KernelChoice;
 use super::{backend_error, verr, VulkanOptions};
-use crate::backend::profile::OpTime;
+use crate::backend::profile::Profile;
 use crate::backend::{check_inputs, check_weights, Executable, Tensor, WeightSource};
 use crate::format::DType;
 use crate::graph::Graph;
@@ -182,7 +182,8 @@ impl VulkanPlan {
                     big as f64 / (1 << 20) as f64,
                 )));
             }
-            let kernel = cache.get(&gpu.device, &choice.kernel(&st.kernel))?;
+            let variant = choice.kernel(&st.kernel);
+            let kernel = cache.get(&gpu.device, &variant)?;
             let set_layout = kernel
                 .layout()
                 .set_layouts()
@@ -200,14 +201,19 @@ impl VulkanPlan {
                 DescriptorSet::new(gpu.desc.clone(), set_layout, writes, []).map_err(verr(
                     &format!("descriptor set of `{}` (node {})", st.kernel, st.node),
                 ))?;
+            let groups = match st.groups {
+                Groups::Linear(n) => gpu.grid(n),
+                Groups::Grid(g) => g,
+            };
             rec.dispatches.push(Dispatch {
                 kernel,
                 set,
                 push: st.push.clone(),
-                groups: match st.groups {
-                    Groups::Linear(n) => gpu.grid(n),
-                    Groups::Grid(g) => g,
-                },
+                groups,
+                detail: format!(
+                    "{variant} node {} -> {:?} grid {groups:?}",
+                    st.node, graph.nodes[st.node].shape
+                ),
                 name: st.kernel.clone(),
                 node: st.node,
                 label: op_label(graph, st),
@@ -253,7 +259,7 @@ impl Executable for VulkanPlan {
         self.execute(inputs, cb)
     }
 
-    fn profile(&mut self, inputs: &[Tensor]) -> Result<Option<Vec<OpTime>>> {
+    fn profile(&mut self, inputs: &[Tensor]) -> Result<Option<Profile>> {
         self.check(inputs)?;
         if self.profiler.is_none() {
             self.profiler = Profiler::new(&self.gpu, &self.recording)?;

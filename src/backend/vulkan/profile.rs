@@ -3,7 +3,7 @@
 use super::device::Gpu;
 use super::record::Recording;
 use super::{backend_error, verr};
-use crate::backend::profile::{aggregate, OpTime};
+use crate::backend::profile::Profile;
 use crate::Result;
 use std::sync::Arc;
 use vulkano::command_buffer::PrimaryAutoCommandBuffer;
@@ -59,7 +59,7 @@ impl Profiler {
 
     /// Per-op times of the run just executed with `cb`. Dispatches that the driver overlaps
     /// are charged to whichever finishes the interval, so shares are approximate for tiny ops.
-    pub fn read(&self, rec: &Recording) -> Result<Vec<OpTime>> {
+    pub fn read(&self, rec: &Recording) -> Result<Profile> {
         let n = rec.dispatches.len();
         let mut ticks = vec![0u64; n + 1];
         self.pool
@@ -69,11 +69,12 @@ impl Profiler {
             let d = ticks[i + 1].wrapping_sub(ticks[i]) & self.mask;
             d as f64 * self.period_ns / 1e6
         };
-        Ok(aggregate(
-            rec.dispatches
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (d.label.as_str(), ms(i))),
-        ))
+        let steps: Vec<(&str, String, f64)> = rec
+            .dispatches
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.label.as_str(), d.detail.clone(), ms(i)))
+            .collect();
+        Ok(Profile::from_steps(&steps))
     }
 }

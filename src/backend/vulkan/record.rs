@@ -26,6 +26,8 @@ pub struct Dispatch {
     pub node: usize,
     /// Op kind for the time breakdown (`conv2d`, `group_norm+silu`, ...).
     pub label: String,
+    /// Kernel variant, node, output shape and grid, for the list of slowest steps.
+    pub detail: String,
 }
 
 /// What one run executes, in order.
