@@ -240,6 +240,10 @@ fn every_op_matches_reference() {
         (&[2, 5, 9, 6], &[7, 5, 3, 3], true, 2, [1, 1, 1, 1]),
         (&[1, 16, 4, 5], &[33, 16, 1, 1], false, 1, [0; 4]),
         (&[1, 6, 11, 13], &[70, 6, 3, 3], true, 2, [0, 0, 1, 1]),
+        // Small outputs with long K run split-K (lower::k_split) plus split_sum: 2 slices, the
+        // last one short; and one with a stride, odd sizes and no bias.
+        (&[1, 64, 4, 4], &[40, 64, 3, 3], true, 1, [1, 1, 1, 1]),
+        (&[1, 70, 5, 7], &[9, 70, 3, 3], false, 2, [1, 0, 1, 0]),
     ] {
         check(
             &vk,
@@ -254,6 +258,8 @@ fn every_op_matches_reference() {
         (&[2, 9, 33], &[65, 33], false),
         (&[1, 130], &[70, 130], true),
         (&[2, 77, 64], &[128, 64], true),
+        // Split K: 4 slices of 288, the last 236 long.
+        (&[2, 3, 1100], &[40, 1100], true),
     ] {
         check(
             &vk,
@@ -566,6 +572,14 @@ fn quantized_and_f16_weights_match_reference() {
             (
                 "linear [1,130]*[70,130]".into(),
                 linear(&[1, 130], &[70, 130], true),
+            ),
+            (
+                "linear [2,3,1100]*[40,1100] split-K".into(),
+                linear(&[2, 3, 1100], &[40, 1100], true),
+            ),
+            (
+                "conv [1,64,4,4]*[40,64,3,3] split-K".into(),
+                conv(&[1, 64, 4, 4], &[40, 64, 3, 3], true, 1, [1; 4]),
             ),
         ];
         for (label, b) in cases {

@@ -33,8 +33,12 @@ for d in f16 q8; do
     --skip-decoder --profile --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
   echo "vulkan $d rc=$?"; cat "$OUT/vk-$d.json"; tail -3 "$OUT/vk-$d.err"
 done
+# Split-K (lower::k_split) A/B: the same f16 run with it off; compare unet_ms_per_eval with vk-f16.json.
+LDM_VULKAN_SPLIT_K=0 timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-f16.ldm \
+  --latent 64 --iters 10 --skip-decoder --profile --json > "$OUT/vk-f16-nosplit.json" 2> "$OUT/vk-f16-nosplit.err"
+echo "vulkan f16 without split-K rc=$?"
 # The per-op breakdown as tables (from the JSON's unet_profile; no extra device run).
-for d in f16 q8; do
+for d in f16 q8 f16-nosplit; do
   python3 - "$OUT/vk-$d.json" <<'PY' | tee "$OUT/vk-$d-profile.txt"
 import json, sys
 try:

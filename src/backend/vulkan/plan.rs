@@ -2,7 +2,7 @@
 //! the whole graph, recorded at prepare time and replayed by every `run` (inputs are copied in
 //! at its start and outputs copied out at its end).
 use super::device::Gpu;
-use super::lower::{lower, Groups, Step, Storage, WeightData, WeightFmt};
+use super::lower::{lower_with, Groups, Step, Storage, WeightData, WeightFmt};
 use super::pipelines::PipelineCache;
 use super::profile::Profiler;
 use super::record::{Dispatch, Recording};
@@ -127,7 +127,9 @@ impl VulkanPlan {
     ) -> Result<Self> {
         check_weights(graph, weights)?;
         let align = (gpu.offset_align / 4).max(1);
-        let low = lower(graph, &|p| choose_fmt(weights, opts, p), align)?;
+        // LDM_VULKAN_SPLIT_K=0 turns split-K off, to time it against the plain product on a GPU.
+        let split_k = std::env::var("LDM_VULKAN_SPLIT_K").map_or(true, |v| v != "0");
+        let low = lower_with(graph, &|p| choose_fmt(weights, opts, p), align, split_k)?;
 
         // Weights: one tensor in host memory at a time, through the bounded staging buffer.
         let mut up = Uploader::new(&gpu)?;
