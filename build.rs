@@ -114,6 +114,11 @@ mod shaders {
         let mut opts = naga::back::spv::Options::default();
         // vulkano refuses modules that declare StorageInputOutput16; we have no 16-bit I/O.
         opts.use_storage_input_output_16 = false;
+        // Subgroup operations (GroupNonUniform*) need SPIR-V 1.3, which Vulkan 1.1 accepts; the
+        // other kernels stay at 1.0.
+        if name.ends_with("_sg") {
+            opts.lang_version = (1, 3);
+        }
         let pipe = naga::back::spv::PipelineOptions {
             shader_stage: naga::ShaderStage::Compute,
             entry_point: "main".into(),

@@ -20,6 +20,7 @@ struct Params {
     stride: u32,
     pad_t: u32,
     pad_l: u32,
+    kchunk: u32, // K per slice, as in linear.wgsl (split K)
 }
 var<immediate> pc: Params;
 @group(0) @binding(0) var<storage, read> X: array<f32>;
@@ -53,8 +54,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let n0 = wid.x * 64u;
     let tx = li % 16u; // output pixels m0 + tx + 16 i: neighbours write neighbouring pixels
     let ty = li / 16u; // output channels n0 + ty + 16 j
+    // Split K as in linear.wgsl: slice z sums K in [kbeg, kend) into Y at z * m * co.
+    let kbeg = wid.z * pc.kchunk;
+    let kend = min(kbeg + pc.kchunk, pc.k);
+    let zoff = wid.z * pc.m * pc.co;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < pc.k; k0 += 16u) {
+    for (var k0 = kbeg; k0 < kend; k0 += 16u) {
         for (var e = 0u; e < 4u; e++) {
             let idx = li + 256u * e;
             // Pixels fastest for the input tile (neighbouring pixels are neighbours in memory),
@@ -62,14 +67,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let pm = idx % 64u;
             let pk = idx / 64u;
             var a = 0.0;
-            if (m0 + pm < pc.m && k0 + pk < pc.k) {
+            if (m0 + pm < pc.m && k0 + pk < kend) {
                 a = load_x(m0 + pm, k0 + pk);
             }
             As[pk * 64u + pm] = a;
             let wn = idx / 16u;
             let wk = idx % 16u;
             var b = 0.0;
-            if (n0 + wn < pc.co && k0 + wk < pc.k) {
+            if (n0 + wn < pc.co && k0 + wk < kend) {
                 b = load_w((n0 + wn) * pc.k + k0 + wk, pc.wblocks);
             }
             Bs[wk * 64u + wn] = b;
@@ -98,7 +103,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var i = 0u; i < 4u; i++) {
             let p = m0 + tx + 16u * i;
             if (p < pc.m) {
-                Y[((p / ohw) * pc.co + n) * ohw + p % ohw] = acc[j][i] + bias;
+                Y[zoff + ((p / ohw) * pc.co + n) * ohw + p % ohw] = acc[j][i] + bias;
             }
         }
     }

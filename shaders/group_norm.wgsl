@@ -2,7 +2,9 @@
 // of the centred values (two passes, like the reference's f64 moments, avoiding the
 // E[x^2] - E[x]^2 cancellation). With `silu` = 1 the SiLU that follows is fused in.
 //#include common.wgsl
-//#include reduce.wgsl
+// RED: `wg` reduces in workgroup memory (any device), `sg` with subgroupAdd (chosen at start-up).
+//#variants RED=wg,sg
+//#include reduce_${RED}.wgsl
 struct Params {
     count: u32,   // values per group: channels_per_group * spatial
     spatial: u32,
@@ -20,7 +22,8 @@ var<immediate> pc: Params;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        l: Lanes) {
+    let li = l.li;
     let g = wg_linear(wid, nwg); // = n * groups + group, uniform over the workgroup
     if (g >= pc.total) {
         return;
@@ -31,13 +34,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var j = li; j < pc.count; j += 256u) {
         s += X[base + j];
     }
-    let mean = wg_sum(s, li) / f32(pc.count);
+    let mean = wg_sum(s, l) / f32(pc.count);
     var v = 0.0;
     for (var j = li; j < pc.count; j += 256u) {
         let d = X[base + j] - mean;
         v += d * d;
     }
-    let inv = inverseSqrt(wg_sum(v, li) / f32(pc.count) + pc.eps);
+    let inv = inverseSqrt(wg_sum(v, l) / f32(pc.count) + pc.eps);
     for (var j = li; j < pc.count; j += 256u) {
         let ch = c0 + j / pc.spatial;
         var y = (X[base + j] - mean) * inv * GAMMA[ch] + BETA[ch];

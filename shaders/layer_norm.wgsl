@@ -1,6 +1,8 @@
 // LayerNorm over the last axis; one workgroup per row, two-pass mean and variance.
 //#include common.wgsl
-//#include reduce.wgsl
+// RED: `wg` reduces in workgroup memory (any device), `sg` with subgroupAdd (chosen at start-up).
+//#variants RED=wg,sg
+//#include reduce_${RED}.wgsl
 struct Params {
     c: u32,
     eps: f32,
@@ -14,7 +16,8 @@ var<immediate> pc: Params;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        l: Lanes) {
+    let li = l.li;
     let row = wg_linear(wid, nwg);
     if (row >= pc.rows) {
         return;
@@ -24,13 +27,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var j = li; j < pc.c; j += 256u) {
         s += X[base + j];
     }
-    let mean = wg_sum(s, li) / f32(pc.c);
+    let mean = wg_sum(s, l) / f32(pc.c);
     var v = 0.0;
     for (var j = li; j < pc.c; j += 256u) {
         let d = X[base + j] - mean;
         v += d * d;
     }
-    let inv = inverseSqrt(wg_sum(v, li) / f32(pc.c) + pc.eps);
+    let inv = inverseSqrt(wg_sum(v, l) / f32(pc.c) + pc.eps);
     for (var j = li; j < pc.c; j += 256u) {
         Y[base + j] = (X[base + j] - mean) * inv * GAMMA[j] + BETA[j];
     }

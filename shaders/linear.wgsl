@@ -9,6 +9,7 @@ struct Params {
     k: u32,
     has_bias: u32,
     wblocks: u32, // quant blocks in the weight (q8/q4 only)
+    kchunk: u32,  // K per slice (a multiple of 16): workgroup z sums K in [z kchunk, (z+1) kchunk)
 }
 var<immediate> pc: Params;
 @group(0) @binding(0) var<storage, read> X: array<f32>;
@@ -26,8 +27,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let n0 = wid.x * 64u;
     let tx = li % 16u; // output columns n0 + tx + 16 j
     let ty = li / 16u; // output rows m0 + ty + 16 i
+    // Split K (small outputs, long K): slice z writes its partial sums to Y at z * m * n, and
+    // split_sum.wgsl adds the slices and the bias. Unsplit, z = 0 and this is the plain product.
+    let kbeg = wid.z * pc.kchunk;
+    let kend = min(kbeg + pc.kchunk, pc.k);
+    let zoff = wid.z * pc.m * pc.n;
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < pc.k; k0 += 16u) {
+    for (var k0 = kbeg; k0 < kend; k0 += 16u) {
         for (var e = 0u; e < 4u; e++) {
             // k fastest across invocations: both x and w rows are contiguous in k.
             let idx = li + 256u * e;
@@ -37,11 +43,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let m = m0 + row;
             let n = n0 + row;
             var a = 0.0;
-            if (m < pc.m && k < pc.k) {
+            if (m < pc.m && k < kend) {
                 a = X[m * pc.k + k];
             }
             var b = 0.0;
-            if (n < pc.n && k < pc.k) {
+            if (n < pc.n && k < kend) {
                 b = load_w(n * pc.k + k, pc.wblocks);
             }
             As[kk * 64u + row] = a;
@@ -70,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (pc.has_bias == 1u) {
                     y += BIAS[n];
                 }
-                Y[m * pc.n + n] = y;
+                Y[zoff + m * pc.n + n] = y;
             }
         }
     }

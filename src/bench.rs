@@ -1,4 +1,5 @@
 //! `ldm bench`: time the components of a model on a backend and report memory.
+use crate::backend::profile::Profile;
 use crate::backend::{Backend, Tensor};
 use crate::model::Model;
 use crate::Result;
@@ -21,6 +22,12 @@ pub struct BenchReport {
     pub text_encoder_ms: f64,
     pub decoder_ms: f64,
     pub peak_rss_mb: f64,
+    /// Device memory the UNet plan holds (weights + activation arena + transfer buffers), for
+    /// backends with their own memory.
+    pub unet_device_mb: Option<f64>,
+    /// Per-op time breakdown and slowest steps of one UNet evaluation (`--profile`, where the
+    /// backend measures one: GPU timestamps on Vulkan).
+    pub unet_profile: Option<Profile>,
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB; 0 where /proc is unavailable.
@@ -60,6 +67,7 @@ pub fn run(
     latent: usize,
     iters: usize,
     skip_decoder: bool,
+    profile: bool,
 ) -> Result<BenchReport> {
     let t0 = Instant::now();
     let model = Model::open(path)?;
@@ -94,6 +102,20 @@ pub fn run(
     ]);
     let inputs = [x, t, ctx];
     let unet_t = time(iters, || unet.run(&inputs).map(drop))?;
+    // After the timed runs, so the profiled command buffer never affects the plain timing.
+    let unet_profile = if profile {
+        let t = unet.profile(&inputs)?;
+        if t.is_none() {
+            log::warn!(
+                "bench: backend `{}` gives no per-op breakdown",
+                backend.name()
+            );
+        }
+        t
+    } else {
+        None
+    };
+    let device_mb = unet.device_bytes().map(|b| b as f64 / (1 << 20) as f64);
     drop(unet);
 
     let dec_t = if skip_decoder {
@@ -118,5 +140,7 @@ pub fn run(
         text_encoder_ms: ms(text_t),
         decoder_ms: ms(dec_t),
         peak_rss_mb: peak_rss_mb(),
+        unet_device_mb: device_mb,
+        unet_profile,
     })
 }

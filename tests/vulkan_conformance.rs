@@ -188,6 +188,45 @@ fn norm(op: Op, x: &[usize], c: usize) -> B {
     b.finish(&[y])
 }
 
+/// GroupNorm (alone and fused with SiLU) and LayerNorm: the kernels with reduction variants.
+fn norm_cases(vk: &VulkanBackend, e: &mut Vec<String>) {
+    for (x, groups, eps) in [
+        (&[2, 6, 5, 3][..], 3, 1e-5),
+        (&[1, 32, 9, 7], 8, 1e-6),
+        (&[1, 4, 300], 2, 1e-5),
+        (&[3, 5], 5, 1e-5),
+    ] {
+        check(
+            vk,
+            "group_norm",
+            &format!("{x:?} g{groups}"),
+            norm(Op::GroupNorm { groups, eps }, x, x[1]),
+            e,
+        );
+        // GroupNorm followed by SiLU is fused into one kernel.
+        let mut b = norm(Op::GroupNorm { groups, eps }, x, x[1]);
+        let gn = b.g.outputs[0];
+        let y = b.op(Op::Silu, &[gn]);
+        check(
+            vk,
+            "group_norm",
+            &format!("{x:?} g{groups} +silu (fused)"),
+            b.finish(&[y]),
+            e,
+        );
+    }
+    for x in [&[3, 7][..], &[2, 5, 33], &[1, 1, 300]] {
+        let c = *x.last().unwrap();
+        check(
+            vk,
+            "layer_norm",
+            &format!("{x:?}"),
+            norm(Op::LayerNorm { eps: 1e-5 }, x, c),
+            e,
+        );
+    }
+}
+
 #[test]
 fn every_op_matches_reference() {
     let Some(vk) = backend(VulkanOptions::default()) else {
@@ -201,6 +240,10 @@ fn every_op_matches_reference() {
         (&[2, 5, 9, 6], &[7, 5, 3, 3], true, 2, [1, 1, 1, 1]),
         (&[1, 16, 4, 5], &[33, 16, 1, 1], false, 1, [0; 4]),
         (&[1, 6, 11, 13], &[70, 6, 3, 3], true, 2, [0, 0, 1, 1]),
+        // Small outputs with long K run split-K (lower::k_split) plus split_sum: 2 slices, the
+        // last one short; and one with a stride, odd sizes and no bias.
+        (&[1, 64, 4, 4], &[40, 64, 3, 3], true, 1, [1, 1, 1, 1]),
+        (&[1, 70, 5, 7], &[9, 70, 3, 3], false, 2, [1, 0, 1, 0]),
     ] {
         check(
             &vk,
@@ -215,6 +258,8 @@ fn every_op_matches_reference() {
         (&[2, 9, 33], &[65, 33], false),
         (&[1, 130], &[70, 130], true),
         (&[2, 77, 64], &[128, 64], true),
+        // Split K: 4 slices of 288, the last 236 long.
+        (&[2, 3, 1100], &[40, 1100], true),
     ] {
         check(
             &vk,
@@ -252,41 +297,7 @@ fn every_op_matches_reference() {
         check(&vk, "silu", &format!("{s:?}"), single(Op::Silu, &[s]), e);
         check(&vk, "gelu", &format!("{s:?}"), single(Op::Gelu, &[s]), e);
     }
-    for (x, groups, eps) in [
-        (&[2, 6, 5, 3][..], 3, 1e-5),
-        (&[1, 32, 9, 7], 8, 1e-6),
-        (&[1, 4, 300], 2, 1e-5),
-        (&[3, 5], 5, 1e-5),
-    ] {
-        check(
-            &vk,
-            "group_norm",
-            &format!("{x:?} g{groups}"),
-            norm(Op::GroupNorm { groups, eps }, x, x[1]),
-            e,
-        );
-        // GroupNorm followed by SiLU is fused into one kernel.
-        let mut b = norm(Op::GroupNorm { groups, eps }, x, x[1]);
-        let gn = b.g.outputs[0];
-        let y = b.op(Op::Silu, &[gn]);
-        check(
-            &vk,
-            "group_norm",
-            &format!("{x:?} g{groups} +silu (fused)"),
-            b.finish(&[y]),
-            e,
-        );
-    }
-    for x in [&[3, 7][..], &[2, 5, 33], &[1, 1, 300]] {
-        let c = *x.last().unwrap();
-        check(
-            &vk,
-            "layer_norm",
-            &format!("{x:?}"),
-            norm(Op::LayerNorm { eps: 1e-5 }, x, c),
-            e,
-        );
-    }
+    norm_cases(&vk, e);
     for (q, k, v, heads, causal) in [
         (&[2, 5, 8][..], &[2, 7, 8][..], &[2, 7, 12][..], 2, false),
         (&[1, 9, 16], &[1, 9, 16], &[1, 9, 16], 1, true),
@@ -507,6 +518,30 @@ impl WeightSource for Stored {
     }
 }
 
+/// The reductions of the norm kernels in both variants: subgroupAdd (the default where the
+/// device has subgroup arithmetic, as llvmpipe does) and the portable workgroup-memory tree.
+#[test]
+fn norm_reduction_variants_match_reference() {
+    for subgroup_reduce in [true, false] {
+        let Some(vk) = backend(VulkanOptions {
+            subgroup_reduce,
+            ..VulkanOptions::default()
+        }) else {
+            return;
+        };
+        let choice = vk.kernel_choice();
+        println!("norm kernels: {choice:?} (asked subgroup_reduce={subgroup_reduce})");
+        if subgroup_reduce && !choice.subgroup_reduce {
+            eprintln!(
+                "*** this device has no subgroup arithmetic: the `_sg` variant is NOT tested ***"
+            );
+        }
+        let mut errors = Vec::new();
+        norm_cases(&vk, &mut errors);
+        assert!(errors.is_empty(), "{choice:?}: {}", errors.join("\n"));
+    }
+}
+
 /// q8, q4 and f16 weights are read by the conv/linear kernels themselves (dequantized in the
 /// tile loads). Compared with the reference on the dequantized values, so the f32 tolerance (1e-5) holds.
 #[test]
@@ -538,6 +573,14 @@ fn quantized_and_f16_weights_match_reference() {
                 "linear [1,130]*[70,130]".into(),
                 linear(&[1, 130], &[70, 130], true),
             ),
+            (
+                "linear [2,3,1100]*[40,1100] split-K".into(),
+                linear(&[2, 3, 1100], &[40, 1100], true),
+            ),
+            (
+                "conv [1,64,4,4]*[40,64,3,3] split-K".into(),
+                conv(&[1, 64, 4, 4], &[40, 64, 3, 3], true, 1, [1; 4]),
+            ),
         ];
         for (label, b) in cases {
             let src = Stored::new(&b.weights, dt);
@@ -564,7 +607,7 @@ fn quantized_and_f16_weights_match_reference() {
 fn f16_weight_storage_is_close() {
     let Some(vk) = backend(VulkanOptions {
         f16_weights: true,
-        quantized: true,
+        ..VulkanOptions::default()
     }) else {
         return;
     };

@@ -3,6 +3,7 @@
 # stripped `ldm` and `ldm-host` binaries (.devbin/bins.tar.xz), the Vulkan loader (.gl/*.deb)
 # and the diffusers wheel (.whl/). Writes JSON results under $OUT.
 #   Vulkan (ours):  SD-1.5-shaped UNet, random weights, 64x64 latents, f16 and q8 weight storage
+#                   with --profile: per-op GPU timestamp breakdown and the plan's device memory
 #   PyTorch:        diffusers' SD-1.5 UNet, random weights, CUDA fp16, same shape (the baseline)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -17,14 +18,39 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$OUT/
 ( /tmp/b/ldm-host init --preset sd15 --dtype f16 -o /tmp/sd15-f16.ldm &&
   /tmp/b/ldm-host init --preset sd15 --dtype q8 -o /tmp/sd15-q8.ldm ) > "$OUT/init.log" 2>&1 &
 init=$!
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-for b in 1 2; do
-  PYTHONPATH=/tmp/site python3 benches/gpu/torch_unet.py --latent 64 --batch $b --iters 20 \
-    2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl"
-done
+# SKIP_TORCH=1 skips the PyTorch baseline (already measured: 25.4 ms/eval on the H200) to spend
+# the device time on the Vulkan runs only.
+if [ "${SKIP_TORCH:-0}" != 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  for b in 1 2; do
+    PYTHONPATH=/tmp/site python3 benches/gpu/torch_unet.py --latent 64 --batch $b --iters 20 \
+      2>>"$OUT/torch.err" | tee -a "$OUT/torch.jsonl"
+  done
+fi
 wait $init
 for d in f16 q8; do
   timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-$d.ldm --latent 64 --iters 10 \
-    --skip-decoder --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
+    --skip-decoder --profile --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
   echo "vulkan $d rc=$?"; cat "$OUT/vk-$d.json"; tail -3 "$OUT/vk-$d.err"
+done
+# Split-K (lower::k_split) A/B: the same f16 run with it off; compare unet_ms_per_eval with vk-f16.json.
+LDM_VULKAN_SPLIT_K=0 timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-f16.ldm \
+  --latent 64 --iters 10 --skip-decoder --profile --json > "$OUT/vk-f16-nosplit.json" 2> "$OUT/vk-f16-nosplit.err"
+echo "vulkan f16 without split-K rc=$?"
+# The per-op breakdown as tables (from the JSON's unet_profile; no extra device run).
+for d in f16 q8 f16-nosplit; do
+  python3 - "$OUT/vk-$d.json" <<'PY' | tee "$OUT/vk-$d-profile.txt"
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as e:
+    sys.exit(f"no JSON in {sys.argv[1]}: {e}")
+print(f"{r['model']}: {r['unet_ms_per_eval']:.1f} ms/eval, device memory {r.get('unet_device_mb')} MiB")
+p = r.get("unet_profile") or {}
+for t in p.get("ops", []):
+    print(f"{t['op']:<18} {t['count']:>5} {t['total_ms']:>10.3f} ms {100 * t['share']:>6.1f}%")
+print("slowest steps:")
+for t in p.get("slowest", []):
+    print(f"{t['ms']:>10.3f} ms  {t['step']}")
+PY
 done

@@ -4,6 +4,8 @@ use crate::Result;
 use std::collections::HashMap;
 
 pub mod cpu;
+pub mod fallback;
+pub mod profile;
 pub mod reference;
 #[cfg(feature = "vulkan")]
 pub mod vulkan;
@@ -87,11 +89,26 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// Compiles `graph` with its weights into something that can run repeatedly.
     fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>>;
+    /// For `auto`: the name of the backend whose faults are answered, and the backend that
+    /// reruns a request that failed with one (see [`fallback`]). Default: none.
+    fn fallback(&self) -> Option<(&'static str, &dyn Backend)> {
+        None
+    }
 }
 
 /// A prepared graph. `inputs` are given in the order of `Graph::inputs()`.
 pub trait Executable {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+    /// One run with a per-op time breakdown, for backends that can measure one (the Vulkan
+    /// backend, with GPU timestamps). Default: not available; nothing is run.
+    fn profile(&mut self, _inputs: &[Tensor]) -> Result<Option<profile::Profile>> {
+        Ok(None)
+    }
+    /// Device memory the plan holds (weights, activations, transfer buffers), for backends
+    /// with their own memory. Default: none (the host's RSS says it).
+    fn device_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Checks inputs against the graph's input nodes; shared by every backend so errors read alike.
@@ -126,29 +143,11 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "cpu" => Ok(Box::new(cpu::CpuBackend)),
         "reference" => Ok(Box::new(reference::ReferenceBackend)),
-        "auto" => {
-            #[cfg(feature = "vulkan")]
-            match vulkan::VulkanBackend::new() {
-                // A software rasteriser (llvmpipe, SwiftShader) is slower than tract on the
-                // same cores, so auto only takes a real GPU; `--backend vulkan` still uses one.
-                Ok(v) if v.device().kind == "Cpu" => log::info!(
-                    "backend auto: `{}` is a software Vulkan device, using the CPU (tract)",
-                    v.device().name
-                ),
-                Ok(v) => {
-                    log::info!("backend auto: using Vulkan on `{}`", v.device().name);
-                    return Ok(Box::new(v));
-                }
-                Err(e) => {
-                    log::info!("backend auto: Vulkan unavailable ({e}), using the CPU (tract)")
-                }
-            }
-            #[cfg(not(feature = "vulkan"))]
-            log::info!("backend auto: built without the `vulkan` feature, using the CPU (tract)");
-            Ok(Box::new(cpu::CpuBackend))
-        }
+        "auto" => Ok(select_auto(&AutoOptions::from_env())),
         #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Box::new(vulkan::VulkanBackend::new()?)),
+        "vulkan" => Ok(Box::new(
+            vulkan::VulkanBackend::new()?.with_fault(vulkan::Fault::from_env()),
+        )),
         #[cfg(not(feature = "vulkan"))]
         "vulkan" => Err(crate::Error::Backend {
             backend: "vulkan",
@@ -158,4 +157,58 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
             "unknown backend `{other}` (expected auto, cpu, vulkan or reference)"
         ))),
     }
+}
+
+/// How `auto` chooses. `from_env` is what the CLI uses; tests build their own.
+#[derive(Clone, Debug, Default)]
+pub struct AutoOptions {
+    /// Also take a software Vulkan device (llvmpipe): `LDM_AUTO_SOFTWARE_VULKAN=1`. For tests
+    /// of the auto path on machines without a GPU; slower than the CPU backend otherwise.
+    pub allow_software: bool,
+    /// A fault to inject into the Vulkan backend (`LDM_VULKAN_FAULT=prepare|run`).
+    #[cfg(feature = "vulkan")]
+    pub fault: Option<vulkan::Fault>,
+}
+
+impl AutoOptions {
+    pub fn from_env() -> Self {
+        AutoOptions {
+            allow_software: std::env::var("LDM_AUTO_SOFTWARE_VULKAN").is_ok_and(|v| v == "1"),
+            #[cfg(feature = "vulkan")]
+            fault: vulkan::Fault::from_env(),
+        }
+    }
+}
+
+/// `auto`: Vulkan (with the CPU behind it for faults) when a suitable device exists, otherwise
+/// the CPU, saying why in the log. Never fails: the CPU is always there.
+pub fn select_auto(opts: &AutoOptions) -> Box<dyn Backend> {
+    #[cfg(feature = "vulkan")]
+    match vulkan::VulkanBackend::new() {
+        // A software rasteriser (llvmpipe, SwiftShader) is slower than tract on the same
+        // cores, so auto only takes a real GPU unless told otherwise; `--backend vulkan`
+        // still uses one.
+        Ok(v) if v.device().kind == "Cpu" && !opts.allow_software => log::info!(
+            "backend auto: `{}` is a software Vulkan device, using the CPU (tract)",
+            v.device().name
+        ),
+        Ok(v) => {
+            log::info!(
+                "backend auto: using Vulkan on `{}`, with the CPU (tract) as fallback",
+                v.device().name
+            );
+            let v = v.with_fault(opts.fault);
+            return Box::new(fallback::FallbackBackend::new(
+                Box::new(v),
+                Box::new(cpu::CpuBackend),
+            ));
+        }
+        Err(e) => log::info!("backend auto: Vulkan unavailable ({e}), using the CPU (tract)"),
+    }
+    #[cfg(not(feature = "vulkan"))]
+    {
+        let _ = opts; // nothing to choose between without a GPU backend
+        log::info!("backend auto: built without the `vulkan` feature, using the CPU (tract)");
+    }
+    Box::new(cpu::CpuBackend)
 }

@@ -91,6 +91,9 @@ struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time each op of one UNet evaluation (GPU timestamps on Vulkan).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -240,6 +243,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         a.latent,
         a.iters,
         a.skip_decoder,
+        a.profile,
     )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -257,6 +261,17 @@ fn bench(a: BenchArgs) -> Result<()> {
     println!("text encoder     {:.1} ms", r.text_encoder_ms);
     println!("decoder          {:.1} ms", r.decoder_ms);
     println!("peak RSS         {:.0} MiB", r.peak_rss_mb);
+    if let Some(mb) = r.unet_device_mb {
+        println!("unet device mem  {mb:.1} MiB");
+    }
+    match &r.unet_profile {
+        Some(t) => print!(
+            "unet per-op breakdown (one eval):\n{}",
+            ldm_edge::backend::profile::table(t)
+        ),
+        None if a.profile => println!("unet per-op breakdown: not available on this backend"),
+        None => {}
+    }
     Ok(())
 }
 

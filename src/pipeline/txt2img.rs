@@ -92,29 +92,59 @@ impl<'m> Pipeline<'m> {
 
     /// Encodes prompts to context [B, L, D].
     pub fn encode_text(&self, prompts: &[&str]) -> Result<Tensor> {
+        self.encode_text_on(self.backend.as_ref(), prompts)
+    }
+
+    fn encode_text_on(&self, backend: &dyn Backend, prompts: &[&str]) -> Result<Tensor> {
         let tok = &self.model.tokenizer;
         let mut ids = Vec::new();
         for p in prompts {
             ids.extend(tok.encode(p)?.into_iter().map(|i| i as f32));
         }
         let graph = self.model.config.text_graph(prompts.len())?;
-        let mut plan = self.backend.prepare(&graph, self.model)?;
+        let mut plan = backend.prepare(&graph, self.model)?;
         let input = Tensor::new(vec![prompts.len(), tok.max_len()], ids)?;
         first(plan.run(&[input])?)
     }
 
     /// Decodes latents (as sampled, i.e. still multiplied by latent_scale) to an image.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_on(self.backend.as_ref(), latents)
+    }
+
+    fn decode_on(&self, backend: &dyn Backend, latents: &Tensor) -> Result<Tensor> {
         let s = &latents.shape;
         let graph = self.model.config.decoder_graph(s[0], s[2], s[3])?;
-        let mut plan = self.backend.prepare(&graph, self.model)?;
+        let mut plan = backend.prepare(&graph, self.model)?;
         let inv = 1.0 / self.model.config.latent_scale;
         let z = Tensor::new(s.clone(), latents.data.iter().map(|v| v * inv).collect())?;
         first(plan.run(&[z])?)
     }
 
+    /// Runs the request. With `--backend auto` on a GPU, a fault of the GPU backend during the
+    /// run (device lost, out of memory) reruns the whole request on the CPU: same seed, same
+    /// result; progress starts again from step 1.
     pub fn txt2img(
         &self,
+        req: &Txt2Img,
+        on_step: &mut dyn FnMut(Progress),
+        cancel: &Cancel,
+    ) -> Result<Generated> {
+        match self.txt2img_on(self.backend.as_ref(), req, on_step, cancel) {
+            Err(e) => match self.backend.fallback() {
+                Some((from, fb)) if crate::backend::fallback::is_fault_of(&e, from) => {
+                    log::warn!("{e}; rerunning the request on `{}`", fb.name());
+                    self.txt2img_on(fb, req, on_step, cancel)
+                }
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    fn txt2img_on(
+        &self,
+        backend: &dyn Backend,
         req: &Txt2Img,
         on_step: &mut dyn FnMut(Progress),
         cancel: &Cancel,
@@ -156,9 +186,9 @@ impl<'m> Pipeline<'m> {
             vec![&req.prompt]
         };
         let batch = prompts.len();
-        let context = self.encode_text(&prompts)?;
+        let context = self.encode_text_on(backend, &prompts)?;
         let graph = self.model.config.unet_graph(batch, h, w)?;
-        let mut unet = self.backend.prepare(&graph, self.model)?;
+        let mut unet = backend.prepare(&graph, self.model)?;
 
         let mut sched = make_scheduler(
             req.sampler,
@@ -194,7 +224,7 @@ impl<'m> Pipeline<'m> {
         }
         let latents = Tensor::new(latent_shape, x)?;
         check_finite(&latents, "the final latent")?;
-        let image = self.decode(&latents)?;
+        let image = self.decode_on(backend, &latents)?;
         check_finite(&image, "the decoded image")?;
         let (height, width) = (image.shape[2], image.shape[3]);
         let rgb = super::image::to_rgb8(&image)?;

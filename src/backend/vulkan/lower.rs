@@ -123,9 +123,45 @@ fn tile_grid(cols: usize, rows: usize) -> Result<Groups> {
     Ok(Groups::Grid([x as u32, y as u32, 1]))
 }
 
+/// How many K slices a product with an `rows` x `cols` output and depth `k` is split into, and
+/// the K per slice (a multiple of the kernels' K step of 16). A product whose 64x64 tiles are too
+/// few to fill a GPU (the low-resolution levels of a UNet: one workgroup for an 8x8 latent at
+/// 1280 channels would leave all but a few compute units idle) runs its K range in parallel
+/// slices and adds them in `split_sum`; each slice keeps at least 256 of K so the extra pass
+/// stays small next to the product. Unsplit: (1, k rounded up to 16).
+pub fn k_split(rows: usize, cols: usize, k: usize) -> (usize, usize) {
+    const TARGET_GROUPS: usize = 256;
+    const MIN_SLICE: usize = 256;
+    const MAX_SLICES: usize = 32;
+    let tiles = rows.div_ceil(64) * cols.div_ceil(64);
+    let whole = (1, k.max(1).div_ceil(16) * 16);
+    if tiles >= TARGET_GROUPS / 2 {
+        return whole;
+    }
+    let want = TARGET_GROUPS
+        .div_ceil(tiles)
+        .min(k / MIN_SLICE)
+        .min(MAX_SLICES);
+    if want < 2 {
+        return whole;
+    }
+    let chunk = k.div_ceil(want).div_ceil(16) * 16;
+    (k.div_ceil(chunk), chunk)
+}
+
 /// `fmt_of(path)` says how a weight that only feeds Linear/Conv2d as their weight is stored;
 /// every other weight is f32. `align` is the storage offset alignment in elements.
 pub fn lower(g: &Graph, fmt_of: &dyn Fn(&str) -> WeightFmt, align: u64) -> Result<Lowered> {
+    lower_with(g, fmt_of, align, true)
+}
+
+/// `lower` with split-K switched on or off (an A/B switch for timing it on a device).
+pub fn lower_with(
+    g: &Graph,
+    fmt_of: &dyn Fn(&str) -> WeightFmt,
+    align: u64,
+    split_k: bool,
+) -> Result<Lowered> {
     let n = g.nodes.len();
     let last = g.last_use();
     // Storage roots: a Reshape shares its input's storage, so a root lives until its last
@@ -271,12 +307,17 @@ pub fn lower(g: &Graph, fmt_of: &dyn Fn(&str) -> WeightFmt, align: u64) -> Resul
                     u(pads[0])?,
                     u(pads[1])?,
                 ];
+                let ohw = os[2] * os[3];
+                let split = Split::plan(m, ws[0], k, has_bias, ohw, ws[0], split_k, &mut arena);
                 step(
                     format!("conv2d_{}", fmt.suffix()),
-                    vec![arg(0)?, arg(1)?, bias, out],
-                    push,
-                    tile_grid(ws[0], m)?,
+                    vec![arg(0)?, arg(1)?, bias, split.target(out)],
+                    split.push(push)?,
+                    split.grid(tile_grid(ws[0], m)?),
                 );
+                if let Some((kernel, bufs, push, groups)) = split.finish(bias, out, &mut arena)? {
+                    step(kernel, bufs, push, groups);
+                }
             }
             Op::Linear => {
                 let ws = sh(1);
@@ -292,12 +333,16 @@ pub fn lower(g: &Graph, fmt_of: &dyn Fn(&str) -> WeightFmt, align: u64) -> Resul
                     has_bias as u32,
                     u(numel(ws).div_ceil(32))?,
                 ];
+                let split = Split::plan(m, nn, k, has_bias, 1, nn, split_k, &mut arena);
                 step(
                     format!("linear_{}", fmt.suffix()),
-                    vec![arg(0)?, arg(1)?, bias, out],
-                    push,
-                    tile_grid(nn, m)?,
+                    vec![arg(0)?, arg(1)?, bias, split.target(out)],
+                    split.push(push)?,
+                    split.grid(tile_grid(nn, m)?),
                 );
+                if let Some((kernel, bufs, push, groups)) = split.finish(bias, out, &mut arena)? {
+                    step(kernel, bufs, push, groups);
+                }
             }
             Op::Add | Op::Mul => {
                 let r = os.len();
@@ -604,5 +649,120 @@ mod tests {
             low.outputs[0].0, low.steps[0].bufs[3],
             "the reshape views the fused output"
         );
+    }
+}
+
+/// A split-K product in the making: its scratch for the partial sums (placed in the arena for
+/// just the two steps) and what the product and the `split_sum` step push.
+struct Split {
+    slices: usize,
+    chunk: usize,
+    /// Scratch (offset, len) in the arena; `None` when unsplit.
+    scratch: Option<(u64, u64)>,
+    out_len: usize,
+    has_bias: bool,
+    bias_div: usize,
+    bias_mod: usize,
+}
+
+impl Split {
+    /// The output is `rows` x `cols`; its bias index is (i / bias_div) % bias_mod.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        rows: usize,
+        cols: usize,
+        k: usize,
+        has_bias: bool,
+        bias_div: usize,
+        bias_mod: usize,
+        enabled: bool,
+        arena: &mut Arena,
+    ) -> Split {
+        let (slices, chunk) = if enabled {
+            k_split(rows, cols, k)
+        } else {
+            (1, k.max(1).div_ceil(16) * 16)
+        };
+        let out_len = rows * cols;
+        let scratch = (slices > 1).then(|| {
+            let len = (slices * out_len) as u64;
+            (arena.alloc(len), len)
+        });
+        Split {
+            slices,
+            chunk,
+            scratch,
+            out_len,
+            has_bias,
+            bias_div: bias_div.max(1),
+            bias_mod: bias_mod.max(1),
+        }
+    }
+
+    /// Where the product writes: the scratch when split, else the output.
+    fn target(&self, out: Storage) -> Storage {
+        match self.scratch {
+            Some((off, len)) => Storage::Arena { off, len },
+            None => out,
+        }
+    }
+
+    /// The product's push constants with `kchunk` appended; split, the bias waits for
+    /// `split_sum` (push word 3 is `has_bias` in both kernels).
+    fn push(&self, mut push: Vec<u32>) -> Result<Vec<u32>> {
+        if self.scratch.is_some() {
+            push[3] = 0;
+        }
+        push.push(u(self.chunk)?);
+        Ok(push)
+    }
+
+    fn grid(&self, g: Groups) -> Groups {
+        match g {
+            Groups::Grid([x, y, _]) => Groups::Grid([x, y, self.slices as u32]),
+            other => other,
+        }
+    }
+
+    /// The `split_sum` step, if split, and the scratch released (nothing after reads it).
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        &self,
+        bias: Storage,
+        out: Storage,
+        arena: &mut Arena,
+    ) -> Result<Option<(String, Vec<Storage>, Vec<u32>, Groups)>> {
+        let Some((off, len)) = self.scratch else {
+            return Ok(None);
+        };
+        arena.free(off, len);
+        Ok(Some((
+            "split_sum".into(),
+            vec![Storage::Arena { off, len }, bias, out],
+            vec![
+                u(self.out_len)?,
+                u(self.slices)?,
+                self.has_bias as u32,
+                u(self.bias_div)?,
+                u(self.bias_mod)?,
+            ],
+            elementwise(self.out_len),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::k_split;
+
+    #[test]
+    fn only_small_outputs_with_long_k_are_split() {
+        // SD-1.5 at 64x64 latents: 4096 pixels x 320 channels fills the device; unsplit.
+        assert_eq!(k_split(4096, 320, 2880).0, 1);
+        // 8x8 latents at 1280 channels, K = 11520: 20 tiles, split.
+        let (s, c) = k_split(64, 1280, 11520);
+        assert!(s > 1 && c % 16 == 0 && s * c >= 11520 && (s - 1) * c < 11520);
+        // Short K is never split.
+        assert_eq!(k_split(16, 64, 130), (1, 144));
     }
 }

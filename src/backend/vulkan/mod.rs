@@ -6,12 +6,17 @@
 //! staging, [`lower`] turns the graph into dispatches, [`plan`] records and replays them.
 pub mod arena;
 pub mod device;
+pub mod fault;
 pub mod lower;
 pub mod pipelines;
 pub mod plan;
+pub mod profile;
+pub mod record;
 pub mod upload;
+pub mod variants;
 
 pub use device::{list_devices, DeviceInfo};
+pub use fault::Fault;
 pub use plan::VulkanPlan;
 
 use super::{Backend, Executable, WeightSource};
@@ -28,9 +33,10 @@ pub(crate) fn backend_error(msg: impl Into<String>) -> Error {
     }
 }
 
-/// Maps any vulkano error to `Error::Backend`, keeping its text (device lost, out of memory...).
+/// Maps any vulkano error to `Error::Backend`, keeping its text and adding a remedy for device
+/// loss and out-of-memory.
 pub(crate) fn verr<E: Display>(what: &str) -> impl Fn(E) -> Error + '_ {
-    move |e| backend_error(format!("{what}: {e}"))
+    move |e| backend_error(fault::explain(what, &e.to_string()))
 }
 
 /// Storage choices for matrix weights (Linear and Conv2d).
@@ -40,6 +46,9 @@ pub struct VulkanOptions {
     pub f16_weights: bool,
     /// Use q8/q4/f16 weights as the source stores them, dequantized inside the kernels.
     pub quantized: bool,
+    /// Reduce with subgroupAdd where the device has subgroup arithmetic (off: the portable
+    /// workgroup-memory tree everywhere; lets tests cover both variants on one device).
+    pub subgroup_reduce: bool,
 }
 
 impl Default for VulkanOptions {
@@ -47,6 +56,7 @@ impl Default for VulkanOptions {
         VulkanOptions {
             f16_weights: false,
             quantized: true,
+            subgroup_reduce: true,
         }
     }
 }
@@ -55,6 +65,7 @@ pub struct VulkanBackend {
     gpu: Arc<device::Gpu>,
     cache: RefCell<pipelines::PipelineCache>,
     opts: VulkanOptions,
+    fault: Option<Fault>,
 }
 
 impl VulkanBackend {
@@ -69,17 +80,33 @@ impl VulkanBackend {
             gpu: Arc::new(device::Gpu::open()?),
             cache: RefCell::default(),
             opts,
+            fault: None,
         })
+    }
+
+    /// Makes prepare or run fail as a device fault would (tests and `LDM_VULKAN_FAULT`).
+    pub fn with_fault(mut self, fault: Option<Fault>) -> Self {
+        self.fault = fault;
+        self
     }
 
     pub fn device(&self) -> &DeviceInfo {
         &self.gpu.info
     }
 
+    /// The kernel variants this backend runs on its device.
+    pub fn kernel_choice(&self) -> variants::KernelChoice {
+        variants::KernelChoice::new(&self.gpu, &self.opts)
+    }
+
     /// Like `Backend::prepare`, keeping the concrete plan (for `peak_device_bytes`).
     pub fn prepare_plan(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<VulkanPlan> {
+        if self.fault == Some(Fault::Prepare) {
+            return Err(Fault::Prepare.error());
+        }
         let mut cache = self.cache.borrow_mut();
-        VulkanPlan::new(self.gpu.clone(), &mut cache, &self.opts, graph, weights)
+        let plan = VulkanPlan::new(self.gpu.clone(), &mut cache, &self.opts, graph, weights)?;
+        Ok(plan.with_fault_on_run(self.fault == Some(Fault::Run)))
     }
 }
 

@@ -2,21 +2,22 @@
 //! the whole graph, recorded at prepare time and replayed by every `run` (inputs are copied in
 //! at its start and outputs copied out at its end).
 use super::device::Gpu;
-use super::lower::{lower, Groups, Storage, WeightData, WeightFmt};
+use super::lower::{lower_with, Groups, Step, Storage, WeightData, WeightFmt};
 use super::pipelines::PipelineCache;
+use super::profile::Profiler;
+use super::record::{Dispatch, Recording};
 use super::upload::{device_buffer, host_buffer, Uploader};
+use super::variants::KernelChoice;
 use super::{backend_error, verr, VulkanOptions};
+use crate::backend::profile::Profile;
 use crate::backend::{check_inputs, check_weights, Executable, Tensor, WeightSource};
 use crate::format::DType;
 use crate::graph::Graph;
 use crate::Result;
 use std::sync::Arc;
 use vulkano::buffer::{BufferUsage, Subbuffer};
-use vulkano::command_buffer::{
-    AutoCommandBufferBuilder, CommandBufferUsage, CopyBufferInfo, PrimaryAutoCommandBuffer,
-};
+use vulkano::command_buffer::PrimaryAutoCommandBuffer;
 use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
-use vulkano::pipeline::PipelineBindPoint;
 use vulkano::sync::GpuFuture;
 
 pub struct VulkanPlan {
@@ -28,6 +29,10 @@ pub struct VulkanPlan {
     id_checks: Vec<(usize, usize)>,
     device_bytes: u64,
     dispatches: usize,
+    fault_on_run: bool,
+    /// Kept to record the timestamped variant on the first `profile`.
+    recording: Recording,
+    profiler: Option<Profiler>,
 }
 
 impl VulkanPlan {
@@ -35,9 +40,25 @@ impl VulkanPlan {
     pub fn peak_device_bytes(&self) -> u64 {
         self.device_bytes
     }
+    /// Every run fails as a lost device would (see `fault`).
+    pub fn with_fault_on_run(mut self, on: bool) -> Self {
+        self.fault_on_run = on;
+        self
+    }
     /// Kernel dispatches per run (after fusion).
     pub fn dispatches(&self) -> usize {
         self.dispatches
+    }
+}
+
+/// The op kind a dispatch is counted under in the time breakdown: the graph op, marked when a
+/// GroupNorm carries its fused SiLU (push word 5 is the lowering's fusion flag).
+fn op_label(graph: &Graph, st: &Step) -> String {
+    let kind = graph.nodes[st.node].op.kind();
+    if st.kernel == "group_norm" && st.push.get(5) == Some(&1) {
+        format!("{kind}+silu")
+    } else {
+        kind.to_string()
     }
 }
 
@@ -106,7 +127,9 @@ impl VulkanPlan {
     ) -> Result<Self> {
         check_weights(graph, weights)?;
         let align = (gpu.offset_align / 4).max(1);
-        let low = lower(graph, &|p| choose_fmt(weights, opts, p), align)?;
+        // LDM_VULKAN_SPLIT_K=0 turns split-K off, to time it against the plain product on a GPU.
+        let split_k = std::env::var("LDM_VULKAN_SPLIT_K").map_or(true, |v| v != "0");
+        let low = lower_with(graph, &|p| choose_fmt(weights, opts, p), align, split_k)?;
 
         // Weights: one tensor in host memory at a time, through the bounded staging buffer.
         let mut up = Uploader::new(&gpu)?;
@@ -132,29 +155,45 @@ impl VulkanPlan {
             }
         };
 
-        let mut b = AutoCommandBufferBuilder::primary(
-            gpu.cmd.clone(),
-            gpu.queue.queue_family_index(),
-            CommandBufferUsage::MultipleSubmit,
-        )
-        .map_err(verr("command buffer"))?;
-
+        let mut rec = Recording::default();
         let mut inputs = Vec::new();
         for (s, &id) in low.inputs.iter().zip(&graph.inputs()) {
             let n = graph.nodes[id].shape.iter().product::<usize>() as u64;
             let hb = host_buffer(&gpu, n, BufferUsage::TRANSFER_SRC, false)?;
             device_bytes += n.max(1) * 4;
-            b.copy_buffer(CopyBufferInfo::buffers(hb.clone(), view(s)))
-                .map_err(verr("input copy"))?;
+            rec.input_copies.push((hb.clone(), view(s)));
             inputs.push(hb);
         }
 
+        // Drivers cap one binding (llvmpipe: 128 MiB); say so instead of a validation error.
+        let max_range = gpu.info.max_storage_buffer_range as u64;
+        let choice = KernelChoice::new(&gpu, opts);
         for st in &low.steps {
-            let k = cache.get(&gpu.device, &st.kernel)?;
-            let layout = k.layout().clone();
-            let set_layout = layout.set_layouts().first().cloned().ok_or_else(|| {
-                backend_error(format!("kernel `{}` has no descriptor set", st.kernel))
-            })?;
+            if let Some(big) = st
+                .bufs
+                .iter()
+                .map(|s| view(s).size())
+                .find(|&n| n > max_range)
+            {
+                return Err(backend_error(format!(
+                    "`{}` (node {}) needs a buffer of {big} bytes ({:.1} MiB), more than this \
+                     device's largest storage binding of {max_range} bytes; use a smaller image \
+                     or another backend",
+                    st.kernel,
+                    st.node,
+                    big as f64 / (1 << 20) as f64,
+                )));
+            }
+            let variant = choice.kernel(&st.kernel);
+            let kernel = cache.get(&gpu.device, &variant)?;
+            let set_layout = kernel
+                .layout()
+                .set_layouts()
+                .first()
+                .cloned()
+                .ok_or_else(|| {
+                    backend_error(format!("kernel `{}` has no descriptor set", st.kernel))
+                })?;
             let writes = st
                 .bufs
                 .iter()
@@ -164,51 +203,23 @@ impl VulkanPlan {
                 DescriptorSet::new(gpu.desc.clone(), set_layout, writes, []).map_err(verr(
                     &format!("descriptor set of `{}` (node {})", st.kernel, st.node),
                 ))?;
-            b.bind_pipeline_compute(k.pipeline.clone())
-                .map_err(verr("bind pipeline"))?
-                .bind_descriptor_sets(PipelineBindPoint::Compute, layout.clone(), 0, set)
-                .map_err(verr("bind descriptor set"))?;
-            // Push constants in 16-byte pieces, zero padded to the kernel's block size.
-            let words = (k.push_bytes / 4) as usize;
-            let mut push = st.push.clone();
-            push.resize(words.div_ceil(4) * 4, 0);
-            for (c, chunk) in push.chunks(4).enumerate() {
-                let off = c as u32 * 16;
-                if off >= k.push_bytes {
-                    break;
-                }
-                if off + 16 <= k.push_bytes {
-                    b.push_constants(
-                        layout.clone(),
-                        off,
-                        [chunk[0], chunk[1], chunk[2], chunk[3]],
-                    )
-                } else {
-                    let mut r = Ok(&mut b);
-                    for (e, &w) in chunk
-                        .iter()
-                        .enumerate()
-                        .take(((k.push_bytes - off) / 4) as usize)
-                    {
-                        r = b.push_constants(layout.clone(), off + 4 * e as u32, w);
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                    r
-                }
-                .map_err(verr("push constants"))?;
-            }
             let groups = match st.groups {
                 Groups::Linear(n) => gpu.grid(n),
                 Groups::Grid(g) => g,
             };
-            // Safety: every kernel bound-checks its indices against the sizes pushed above, and
-            // every binding covers exactly the tensor the lowering sized it for.
-            unsafe { b.dispatch(groups) }.map_err(verr(&format!(
-                "dispatch `{}` (node {})",
-                st.kernel, st.node
-            )))?;
+            rec.dispatches.push(Dispatch {
+                kernel,
+                set,
+                push: st.push.clone(),
+                groups,
+                detail: format!(
+                    "{variant} node {} -> {:?} grid {groups:?}",
+                    st.node, graph.nodes[st.node].shape
+                ),
+                name: st.kernel.clone(),
+                node: st.node,
+                label: op_label(graph, st),
+            });
         }
 
         let mut outputs = Vec::new();
@@ -216,11 +227,11 @@ impl VulkanPlan {
             let n = shape.iter().product::<usize>() as u64;
             let hb = host_buffer(&gpu, n, BufferUsage::TRANSFER_DST, true)?;
             device_bytes += n.max(1) * 4;
-            b.copy_buffer(CopyBufferInfo::buffers(view(s), hb.clone()))
-                .map_err(verr("output copy"))?;
+            rec.output_copies.push((view(s), hb.clone()));
             outputs.push((hb, shape.clone()));
         }
-        let cb = b.build().map_err(verr("command buffer"))?;
+        let cb = rec.record(&gpu, None)?;
+        log::debug!("vulkan: kernel variants {choice:?}");
         log::info!(
             "vulkan: prepared {} dispatches; device memory {:.1} MiB (activations {:.1} MiB)",
             low.steps.len(),
@@ -236,13 +247,47 @@ impl VulkanPlan {
             id_checks: low.id_checks,
             device_bytes,
             dispatches: low.steps.len(),
+            fault_on_run: false,
+            recording: rec,
+            profiler: None,
         })
     }
 }
 
 impl Executable for VulkanPlan {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.check(inputs)?;
+        let cb = self.cb.clone();
+        self.execute(inputs, cb)
+    }
+
+    fn profile(&mut self, inputs: &[Tensor]) -> Result<Option<Profile>> {
+        self.check(inputs)?;
+        if self.profiler.is_none() {
+            self.profiler = Profiler::new(&self.gpu, &self.recording)?;
+        }
+        let Some(cb) = self.profiler.as_ref().map(|p| p.cb.clone()) else {
+            return Ok(None);
+        };
+        self.execute(inputs, cb)?;
+        self.profiler
+            .as_ref()
+            .map(|p| p.read(&self.recording))
+            .transpose()
+    }
+
+    fn device_bytes(&self) -> Option<u64> {
+        Some(self.device_bytes)
+    }
+}
+
+impl VulkanPlan {
+    /// Input shapes, the injected fault and token ids, before anything reaches the device.
+    fn check(&self, inputs: &[Tensor]) -> Result<()> {
         check_inputs(&self.graph, inputs)?;
+        if self.fault_on_run {
+            return Err(super::Fault::Run.error());
+        }
         for &(k, vocab) in &self.id_checks {
             if let Some(bad) = inputs[k]
                 .data
@@ -254,13 +299,22 @@ impl Executable for VulkanPlan {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Writes the inputs, replays `cb` and reads the outputs.
+    fn execute(
+        &mut self,
+        inputs: &[Tensor],
+        cb: Arc<PrimaryAutoCommandBuffer>,
+    ) -> Result<Vec<Tensor>> {
         for (hb, t) in self.inputs.iter().zip(inputs) {
             hb.write()
                 .map_err(verr("input buffer"))?
                 .copy_from_slice(&t.data);
         }
         vulkano::sync::now(self.gpu.device.clone())
-            .then_execute(self.gpu.queue.clone(), self.cb.clone())
+            .then_execute(self.gpu.queue.clone(), cb)
             .map_err(verr("submit"))?
             .then_signal_fence_and_flush()
             .map_err(verr("submit"))?
