@@ -6,6 +6,7 @@ use ldm_edge::format::DType;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod import;
 mod init;
 mod tokenizer;
 
@@ -53,6 +54,10 @@ enum Cmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
+    /// Import a diffusers folder or a single-file SD checkpoint (.safetensors) into a .ldm.
+    Import(import::ImportArgs),
+    /// Export a .ldm's text encoder, UNet and decoder as ONNX (the CPU backend's lowering).
+    Export(import::ExportArgs),
     /// Train a BERT-style WordPiece tokenizer on captions (one per line) and write tokenizer.json.
     Tokenizer {
         /// Caption file, one caption per line; by default the shapes vocabulary.
@@ -80,6 +85,8 @@ fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Import(a) => import::import(a)?,
+        Cmd::Export(a) => import::export_cmd(a)?,
         Cmd::Init {
             preset,
             dtype,
