@@ -9,6 +9,7 @@ pub mod bench;
 pub mod error;
 pub mod format;
 pub mod graph;
+pub mod import;
 pub mod model;
 pub mod npy;
 pub mod ops;

@@ -13,10 +13,7 @@ impl TextTokenizer {
     pub fn from_json(json: &str, max_len: usize) -> Result<Self> {
         let mut inner = Tokenizer::from_bytes(json.as_bytes())
             .map_err(|e| Error::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
-        let (pad_id, pad_token) = ["[PAD]", "<pad>", "<|endoftext|>"]
-            .iter()
-            .find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string())))
-            .ok_or_else(|| Error::Tokenizer("tokenizer has no padding token ([PAD])".into()))?;
+        let (pad_id, pad_token) = pad_token(&inner)?;
         inner
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
@@ -56,4 +53,29 @@ impl TextTokenizer {
         }
         Ok(ids)
     }
+}
+
+/// The padding token: the one the tokenizer.json itself names in its `padding` section (the
+/// importer writes it there from tokenizer_config.json, e.g. "!" for SD 2.x's CLIP), otherwise
+/// the first of the conventional names the vocabulary holds.
+fn pad_token(tk: &Tokenizer) -> Result<(u32, String)> {
+    if let Some(p) = tk.get_padding() {
+        return match tk.token_to_id(&p.pad_token) {
+            Some(id) if id == p.pad_id => Ok((id, p.pad_token.clone())),
+            _ => Err(Error::Tokenizer(format!(
+                "tokenizer.json pads with `{}` (id {}), which is not that token's id",
+                p.pad_token, p.pad_id
+            ))),
+        };
+    }
+    ["[PAD]", "<pad>", "<|endoftext|>"]
+        .iter()
+        .find_map(|t| tk.token_to_id(t).map(|id| (id, t.to_string())))
+        .ok_or_else(|| {
+            Error::Tokenizer(
+                "tokenizer has no padding token: tokenizer.json names none and the vocabulary \
+                 has none of [PAD], <pad>, <|endoftext|>"
+                    .into(),
+            )
+        })
 }

@@ -36,10 +36,38 @@ pub struct VaeConfig {
     pub norm_num_groups: usize,
 }
 
-/// An LDMBert text encoder (diffusers `LDMBertModel`): pre-LayerNorm BERT-style transformer
-/// with learned positions and GELU, as in the LDM paper's text-to-image model.
+/// Which text transformer a [`TextEncoderConfig`] describes. Both are pre-LayerNorm
+/// transformers with learned positions; they differ in parameter names, masking and activation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextEncoderKind {
+    /// diffusers `LDMBertModel` (the LDM paper's text-to-image model): bidirectional attention,
+    /// no q/k/v biases, GELU. The default, so headers written before `kind` existed still load.
+    #[default]
+    LdmBert,
+    /// transformers `CLIPTextModel` (Stable Diffusion 1.x/2.x): causal attention with q/k/v
+    /// biases, `hidden_act`, and `final_layer_norm`; parameters under `text_model.`.
+    Clip,
+}
+
+/// The feed-forward activation, named as in transformers' `hidden_act`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenAct {
+    /// Exact (erf) GELU: LDMBert, and OpenCLIP's text tower in SD 2.x.
+    #[default]
+    Gelu,
+    /// `x * sigmoid(1.702 x)`: OpenAI CLIP in SD 1.x.
+    QuickGelu,
+}
+
+/// A text encoder: an LDMBert or a CLIP text transformer (see [`TextEncoderKind`]). The size
+/// fields keep LDMBert's names; for CLIP, `d_model` is `hidden_size`, `encoder_layers` is
+/// `num_hidden_layers` and `encoder_ffn_dim` is `intermediate_size`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TextEncoderConfig {
+    #[serde(default)]
+    pub kind: TextEncoderKind,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub d_model: usize,
@@ -47,6 +75,8 @@ pub struct TextEncoderConfig {
     pub encoder_attention_heads: usize,
     pub head_dim: usize,
     pub encoder_ffn_dim: usize,
+    #[serde(default)]
+    pub hidden_act: HiddenAct,
 }
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
@@ -198,6 +228,8 @@ impl VaeConfig {
 impl TextEncoderConfig {
     pub fn tiny(vocab_size: usize) -> Self {
         Self {
+            kind: TextEncoderKind::LdmBert,
+            hidden_act: HiddenAct::Gelu,
             vocab_size,
             max_position_embeddings: 16,
             d_model: 32,
@@ -212,6 +244,8 @@ impl TextEncoderConfig {
     /// benchmarks: 12 layers, 12 heads of 64, FFN 3072, 77 positions (CLIP ViT-L/14's sizes).
     pub fn sd15_shaped(vocab_size: usize) -> Self {
         Self {
+            kind: TextEncoderKind::LdmBert,
+            hidden_act: HiddenAct::Gelu,
             vocab_size,
             max_position_embeddings: 77,
             d_model: 768,
@@ -230,6 +264,10 @@ impl TextEncoderConfig {
         check(
             self.d_model > 0 && self.encoder_attention_heads > 0 && self.head_dim > 0,
             || "text encoder widths must be > 0".into(),
+        )?;
+        check(
+            self.kind != TextEncoderKind::LdmBert || self.hidden_act == HiddenAct::Gelu,
+            || "text encoder: ldm_bert supports only hidden_act gelu".into(),
         )
     }
 }

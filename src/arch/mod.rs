@@ -7,7 +7,7 @@ pub mod text;
 pub mod unet;
 pub mod vae;
 
-pub use config::{TextEncoderConfig, UNetConfig, VaeConfig};
+pub use config::{HiddenAct, TextEncoderConfig, TextEncoderKind, UNetConfig, VaeConfig};
 
 use crate::graph::{Graph, Tracer, ValueType};
 use crate::Result;

@@ -1,9 +1,12 @@
 //! The CPU backend: the IR is lowered to an in-memory ONNX model (`lower.rs`), which tract
 //! imports, optimizes and runs (`plan.rs`). Weights are dequantized to f32 at load: tract's f16
 //! kernels are far slower than its f32 ones on x86.
+mod export;
 mod lower;
 mod onnx;
 mod plan;
+
+pub use export::to_onnx;
 
 use super::{check_weights, Backend, Executable, WeightSource};
 use crate::graph::Graph;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod dataset;
 mod eval;
+mod import;
 mod init;
 mod tokenizer;
 
@@ -55,6 +56,10 @@ enum Cmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
+    /// Import a diffusers folder or a single-file SD checkpoint (.safetensors) into a .ldm.
+    Import(import::ImportArgs),
+    /// Export a .ldm's text encoder, UNet and decoder as ONNX (the CPU backend's lowering).
+    Export(import::ExportArgs),
     /// Train a BERT-style WordPiece tokenizer on captions (one per line) and write tokenizer.json.
     Tokenizer {
         /// Caption file, one caption per line; by default the shapes vocabulary.
@@ -96,6 +101,8 @@ fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Import(a) => import::import(a)?,
+        Cmd::Export(a) => import::export_cmd(a)?,
         Cmd::Init {
             preset,
             dtype,

@@ -1,0 +1,167 @@
+//! Parity with diffusers: tiny random SD-1.x-like and SD-2.x-like pipelines made by
+//! tests/parity/make_fixtures.py, imported through the same code as `ldm-host import`, run on the
+//! CPU backend and compared with diffusers' recorded outputs. No Python is needed here.
+use ldm_edge::backend::{select, Tensor};
+use ldm_edge::format::DType;
+use ldm_edge::import::Import;
+use ldm_edge::model::Model;
+use ldm_edge::npy;
+use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
+use ldm_edge::sampler::SamplerKind;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/parity/fixtures")
+        .join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ldm-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn import(name: &str) -> Model {
+    let out = tmp(&format!("{name}.ldm"));
+    let imp = Import::from_diffusers(&fixture(name)).unwrap();
+    imp.write(DType::F32, &out, "tests/parity.rs").unwrap();
+    Model::open(&out).unwrap()
+}
+
+fn reference(name: &str, file: &str) -> Tensor {
+    npy::read_f32(&fixture(name).join("ref").join(file)).unwrap()
+}
+
+fn inputs(name: &str) -> Value {
+    let p = fixture(name).join("ref/inputs.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape, b.shape);
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn run(model: &Model, graph: ldm_edge::graph::Graph, ins: Vec<Tensor>) -> Tensor {
+    let mut plan = select("cpu").unwrap().prepare(&graph, model).unwrap();
+    plan.run(&ins).unwrap().swap_remove(0)
+}
+
+fn components(name: &str) {
+    let m = import(name);
+    let inp = inputs(name);
+    let ids: Vec<Vec<f32>> = serde_json::from_value(inp["text_ids"].clone()).unwrap();
+    let (b, l) = (ids.len(), ids[0].len());
+    let ids = Tensor::new(vec![b, l], ids.concat()).unwrap();
+    let hidden = run(&m, m.config.text_graph(b).unwrap(), vec![ids]);
+    let e_text = max_abs(&hidden, &reference(name, "text_hidden.npy"));
+
+    let sample = reference(name, "unet_sample.npy");
+    let ts: Vec<f32> = serde_json::from_value(inp["unet_timesteps"].clone()).unwrap();
+    let s = sample.shape.clone();
+    let g = m.config.unet_graph(s[0], s[2], s[3]).unwrap();
+    let ts = Tensor::new(vec![ts.len()], ts).unwrap();
+    let out = run(&m, g, vec![sample, ts, reference(name, "unet_context.npy")]);
+    let e_unet = max_abs(&out, &reference(name, "unet_out.npy"));
+
+    let z = reference(name, "vae_latent.npy");
+    let g = m.config.decoder_graph(1, z.shape[2], z.shape[3]).unwrap();
+    let img = run(&m, g, vec![z]);
+    let e_vae = max_abs(&img, &reference(name, "vae_out.npy"));
+    eprintln!("{name}: max abs error text {e_text:.2e} unet {e_unet:.2e} decoder {e_vae:.2e}");
+    assert!(e_text <= TOL, "{name} text encoder: {e_text}");
+    assert!(e_unet <= TOL, "{name} unet: {e_unet}");
+    assert!(e_vae <= TOL, "{name} decoder: {e_vae}");
+}
+
+fn pipeline(name: &str) {
+    let m = import(name);
+    let args = &inputs(name)["pipe"];
+    let mut req = Txt2Img::new(&m, args["prompt"].as_str().unwrap()).unwrap();
+    req.steps = args["num_inference_steps"].as_u64().unwrap() as usize;
+    req.guidance = args["guidance_scale"].as_f64().unwrap() as f32;
+    req.sampler = SamplerKind::Ddim;
+    req.width = args["width"].as_u64().unwrap() as usize;
+    req.height = args["height"].as_u64().unwrap() as usize;
+    req.init_noise = Some(reference(name, "pipe_latents.npy"));
+    let pipe = Pipeline::new(&m, select("cpu").unwrap());
+    let out = pipe.txt2img(&req, &mut |_| {}, &Cancel::new()).unwrap();
+    let e_lat = max_abs(&out.latents, &reference(name, "pipe_final_latents.npy"));
+    // diffusers' output_type="np": (x / 2 + 0.5).clamp(0, 1), NHWC.
+    let want = reference(name, "pipe_image.npy");
+    let (h, w) = (out.height, out.width);
+    let mut se = 0.0f64;
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let ours = (out.image.data[(c * h + y) * w + x] / 2.0 + 0.5).clamp(0.0, 1.0);
+                let theirs = want.data[(y * w + x) * 3 + c];
+                se += ((ours - theirs) as f64).powi(2);
+            }
+        }
+    }
+    let mse = se / (h * w * 3) as f64;
+    let psnr = 10.0 * (1.0 / mse.max(1e-20)).log10();
+    eprintln!("{name}: pipeline final latents max abs {e_lat:.2e}, image PSNR {psnr:.1} dB");
+    assert!(psnr >= 45.0, "{name} pipeline PSNR {psnr}");
+}
+
+fn tokens(name: &str) {
+    let m = import(name);
+    let p = fixture(name).join("ref/tokens.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let prompts: Vec<String> = serde_json::from_value(v["prompts"].clone()).unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(v["ids"].clone()).unwrap();
+    assert_eq!(prompts.len(), 50);
+    let mut bad = Vec::new();
+    for (p, want) in prompts.iter().zip(&ids) {
+        let got = m.tokenizer.encode(p).unwrap();
+        if &got != want {
+            bad.push(format!("{p:?}:\n  ours   {got:?}\n  theirs {want:?}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{name}: {} prompts differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn sd1_components_match_diffusers() {
+    components("sd1");
+}
+
+#[test]
+fn sd2_components_match_diffusers() {
+    components("sd2");
+}
+
+#[test]
+fn sd1_pipeline_matches_diffusers() {
+    pipeline("sd1");
+}
+
+#[test]
+fn sd2_pipeline_matches_diffusers() {
+    pipeline("sd2");
+}
+
+#[test]
+fn sd1_tokenizer_matches_transformers() {
+    tokens("sd1");
+}
+
+#[test]
+fn sd2_tokenizer_from_vocab_and_merges_matches_transformers() {
+    tokens("sd2");
+}

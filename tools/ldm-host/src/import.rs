@@ -1,0 +1,112 @@
+//! `ldm-host import` (diffusers folder or single-file safetensors -> `.ldm`) and
+//! `ldm-host export --onnx` (a `.ldm` -> unet.onnx, decoder.onnx, text_encoder.onnx). The
+//! mapping itself is `ldm_edge::import`, shared with the parity tests.
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ldm_edge::format::DType;
+use ldm_edge::import::Import;
+use ldm_edge::model::Model;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// A diffusers StableDiffusionPipeline folder (model_index.json, unet/, vae/, ...).
+    #[arg(
+        long,
+        conflicts_with = "checkpoint",
+        required_unless_present = "checkpoint"
+    )]
+    diffusers: Option<PathBuf>,
+    /// A single-file original SD checkpoint (.safetensors; pickle .ckpt is refused).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// The CLIP tokenizer folder for --checkpoint (single files hold no tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Storage type of matrices and kernels: f32, f16, q8 or q4.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    /// Also export ONNX files of the imported model into this folder.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The `.ldm` model to export.
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Folder for unet.onnx, decoder.onnx and text_encoder.onnx.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Batch of the UNet and text encoder graphs (2 = one classifier-free-guidance call).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Latent side in pixels; default: the model's image size / the VAE factor.
+    #[arg(long)]
+    latent_size: Option<usize>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "q8" => Ok(DType::Q8),
+        "q4" => Ok(DType::Q4),
+        _ => Err(format!("unknown dtype `{s}` (f32, f16, q8, q4)")),
+    }
+}
+
+pub fn import(a: ImportArgs) -> Result<()> {
+    let imp = match (&a.diffusers, &a.checkpoint) {
+        (Some(dir), None) => Import::from_diffusers(dir)
+            .with_context(|| format!("importing diffusers folder {}", dir.display()))?,
+        (None, Some(file)) => Import::from_checkpoint(file, a.tokenizer.as_deref())
+            .with_context(|| format!("importing checkpoint {}", file.display()))?,
+        _ => bail!("give exactly one of --diffusers DIR or --checkpoint FILE"),
+    };
+    let recipe = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = imp.write(a.dtype, &a.output, &recipe)?;
+    eprintln!(
+        "wrote {} ({} tensors, {} bytes, {:?})",
+        a.output.display(),
+        report.tensors,
+        report.file_len,
+        a.dtype
+    );
+    if let Some(dir) = a.onnx {
+        let cfg = &imp.config;
+        let side = cfg.image_size / cfg.vae.factor();
+        export(&a.output, &dir, 2, side)?;
+    }
+    Ok(())
+}
+
+pub fn export_cmd(a: ExportArgs) -> Result<()> {
+    let m = Model::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let side = a
+        .latent_size
+        .unwrap_or(m.config.image_size / m.config.vae.factor());
+    drop(m);
+    export(&a.model, &a.onnx, a.batch, side)
+}
+
+fn export(model: &Path, dir: &Path, batch: usize, side: usize) -> Result<()> {
+    let m = Model::open(model).with_context(|| format!("opening {}", model.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let c = &m.config;
+    for (name, graph) in [
+        ("text_encoder", c.text_graph(batch)?),
+        ("unet", c.unet_graph(batch, side, side)?),
+        ("decoder", c.decoder_graph(1, side, side)?),
+    ] {
+        let bytes = ldm_edge::backend::cpu::to_onnx(&graph, &m)
+            .with_context(|| format!("exporting {name}"))?;
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+    }
+    Ok(())
+}
