@@ -24,7 +24,7 @@ const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 
 /// LatentDiffusion's noise-schedule buffers (and its `logvar` parameter): training state, not
 /// weights. The schedule used for sampling comes from the config folder's scheduler instead.
-const SCHEDULE_BUFFERS: [&str; 16] = [
+const SCHEDULE_BUFFERS: [&str; 15] = [
     "betas",
     "alphas_cumprod",
     "alphas_cumprod_prev",
@@ -40,7 +40,6 @@ const SCHEDULE_BUFFERS: [&str; 16] = [
     "logvar",
     "lvlb_weights",
     "scale_factor",
-    "model_ema.decay",
 ];
 
 /// What one key of the file becomes.
