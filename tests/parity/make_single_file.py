@@ -1,21 +1,23 @@
-"""Single-file fixture: the sd1 parity pipeline in the original (CompVis) checkpoint layout.
+"""Single-file fixtures: the sd1 and sd2 parity pipelines in the original checkpoint layout.
 
 Regenerate (from the repository root, after make_fixtures.py; needs torch, diffusers, numpy,
 safetensors):
 
     python tests/parity/make_single_file.py
 
-It reads tests/parity/fixtures/sd1/{unet,vae,text_encoder}/*.safetensors, renames every tensor to
-the name the original Stable Diffusion code gives it (the reverse of diffusers'
-convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint / convert_ldm_clip_checkpoint) and writes
-tests/parity/fixtures/sd1/single_file.safetensors. The VAE attention projections are stored as
-1x1 convolutions and a few buffers real checkpoints carry (position_ids, the DDPM schedule,
-model_ema.*) are added, so the importer's reshape and skip paths are exercised.
+For name in (sd1, sd2) it reads tests/parity/fixtures/<name>/{unet,vae,text_encoder}/*.safetensors,
+renames every tensor to the name the original Stable Diffusion code gives it (the reverse of
+diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint / convert_ldm_clip_checkpoint /
+convert_open_clip_checkpoint) and writes tests/parity/fixtures/<name>/single_file.safetensors.
+The VAE attention projections are stored as 1x1 convolutions, sd2's text encoder in OpenCLIP form
+(fused in_proj q/k/v, plus the unused last layer and text_projection real SD-2 files hold), and a
+few buffers real checkpoints carry (position_ids, the DDPM schedule, model_ema.*) are added, so
+the importer's reshape, split and skip paths are exercised.
 
-The reverse mapping is not trusted on its own: the file is loaded back with diffusers'
-from_single_file (config = the sd1 folder) and must reproduce ref/{text_hidden,unet_out,vae_out}.npy
-within 1e-5, i.e. diffusers' forward mapping checks ours. The Rust side is
-tests/parity_single_file.rs.
+The reverse mapping is not trusted on its own: each file is loaded back with diffusers'
+from_single_file (config = the fixture folder) and must reproduce ref/{text_hidden,unet_out,
+vae_out}.npy within 1e-5 and the folder's tensors bit for bit, i.e. diffusers' forward mapping
+checks ours. The Rust side is tests/parity_single_file.rs.
 """
 import json
 import re
@@ -26,8 +28,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
-SD1 = HERE / "fixtures" / "sd1"
-OUT = SD1 / "single_file.safetensors"
 
 
 def resnet_unet(rest):
@@ -113,29 +113,81 @@ def vae_name(k, cfg):
     return k  # conv_in, conv_out, norm_out, quant_conv, post_quant_conv keep their names
 
 
-def build():
-    ucfg = json.loads((SD1 / "unet/config.json").read_text())
-    vcfg = json.loads((SD1 / "vae/config.json").read_text())
+def openclip_text(sd, layers):
+    """transformers CLIPTextModel -> OpenCLIP (SD-2.x `cond_stage_model.model.*`) names."""
+    out = {}
+    sd = {k.removeprefix("text_model."): t for k, t in sd.items()}
+    out["token_embedding.weight"] = sd.pop("embeddings.token_embedding.weight")
+    out["positional_embedding"] = sd.pop("embeddings.position_embedding.weight")
+    out["ln_final.weight"] = sd.pop("final_layer_norm.weight")
+    out["ln_final.bias"] = sd.pop("final_layer_norm.bias")
+    for i in range(layers):
+        a = f"encoder.layers.{i}."
+        o = f"transformer.resblocks.{i}."
+        for leaf in ["weight", "bias"]:
+            # OpenCLIP's nn.MultiheadAttention stores q, k, v stacked in one in_proj.
+            out[o + f"attn.in_proj_{leaf}"] = torch.cat(
+                [sd.pop(a + f"self_attn.{p}_proj.{leaf}") for p in "qkv"], 0
+            )
+            for theirs, ours in [
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ]:
+                out[o + f"{theirs}.{leaf}"] = sd.pop(a + f"{ours}.{leaf}")
+    assert not sd, sorted(sd)
+    return out
+
+
+def build(name, extra_layer):
+    fix = HERE / "fixtures" / name
+    ucfg = json.loads((fix / "unet/config.json").read_text())
+    vcfg = json.loads((fix / "vae/config.json").read_text())
+    tcfg = json.loads((fix / "text_encoder/config.json").read_text())
     out = {}
 
     def put(name, t):
         assert name not in out, name
         out[name] = t.contiguous()
 
-    for k, t in load_file(SD1 / "unet/diffusion_pytorch_model.safetensors").items():
+    for k, t in load_file(fix / "unet/diffusion_pytorch_model.safetensors").items():
         put("model.diffusion_model." + unet_name(k, ucfg), t)
-    for k, t in load_file(SD1 / "vae/diffusion_pytorch_model.safetensors").items():
-        name = "first_stage_model." + vae_name(k, vcfg)
+    for k, t in load_file(fix / "vae/diffusion_pytorch_model.safetensors").items():
+        key = "first_stage_model." + vae_name(k, vcfg)
         # The original AttnBlock projects with 1x1 convolutions.
-        if ".mid.attn_1." in name and t.ndim == 2:
+        if ".mid.attn_1." in key and t.ndim == 2:
             t = t[:, :, None, None]
-        put(name, t)
-    for k, t in load_file(SD1 / "text_encoder/model.safetensors").items():
-        if not k.startswith("text_model."):
-            k = "text_model." + k  # transformers 5 drops the prefix; SD checkpoints keep it
-        put("cond_stage_model.transformer." + k, t)
-    # Buffers real SD-1.x checkpoints carry; not weights.
-    put("cond_stage_model.transformer.text_model.embeddings.position_ids", torch.arange(77)[None])
+        put(key, t)
+    text = load_file(fix / "text_encoder/model.safetensors")
+    if name == "sd1":
+        for k, t in text.items():
+            if not k.startswith("text_model."):
+                k = "text_model." + k  # transformers 5 drops the prefix; SD checkpoints keep it
+            put("cond_stage_model.transformer." + k, t)
+        # A buffer real SD-1.x checkpoints carry; not a weight.
+        put("cond_stage_model.transformer.text_model.embeddings.position_ids", torch.arange(77)[None])
+    else:
+        layers = tcfg["num_hidden_layers"]
+        for k, t in openclip_text(text, layers).items():
+            put("cond_stage_model.model." + k, t)
+        d = tcfg["hidden_size"]
+        g = torch.Generator().manual_seed(5)
+        # SD-2.x conditions on the penultimate layer: real files hold one more layer, which the
+        # diffusers config leaves out (num_hidden_layers 23 of 24), and the unused projection.
+        put("cond_stage_model.model.text_projection", torch.randn(d, d, generator=g))
+        if extra_layer:
+            last = {
+                k.replace(f"resblocks.{layers - 1}.", f"resblocks.{layers}."): torch.randn(
+                    t.shape, generator=g
+                )
+                for k, t in out.items()
+                if f".resblocks.{layers - 1}." in k
+            }
+            for k, t in last.items():
+                put(k, t)
+    # Buffers real checkpoints carry; not weights.
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     put("betas", betas.float())
     put("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
@@ -144,13 +196,14 @@ def build():
     return out
 
 
-def validate():
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+def validate(name, path):
+    from diffusers import StableDiffusionPipeline
 
-    ref = SD1 / "ref"
+    fix = HERE / "fixtures" / name
+    ref = fix / "ref"
     inputs = json.loads((ref / "inputs.json").read_text())
     pipe = StableDiffusionPipeline.from_single_file(
-        str(OUT), config=str(SD1), local_files_only=True, safety_checker=None
+        str(path), config=str(fix), local_files_only=True, safety_checker=None
     )
     errs = {}
     with torch.no_grad():
@@ -164,22 +217,39 @@ def validate():
         errs["unet"] = np.abs(eps.numpy() - np.load(ref / "unet_out.npy")).max()
         img = pipe.vae.decode(torch.from_numpy(np.load(ref / "vae_latent.npy"))).sample
         errs["vae"] = np.abs(img.numpy() - np.load(ref / "vae_out.npy")).max()
-    print("diffusers from_single_file vs the sd1 references, max abs:", errs)
+    print(f"{name}: diffusers from_single_file vs the references, max abs:", errs)
     assert all(e <= 1e-5 for e in errs.values()), errs
     # Every tensor diffusers loaded must equal the diffusers-folder one (nothing left at init).
     for comp, file in [
         ("unet", "unet/diffusion_pytorch_model.safetensors"),
         ("vae", "vae/diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "text_encoder/model.safetensors"),
     ]:
-        want = load_file(SD1 / file)
-        got = getattr(pipe, comp).state_dict()
-        assert set(want) <= set(got), set(want) - set(got)
+        want = load_file(fix / file)
+        got = {k.removeprefix("text_model."): t for k, t in getattr(pipe, comp).state_dict().items()}
         for k, t in want.items():
+            k = k.removeprefix("text_model.")
+            assert k in got, f"{comp}.{k} not loaded"
             assert torch.equal(got[k], t), f"{comp}.{k} differs"
-    print("unet and vae state dicts equal the diffusers folder's, bit for bit")
+    print(f"{name}: unet, vae and text encoder equal the diffusers folder's, bit for bit")
 
 
 if __name__ == "__main__":
-    save_file(build(), str(OUT), metadata={"format": "pt"})
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
-    validate()
+    for name in ["sd1", "sd2"]:
+        out = HERE / "fixtures" / name / "single_file.safetensors"
+        save_file(build(name, extra_layer=True), str(out), metadata={"format": "pt"})
+        print(f"wrote {out} ({out.stat().st_size} bytes)")
+        try:
+            validate(name, out)
+        except Exception as e:  # noqa: BLE001
+            if name != "sd2":
+                raise
+            # diffusers drops the unused last OpenCLIP layer only by its SD-2 index (23), so it
+            # rejects the tiny fixture's extra layer: validate the same file without it.
+            print(f"sd2 with the extra layer: diffusers says {type(e).__name__}: {str(e)[:200]}")
+            tmp = out.with_suffix(".no_extra.safetensors")
+            save_file(build(name, extra_layer=False), str(tmp), metadata={"format": "pt"})
+            try:
+                validate(name, tmp)
+            finally:
+                tmp.unlink()
