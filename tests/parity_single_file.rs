@@ -1,8 +1,9 @@
-//! Single-file import: tests/parity/fixtures/sd1/single_file.safetensors is the sd1 parity
-//! pipeline in the original (CompVis) layout, written by tests/parity/make_single_file.py and
-//! checked there by diffusers' own `from_single_file`. Imported here with the sd1 folder as the
-//! config, it must give the diffusers-folder import's tensors bit for bit and diffusers'
-//! reference outputs; broken copies must fail with errors that name the tensor.
+//! Single-file import: tests/parity/fixtures/{sd1,sd2}/single_file.safetensors are the parity
+//! pipelines in the original layout (sd2 with the OpenCLIP text encoder), written by
+//! tests/parity/make_single_file.py and checked there by diffusers' own `from_single_file`.
+//! Imported here with the fixture folder as the config, each must give the diffusers-folder
+//! import's tensors bit for bit and diffusers' reference outputs; broken copies must fail with
+//! errors that name the tensor.
 use ldm_edge::backend::{select, Tensor};
 use ldm_edge::format::DType;
 use ldm_edge::import::{safetensors::SafeTensors, Import};
@@ -13,12 +14,22 @@ use std::path::{Path, PathBuf};
 
 const TOL: f32 = 1e-4;
 
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/parity/fixtures")
+        .join(name)
+}
+
 fn sd1() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures/sd1")
+    fixture("sd1")
+}
+
+fn single_of(name: &str) -> PathBuf {
+    fixture(name).join("single_file.safetensors")
 }
 
 fn single() -> PathBuf {
-    sd1().join("single_file.safetensors")
+    single_of("sd1")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -27,8 +38,8 @@ fn tmp(name: &str) -> PathBuf {
     d.join(name)
 }
 
-fn reference(file: &str) -> Tensor {
-    npy::read_f32(&sd1().join("ref").join(file)).unwrap()
+fn reference(name: &str, file: &str) -> Tensor {
+    npy::read_f32(&fixture(name).join("ref").join(file)).unwrap()
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
@@ -45,10 +56,9 @@ fn run(model: &Model, graph: ldm_edge::graph::Graph, ins: Vec<Tensor>) -> Tensor
     plan.run(&ins).unwrap().swap_remove(0)
 }
 
-#[test]
-fn single_file_equals_diffusers_folder_bit_for_bit() {
-    let a = Import::from_checkpoint(&single(), Some(&sd1())).unwrap();
-    let b = Import::from_diffusers(&sd1()).unwrap();
+fn equals_diffusers_folder(name: &str) {
+    let a = Import::from_checkpoint(&single_of(name), Some(&fixture(name))).unwrap();
+    let b = Import::from_diffusers(&fixture(name)).unwrap();
     assert_eq!(a.config, b.config);
     let pa: Vec<_> = a.params().collect();
     let pb: Vec<_> = b.params().collect();
@@ -56,52 +66,75 @@ fn single_file_equals_diffusers_folder_bit_for_bit() {
     for (path, _) in pa {
         let (x, y) = (a.load(path).unwrap(), b.load(path).unwrap());
         let same = x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{path} differs");
+        assert!(same, "{name}: {path} differs");
     }
     assert_eq!(a.tokenizer_json, b.tokenizer_json);
 }
 
 #[test]
-fn single_file_components_match_diffusers() {
-    let out = tmp("sd1-single.ldm");
-    let imp = Import::from_checkpoint(&single(), Some(&sd1())).unwrap();
+fn sd1_single_file_equals_diffusers_folder_bit_for_bit() {
+    equals_diffusers_folder("sd1");
+}
+
+#[test]
+fn sd2_single_file_equals_diffusers_folder_bit_for_bit() {
+    equals_diffusers_folder("sd2");
+}
+
+fn components(name: &str) {
+    let out = tmp(&format!("{name}-single.ldm"));
+    let imp = Import::from_checkpoint(&single_of(name), Some(&fixture(name))).unwrap();
     imp.write(DType::F32, &out, "tests/parity_single_file.rs")
         .unwrap();
     let m = Model::open(&out).unwrap();
-    let p = sd1().join("ref/inputs.json");
+    let p = fixture(name).join("ref/inputs.json");
     let inp: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
 
     let ids: Vec<Vec<f32>> = serde_json::from_value(inp["text_ids"].clone()).unwrap();
     let (b, l) = (ids.len(), ids[0].len());
     let ids = Tensor::new(vec![b, l], ids.concat()).unwrap();
     let hidden = run(&m, m.config.text_graph(b).unwrap(), vec![ids]);
-    let e_text = max_abs(&hidden, &reference("text_hidden.npy"));
+    let e_text = max_abs(&hidden, &reference(name, "text_hidden.npy"));
 
-    let sample = reference("unet_sample.npy");
+    let sample = reference(name, "unet_sample.npy");
     let ts: Vec<f32> = serde_json::from_value(inp["unet_timesteps"].clone()).unwrap();
     let s = sample.shape.clone();
     let g = m.config.unet_graph(s[0], s[2], s[3]).unwrap();
     let ts = Tensor::new(vec![ts.len()], ts).unwrap();
-    let out = run(&m, g, vec![sample, ts, reference("unet_context.npy")]);
-    let e_unet = max_abs(&out, &reference("unet_out.npy"));
+    let out = run(&m, g, vec![sample, ts, reference(name, "unet_context.npy")]);
+    let e_unet = max_abs(&out, &reference(name, "unet_out.npy"));
 
-    let z = reference("vae_latent.npy");
+    let z = reference(name, "vae_latent.npy");
     let g = m.config.decoder_graph(1, z.shape[2], z.shape[3]).unwrap();
     let img = run(&m, g, vec![z]);
-    let e_vae = max_abs(&img, &reference("vae_out.npy"));
+    let e_vae = max_abs(&img, &reference(name, "vae_out.npy"));
     eprintln!(
-        "sd1 single file: max abs error text {e_text:.2e} unet {e_unet:.2e} decoder {e_vae:.2e}"
+        "{name} single file: max abs error text {e_text:.2e} unet {e_unet:.2e} decoder {e_vae:.2e}"
     );
-    assert!(e_text <= TOL, "text encoder: {e_text}");
-    assert!(e_unet <= TOL, "unet: {e_unet}");
-    assert!(e_vae <= TOL, "decoder: {e_vae}");
+    assert!(e_text <= TOL, "{name} text encoder: {e_text}");
+    assert!(e_unet <= TOL, "{name} unet: {e_unet}");
+    assert!(e_vae <= TOL, "{name} decoder: {e_vae}");
+}
+
+#[test]
+fn sd1_single_file_components_match_diffusers() {
+    components("sd1");
+}
+
+#[test]
+fn sd2_single_file_components_match_diffusers() {
+    components("sd2");
 }
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
-/// A copy of the single file with `f` applied, written as f32 safetensors.
+/// A copy of the sd1 single file with `f` applied, written as f32 safetensors.
 fn edited(case: &str, f: impl FnOnce(&mut Tensors)) -> PathBuf {
-    let st = SafeTensors::open(&single()).unwrap();
+    edited_of("sd1", case, f)
+}
+
+fn edited_of(name: &str, case: &str, f: impl FnOnce(&mut Tensors)) -> PathBuf {
+    let st = SafeTensors::open(&single_of(name)).unwrap();
     let mut t: Tensors = st
         .entries
         .iter()
@@ -124,7 +157,7 @@ fn edited(case: &str, f: impl FnOnce(&mut Tensors)) -> PathBuf {
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
     out.extend(h);
     out.extend(data);
-    let p = tmp(&format!("{case}.safetensors"));
+    let p = tmp(&format!("{name}-{case}.safetensors"));
     std::fs::write(&p, out).unwrap();
     p
 }
@@ -186,12 +219,42 @@ fn unknown_extra_keys_are_listed() {
     }
 }
 
+fn import_err_of(name: &str, p: &Path) -> String {
+    match Import::from_checkpoint(p, Some(&fixture(name))) {
+        Ok(_) => panic!("{} imported", p.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
-fn sd2_single_files_are_refused_clearly() {
+fn sd2_surplus_layers_are_not_skipped_silently() {
+    // Only exactly one layer past the config's count is SD-2's unused last layer; with two, the
+    // config does not fit the file and the layers are reported.
+    let key = "cond_stage_model.model.transformer.resblocks.3.ln_1.weight";
+    let p = edited_of("sd2", "surplus", |t| {
+        t.push((key.to_string(), vec![32], vec![0.0; 32]))
+    });
+    let e = import_err_of("sd2", &p);
+    assert!(e.contains("resblocks.2."), "{e}");
+}
+
+#[test]
+fn sd2_fused_in_proj_of_wrong_shape_is_named() {
     let key = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight";
-    let p = edited("sd2", |t| t.push((key.to_string(), vec![2], vec![0.0; 2])));
+    let p = edited_of("sd2", "in_proj", |t| {
+        let e = t.iter_mut().find(|(n, _, _)| n == key).unwrap();
+        e.1 = vec![32, 96];
+    });
+    let e = import_err_of("sd2", &p);
+    assert!(e.contains(key), "{e}");
+}
+
+#[test]
+fn sdxl_single_files_are_refused_clearly() {
+    let key = "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight";
+    let p = edited("sdxl", |t| t.push((key.to_string(), vec![2], vec![0.0; 2])));
     let e = import_err(&p);
-    assert!(e.contains("SD-2") && e.contains(key), "{e}");
+    assert!(e.contains("SDXL") && e.contains(key), "{e}");
 }
 
 #[test]

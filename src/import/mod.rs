@@ -29,6 +29,21 @@ const KNOWN_BUFFERS: [&str; 1] = ["text_encoder.text_model.embeddings.position_i
 struct Source {
     file: usize,
     name: String,
+    /// `Some((i, n))`: the i-th of n equal parts along the first axis (OpenCLIP's fused q/k/v).
+    chunk: Option<(usize, usize)>,
+}
+
+impl Source {
+    fn load(&self, files: &[SafeTensors]) -> Result<Vec<f32>> {
+        let data = files[self.file].load_f32(&self.name)?;
+        let Some((i, n)) = self.chunk else {
+            return Ok(data);
+        };
+        // Row-major, so a part along the first axis is a contiguous range; `matched` checked
+        // that the first axis divides by n.
+        let len = data.len() / n;
+        Ok(data[i * len..(i + 1) * len].to_vec())
+    }
 }
 
 /// A checkpoint mapped onto our architecture, checked, ready to write.
@@ -156,6 +171,7 @@ impl Import {
                     let src = Source {
                         file: files.len(),
                         name: n.clone(),
+                        chunk: None,
                     };
                     if names.insert(ours.clone(), src).is_some() {
                         return Err(Error::Config(format!("tensor `{ours}` appears twice")));
@@ -220,7 +236,8 @@ impl Import {
         Ok((config, sampler, tokenizer_json))
     }
 
-    /// A single-file original SD-1.x checkpoint (`.safetensors` only; pickles are refused).
+    /// A single-file original SD-1.x or SD-2.x checkpoint (`.safetensors` only; pickles are
+    /// refused).
     ///
     /// The file holds weights only, so the architecture, scheduler and tokenizer come from
     /// `config_dir`: a diffusers folder of the same model, of which only the config files and
@@ -239,9 +256,16 @@ impl Import {
         })?;
         let st = SafeTensors::open(path)?;
         let (config, sampler, tokenizer_json) = Self::configs(config_dir)?;
-        let names = single_file::map_names(st.entries.keys(), &config.unet, &config.vae)?
+        let names = single_file::map_names(st.entries.keys(), &config)?
             .into_iter()
-            .map(|(ours, name)| (ours, Source { file: 0, name }))
+            .map(|(ours, (name, chunk))| {
+                let src = Source {
+                    file: 0,
+                    name,
+                    chunk,
+                };
+                (ours, src)
+            })
             .collect();
         Self::matched(
             config,
@@ -278,7 +302,20 @@ impl Import {
             let src = names
                 .remove(&path)
                 .ok_or_else(|| Error::MissingWeight(path.clone()))?;
-            let found = &files[src.file].entries[&src.name].shape;
+            let mut found = files[src.file].entries[&src.name].shape.clone();
+            if let Some((i, n)) = src.chunk {
+                match found.first_mut() {
+                    Some(d) if *d % n == 0 => *d /= n,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "`{}` has shape {found:?}, which does not split in {n} parts along \
+                             its first axis (for part {i}: `{path}`)",
+                            src.name
+                        )))
+                    }
+                }
+            }
+            let found = &found;
             // 1x1 convolutions stored for a linear layer (original SD's VAE attention and
             // SD 1.x-style proj_in) are the same numbers.
             let squeezed: Vec<usize> = found.iter().copied().filter(|&d| d != 1).collect();
@@ -288,7 +325,7 @@ impl Import {
                 let path = if path.ends_with(src.name.as_str()) {
                     path
                 } else {
-                    format!("{path}` (`{}` in the file)", src.name)
+                    format!("{path}`, file tensor `{}", src.name)
                 };
                 return Err(Error::WeightShape {
                     path,
@@ -337,7 +374,7 @@ impl Import {
             .iter()
             .find(|(p, _, _)| p == path)
             .ok_or_else(|| Error::MissingWeight(path.to_string()))?;
-        self.files[src.file].load_f32(&src.name)
+        src.load(&self.files)
     }
 
     /// Number of tensors that will be written.
@@ -368,7 +405,7 @@ impl Import {
         });
         let mut w = ModelWriter::new(meta)?;
         for (path, shape, src) in &self.plan {
-            let data = self.files[src.file].load_f32(&src.name)?;
+            let data = src.load(&self.files)?;
             let d = match dtype {
                 DType::Q8 | DType::Q4 if shape.len() < 2 => DType::F32,
                 d => d,

@@ -12,15 +12,19 @@
 //! (`layers_per_block`, the number of VAE levels) come from the config folder the caller passes.
 //! Each key is parsed exactly; a key that fits no rule is reported, never guessed at.
 //!
-//! SD-2.x files (`cond_stage_model.model.*`: OpenCLIP, fused `in_proj` q/k/v weights that must
-//! be split) and SDXL files (`conditioner.*`) are refused with an error that says so.
-use crate::arch::{UNetConfig, VaeConfig, TEXT, UNET, VAE};
+//! SD-2.x files hold the text encoder in OpenCLIP form (`cond_stage_model.model.*`, as
+//! `convert_open_clip_checkpoint` reads it): q/k/v are stacked in one `in_proj` tensor, which is
+//! imported as three parts along its first axis, and the file has one more transformer layer
+//! than the diffusers config (SD-2 conditions on the penultimate layer's output), which is
+//! skipped. SDXL files (`conditioner.*`) are refused with an error that says so.
+use crate::arch::{ModelConfig, TEXT, UNET, VAE};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 
 const UNET_PREFIX: &str = "model.diffusion_model.";
 const VAE_PREFIX: &str = "first_stage_model.";
 const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+const OPENCLIP_PREFIX: &str = "cond_stage_model.model.";
 
 /// LatentDiffusion's noise-schedule buffers (and its `logvar` parameter): training state, not
 /// weights. The schedule used for sampling comes from the config folder's scheduler instead.
@@ -45,30 +49,36 @@ const SCHEDULE_BUFFERS: [&str; 15] = [
 /// What one key of the file becomes.
 enum Mapped {
     Ours(String),
+    /// The i-th of n equal parts along the first axis becomes entry i.
+    Parts(Vec<String>),
     /// Known and not a weight: skipped with this reason in the log.
     Skip(&'static str),
     /// Fits no rule.
     Unknown,
 }
 
-/// Our name for every weight in the file (our name -> the file's name). Keys that fit no rule
-/// are an error listing them; known non-weights are skipped with a log line.
+/// Where one of our parameters comes from: the file's tensor name and, for a fused tensor,
+/// which of how many parts along its first axis.
+pub type Origin = (String, Option<(usize, usize)>);
+
+/// Our name for every weight in the file. Keys that fit no rule are an error listing them;
+/// known non-weights are skipped with a log line.
 pub fn map_names<'a>(
     keys: impl IntoIterator<Item = &'a String>,
-    unet: &UNetConfig,
-    vae: &VaeConfig,
-) -> Result<BTreeMap<String, String>> {
+    config: &ModelConfig,
+) -> Result<BTreeMap<String, Origin>> {
     let keys: Vec<&String> = keys.into_iter().collect();
-    if let Some(k) = keys
+    let layers = config.text_encoder.encoder_layers;
+    // The one OpenCLIP layer past the config's count is the unused last layer only when it is
+    // exactly the file's last one; any other surplus means the config does not fit the file.
+    let openclip_layers = keys
         .iter()
-        .find(|k| k.starts_with("cond_stage_model.model."))
-    {
-        return Err(Error::Input(format!(
-            "`{k}`: this is an SD-2.x single file (OpenCLIP text encoder under \
-             cond_stage_model.model.*, with fused in_proj q/k/v weights); single-file import \
-             supports SD-1.x only so far. Import the model's diffusers folder instead"
-        )));
-    }
+        .filter_map(|k| {
+            let r = k.strip_prefix(OPENCLIP_PREFIX)?;
+            index(r.strip_prefix("transformer.resblocks.")?).map(|(i, _)| i + 1)
+        })
+        .max();
+    let skip_layer = (openclip_layers == Some(layers + 1)).then_some(layers);
     if let Some(k) = keys.iter().find(|k| k.starts_with("conditioner.")) {
         return Err(Error::Input(format!(
             "`{k}`: this looks like an SDXL single file (conditioner.*), which is not supported"
@@ -78,16 +88,30 @@ pub fn map_names<'a>(
     let mut unknown = Vec::new();
     let mut skipped: BTreeMap<&'static str, usize> = BTreeMap::new();
     for k in keys {
-        match map_key(k, unet, vae) {
-            Mapped::Ours(ours) => {
-                if let Some(prev) = names.insert(ours.clone(), k.clone()) {
-                    return Err(Error::Config(format!(
-                        "`{prev}` and `{k}` both map to `{ours}`"
-                    )));
-                }
+        let parts = match map_key(k, config, skip_layer) {
+            Mapped::Ours(ours) => vec![(ours, None)],
+            Mapped::Parts(ours) => {
+                let n = ours.len();
+                ours.into_iter()
+                    .enumerate()
+                    .map(|(i, o)| (o, Some((i, n))))
+                    .collect()
             }
-            Mapped::Skip(why) => *skipped.entry(why).or_default() += 1,
-            Mapped::Unknown => unknown.push(k.as_str()),
+            Mapped::Skip(why) => {
+                *skipped.entry(why).or_default() += 1;
+                continue;
+            }
+            Mapped::Unknown => {
+                unknown.push(k.as_str());
+                continue;
+            }
+        };
+        for (ours, chunk) in parts {
+            if let Some((prev, _)) = names.insert(ours.clone(), (k.clone(), chunk)) {
+                return Err(Error::Config(format!(
+                    "`{prev}` and `{k}` both map to `{ours}`"
+                )));
+            }
         }
     }
     for (why, n) in skipped {
@@ -95,7 +119,7 @@ pub fn map_names<'a>(
     }
     if !unknown.is_empty() {
         return Err(Error::Config(format!(
-            "{} tensor(s) in the single file fit no SD-1.x name rule: {}{}",
+            "{} tensor(s) in the single file fit no SD-1.x/SD-2.x name rule: {}{}",
             unknown.len(),
             unknown
                 .iter()
@@ -109,14 +133,17 @@ pub fn map_names<'a>(
     Ok(names)
 }
 
-fn map_key(k: &str, unet: &UNetConfig, vae: &VaeConfig) -> Mapped {
+fn map_key(k: &str, config: &ModelConfig, skip_layer: Option<usize>) -> Mapped {
     if let Some(rest) = k.strip_prefix(UNET_PREFIX) {
-        return unet_name(rest, unet.layers_per_block)
+        return unet_name(rest, config.unet.layers_per_block)
             .map_or(Mapped::Unknown, |n| Mapped::Ours(format!("{UNET}{n}")));
     }
     if let Some(rest) = k.strip_prefix(VAE_PREFIX) {
-        return vae_name(rest, vae.block_out_channels.len())
+        return vae_name(rest, config.vae.block_out_channels.len())
             .map_or(Mapped::Unknown, |n| Mapped::Ours(format!("{VAE}{n}")));
+    }
+    if let Some(rest) = k.strip_prefix(OPENCLIP_PREFIX) {
+        return openclip(rest, skip_layer);
     }
     if let Some(rest) = k.strip_prefix(CLIP_PREFIX) {
         if rest.ends_with(".position_ids") {
@@ -132,6 +159,51 @@ fn map_key(k: &str, unet: &UNetConfig, vae: &VaeConfig) -> Mapped {
     }
     if SCHEDULE_BUFFERS.contains(&k) {
         return Mapped::Skip("noise-schedule buffers (the config folder's scheduler is used)");
+    }
+    Mapped::Unknown
+}
+
+/// `rest` is the key without `cond_stage_model.model.`; OpenCLIP's text tower -> transformers'
+/// CLIPTextModel names (diffusers' DIFFUSERS_TO_LDM_MAPPING["openclip"]).
+fn openclip(rest: &str, skip_layer: Option<usize>) -> Mapped {
+    let tm = |n: &str| Mapped::Ours(format!("{TEXT}text_model.{n}"));
+    match rest {
+        "token_embedding.weight" => return tm("embeddings.token_embedding.weight"),
+        "positional_embedding" => return tm("embeddings.position_embedding.weight"),
+        "ln_final.weight" => return tm("final_layer_norm.weight"),
+        "ln_final.bias" => return tm("final_layer_norm.bias"),
+        // CLIPTextModel (what SD-2's diffusers config names) has no projection head, and
+        // logit_scale belongs to the contrastive loss.
+        "text_projection" | "logit_scale" => {
+            return Mapped::Skip("OpenCLIP text_projection/logit_scale (not used by SD-2)")
+        }
+        _ => {}
+    }
+    let Some((i, r)) = rest.strip_prefix("transformer.resblocks.").and_then(index) else {
+        return Mapped::Unknown;
+    };
+    if Some(i) == skip_layer {
+        return Mapped::Skip("the last OpenCLIP layer (SD-2 uses the penultimate layer's output)");
+    }
+    let layer = format!("{TEXT}text_model.encoder.layers.{i}.");
+    if let Some(leaf) = r.strip_prefix("attn.in_proj_") {
+        return Mapped::Parts(
+            ["q", "k", "v"]
+                .iter()
+                .map(|p| format!("{layer}self_attn.{p}_proj.{leaf}"))
+                .collect(),
+        );
+    }
+    for (old, new) in [
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ] {
+        if let Some(leaf) = r.strip_prefix(old) {
+            return Mapped::Ours(format!("{layer}{new}{leaf}"));
+        }
     }
     Mapped::Unknown
 }

@@ -17,9 +17,10 @@ pub struct ImportArgs {
         required_unless_present = "checkpoint"
     )]
     diffusers: Option<PathBuf>,
-    /// A single-file original SD-1.x checkpoint (.safetensors with model.diffusion_model.*,
-    /// first_stage_model.*, cond_stage_model.transformer.*). Needs --config. Pickle files
-    /// (.ckpt/.pt/.bin) are refused; SD-2.x/SDXL single files are not supported yet.
+    /// A single-file original SD-1.x or SD-2.x checkpoint (.safetensors with
+    /// model.diffusion_model.*, first_stage_model.*, and cond_stage_model.transformer.* (CLIP) or
+    /// cond_stage_model.model.* (OpenCLIP)). Needs --config. Pickle files (.ckpt/.pt/.bin) are
+    /// refused; SDXL single files are not supported.
     #[arg(long, requires = "config")]
     checkpoint: Option<PathBuf>,
     /// For --checkpoint: the model's diffusers folder, of which only the configs are read
