@@ -29,6 +29,21 @@ const KNOWN_BUFFERS: [&str; 1] = ["text_encoder.text_model.embeddings.position_i
 struct Source {
     file: usize,
     name: String,
+    /// `Some((i, n))`: the i-th of n equal parts along the first axis (OpenCLIP's fused q/k/v).
+    chunk: Option<(usize, usize)>,
+}
+
+impl Source {
+    fn load(&self, files: &[SafeTensors]) -> Result<Vec<f32>> {
+        let data = files[self.file].load_f32(&self.name)?;
+        let Some((i, n)) = self.chunk else {
+            return Ok(data);
+        };
+        // Row-major, so a part along the first axis is a contiguous range; `matched` checked
+        // that the first axis divides by n.
+        let len = data.len() / n;
+        Ok(data[i * len..(i + 1) * len].to_vec())
+    }
 }
 
 /// A checkpoint mapped onto our architecture, checked, ready to write.
@@ -141,6 +156,44 @@ impl Import {
     /// A diffusers StableDiffusionPipeline folder (model_index.json; unet/, vae/,
     /// text_encoder/, tokenizer/, scheduler/).
     pub fn from_diffusers(dir: &Path) -> Result<Self> {
+        let (config, sampler, tokenizer_json) = Self::configs(dir)?;
+        let mut files = Vec::new();
+        let mut names = BTreeMap::new();
+        for (comp, stem, prefix) in [
+            ("unet", "diffusion_pytorch_model", UNET),
+            ("vae", "diffusion_pytorch_model", VAE),
+            ("text_encoder", "model", TEXT),
+        ] {
+            for path in weight_files(dir, comp, stem)? {
+                let st = SafeTensors::open(&path)?;
+                for n in st.entries.keys() {
+                    let ours = format!("{prefix}{}", modern_name(&canonical(comp, n)));
+                    let src = Source {
+                        file: files.len(),
+                        name: n.clone(),
+                        chunk: None,
+                    };
+                    if names.insert(ours.clone(), src).is_some() {
+                        return Err(Error::Config(format!("tensor `{ours}` appears twice")));
+                    }
+                }
+                files.push(st);
+            }
+        }
+        Self::matched(
+            config,
+            sampler,
+            tokenizer_json,
+            dir.display().to_string(),
+            files,
+            names,
+        )
+    }
+
+    /// The architecture, sampler defaults and tokenizer of a diffusers folder, from its config
+    /// files and tokenizer only (no weights are read): model_index.json, unet/config.json,
+    /// vae/config.json, text_encoder/config.json, scheduler/scheduler_config.json, tokenizer/.
+    fn configs(dir: &Path) -> Result<(ModelConfig, SamplerDefaults, String)> {
         let index = read_json(&dir.join("model_index.json"))?;
         for (comp, class) in [
             ("unet", "UNet2DConditionModel"),
@@ -174,66 +227,51 @@ impl Import {
             &dir.join("tokenizer"),
             config.text_encoder.max_position_embeddings,
         )?;
-        let mut files = Vec::new();
-        let mut names = BTreeMap::new();
-        for (comp, stem, prefix) in [
-            ("unet", "diffusion_pytorch_model", UNET),
-            ("vae", "diffusion_pytorch_model", VAE),
-            ("text_encoder", "model", TEXT),
-        ] {
-            for path in weight_files(dir, comp, stem)? {
-                let st = SafeTensors::open(&path)?;
-                for n in st.entries.keys() {
-                    let ours = format!("{prefix}{}", modern_name(&canonical(comp, n)));
-                    let src = Source {
-                        file: files.len(),
-                        name: n.clone(),
-                    };
-                    if names.insert(ours.clone(), src).is_some() {
-                        return Err(Error::Config(format!("tensor `{ours}` appears twice")));
-                    }
-                }
-                files.push(st);
-            }
-        }
         let sampler = SamplerDefaults {
             schedule,
             sampler: kind.to_string(),
             steps: 25,
             guidance: 7.5,
         };
+        Ok((config, sampler, tokenizer_json))
+    }
+
+    /// A single-file original SD-1.x or SD-2.x checkpoint (`.safetensors` only; pickles are
+    /// refused).
+    ///
+    /// The file holds weights only, so the architecture, scheduler and tokenizer come from
+    /// `config_dir`: a diffusers folder of the same model, of which only the config files and
+    /// tokenizer/ are read (its weight files, if any, are ignored). This is what diffusers'
+    /// `from_single_file(..., config=DIR)` does too.
+    pub fn from_checkpoint(path: &Path, config_dir: Option<&Path>) -> Result<Self> {
+        refuse_pickle(path)?;
+        let config_dir = config_dir.ok_or_else(|| {
+            Error::Input(
+                "a single-file checkpoint does not record its architecture or tokenizer: pass \
+                 the model's diffusers config folder (model_index.json, unet/config.json, \
+                 vae/config.json, text_encoder/config.json, scheduler/, tokenizer/; weights \
+                 are not needed)"
+                    .into(),
+            )
+        })?;
+        let st = SafeTensors::open(path)?;
+        let (config, sampler, tokenizer_json) = Self::configs(config_dir)?;
+        let names = single_file::map_names(st.entries.keys(), &config)?
+            .into_iter()
+            .map(|(ours, (name, chunk))| {
+                let src = Source {
+                    file: 0,
+                    name,
+                    chunk,
+                };
+                (ours, src)
+            })
+            .collect();
         Self::matched(
             config,
             sampler,
             tokenizer_json,
-            dir.display().to_string(),
-            files,
-            names,
-        )
-    }
-
-    /// A single-file original Stable Diffusion checkpoint (`.safetensors` only).
-    pub fn from_checkpoint(path: &Path, tokenizer_dir: Option<&Path>) -> Result<Self> {
-        refuse_pickle(path)?;
-        let st = SafeTensors::open(path)?;
-        let (config, names) = single_file::map(&st)?;
-        let tok_dir = tokenizer_dir.ok_or_else(|| {
-            Error::Input(
-                "a single-file checkpoint holds no tokenizer: pass the CLIP tokenizer folder \
-                 (tokenizer.json, or vocab.json + merges.txt)"
-                    .into(),
-            )
-        })?;
-        let tokenizer_json = clip_bpe::load(tok_dir, config.text_encoder.max_position_embeddings)?;
-        let names = names
-            .into_iter()
-            .map(|(ours, name)| (ours, Source { file: 0, name }))
-            .collect();
-        Self::matched(
-            config,
-            SamplerDefaults::default(),
-            tokenizer_json,
-            path.display().to_string(),
+            format!("{} (config {})", path.display(), config_dir.display()),
             vec![st],
             names,
         )
@@ -264,12 +302,31 @@ impl Import {
             let src = names
                 .remove(&path)
                 .ok_or_else(|| Error::MissingWeight(path.clone()))?;
-            let found = &files[src.file].entries[&src.name].shape;
+            let mut found = files[src.file].entries[&src.name].shape.clone();
+            if let Some((i, n)) = src.chunk {
+                match found.first_mut() {
+                    Some(d) if *d % n == 0 => *d /= n,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "`{}` has shape {found:?}, which does not split in {n} parts along \
+                             its first axis (for part {i}: `{path}`)",
+                            src.name
+                        )))
+                    }
+                }
+            }
+            let found = &found;
             // 1x1 convolutions stored for a linear layer (original SD's VAE attention and
             // SD 1.x-style proj_in) are the same numbers.
             let squeezed: Vec<usize> = found.iter().copied().filter(|&d| d != 1).collect();
             let want: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
             if *found != shape && !(shape.len() == 2 && found.len() == 4 && squeezed == want) {
+                // Name the tensor as the source file does too when that differs (single files).
+                let path = if path.ends_with(src.name.as_str()) {
+                    path
+                } else {
+                    format!("{path}`, file tensor `{}", src.name)
+                };
                 return Err(Error::WeightShape {
                     path,
                     expected: shape,
@@ -305,6 +362,21 @@ impl Import {
         })
     }
 
+    /// Our parameter paths and shapes, in the order they are written.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.plan.iter().map(|(p, s, _)| (p.as_str(), s.as_slice()))
+    }
+
+    /// The numbers of one of our parameters as the source stores them, converted to f32.
+    pub fn load(&self, path: &str) -> Result<Vec<f32>> {
+        let (_, _, src) = self
+            .plan
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .ok_or_else(|| Error::MissingWeight(path.to_string()))?;
+        src.load(&self.files)
+    }
+
     /// Number of tensors that will be written.
     pub fn len(&self) -> usize {
         self.plan.len()
@@ -333,7 +405,7 @@ impl Import {
         });
         let mut w = ModelWriter::new(meta)?;
         for (path, shape, src) in &self.plan {
-            let data = self.files[src.file].load_f32(&src.name)?;
+            let data = src.load(&self.files)?;
             let d = match dtype {
                 DType::Q8 | DType::Q4 if shape.len() < 2 => DType::F32,
                 d => d,

@@ -17,12 +17,18 @@ pub struct ImportArgs {
         required_unless_present = "checkpoint"
     )]
     diffusers: Option<PathBuf>,
-    /// A single-file original SD checkpoint (.safetensors; pickle .ckpt is refused).
-    #[arg(long)]
+    /// A single-file original SD-1.x or SD-2.x checkpoint (.safetensors with
+    /// model.diffusion_model.*, first_stage_model.*, and cond_stage_model.transformer.* (CLIP) or
+    /// cond_stage_model.model.* (OpenCLIP)). Needs --config. Pickle files (.ckpt/.pt/.bin) are
+    /// refused; SDXL single files are not supported.
+    #[arg(long, requires = "config")]
     checkpoint: Option<PathBuf>,
-    /// The CLIP tokenizer folder for --checkpoint (single files hold no tokenizer).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    /// For --checkpoint: the model's diffusers folder, of which only the configs are read
+    /// (model_index.json, unet/ vae/ text_encoder/ config.json, scheduler/, tokenizer/), since a
+    /// single file records neither its architecture nor its tokenizer. E.g. a download of
+    /// runwayml/stable-diffusion-v1-5 without the weight files.
+    #[arg(long, requires = "checkpoint")]
+    config: Option<PathBuf>,
     /// Storage type of matrices and kernels: f32, f16, q8 or q4.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
@@ -63,7 +69,7 @@ pub fn import(a: ImportArgs) -> Result<()> {
     let imp = match (&a.diffusers, &a.checkpoint) {
         (Some(dir), None) => Import::from_diffusers(dir)
             .with_context(|| format!("importing diffusers folder {}", dir.display()))?,
-        (None, Some(file)) => Import::from_checkpoint(file, a.tokenizer.as_deref())
+        (None, Some(file)) => Import::from_checkpoint(file, a.config.as_deref())
             .with_context(|| format!("importing checkpoint {}", file.display()))?,
         _ => bail!("give exactly one of --diffusers DIR or --checkpoint FILE"),
     };
