@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod init;
 mod tokenizer;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +64,11 @@ enum Cmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
+    /// Train a model: `autoencoder` (stage 1), then `ldm` (stage 2).
+    #[command(subcommand)]
+    Train(train::cli::TrainCmd),
+    /// Write a model file from a `train ldm` checkpoint.
+    Export(train::cli::ExportArgs),
 }
 
 fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
@@ -129,6 +135,8 @@ fn run(cli: Cli) -> Result<()> {
                 tk.get_vocab_size(true)
             );
         }
+        Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
+        Cmd::Export(a) => train::cli::run_export(a)?,
     }
     Ok(())
 }
