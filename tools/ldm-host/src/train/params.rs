@@ -84,13 +84,19 @@ impl ParamStore {
         }
     }
 
-    /// Every parameter as host f32 values, in creation order.
+    /// Every parameter as host f32 values, in creation order, then loaded values no forward
+    /// has asked for yet (a frozen decoder during stage 2 still belongs in the checkpoint).
     pub fn to_host(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-        self.order
+        let mut out: Vec<_> = self
+            .order
             .iter()
             .filter_map(|n| self.params.get(n).map(|p| (n, p)))
             .map(|(n, p)| Ok((n.clone(), p.shape.clone(), p.to_vec()?)))
-            .collect()
+            .collect::<Result<_>>()?;
+        let mut rest: Vec<_> = self.initial.iter().collect();
+        rest.sort_by(|a, b| a.0.cmp(b.0));
+        out.extend(rest.into_iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.clone())));
+        Ok(out)
     }
 }
 
