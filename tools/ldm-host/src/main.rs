@@ -6,6 +6,7 @@ use ldm_edge::format::DType;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod dataset;
 mod init;
 mod tokenizer;
 mod train;
@@ -57,8 +58,14 @@ enum Cmd {
     /// Train a BERT-style WordPiece tokenizer on captions (one per line) and write tokenizer.json.
     Tokenizer {
         /// Caption file, one caption per line; by default the shapes vocabulary.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dataset")]
         captions: Option<PathBuf>,
+        /// Train on a dataset's captions instead (`shapes`, `folder:DIR`, ...; see `dataset`).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// How many captions of the dataset to use (procedural datasets: how many to generate).
+        #[arg(long, requires = "dataset")]
+        dataset_len: Option<usize>,
         #[arg(long, default_value_t = 256)]
         vocab_size: usize,
         #[arg(long, short = 'o')]
@@ -69,6 +76,11 @@ enum Cmd {
     Train(train::cli::TrainCmd),
     /// Write a model file from a `train ldm` checkpoint.
     Export(train::cli::ExportArgs),
+    /// Inspect datasets: preview grids, caption dumps, the held-out prompt set.
+    Dataset {
+        #[command(subcommand)]
+        cmd: dataset::cli::DatasetCmd,
+    },
 }
 
 fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
@@ -111,17 +123,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Tokenizer {
             captions,
+            dataset,
+            dataset_len,
             vocab_size,
             output,
         } => {
-            let caps: Vec<String> = match captions {
-                Some(p) => std::fs::read_to_string(&p)
+            let caps: Vec<String> = match (captions, dataset) {
+                (Some(p), _) => std::fs::read_to_string(&p)
                     .with_context(|| format!("cannot read {}", p.display()))?
                     .lines()
                     .filter(|l| !l.trim().is_empty())
                     .map(String::from)
                     .collect(),
-                None => tokenizer::shapes_vocabulary_captions(),
+                (None, Some(d)) => tokenizer::dataset_captions(&d, dataset_len)?,
+                (None, None) => tokenizer::shapes_vocabulary_captions(),
             };
             if caps.is_empty() {
                 bail!("no captions to train the tokenizer on");
@@ -137,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
         Cmd::Export(a) => train::cli::run_export(a)?,
+        Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
     }
     Ok(())
 }

@@ -44,6 +44,19 @@ pub fn train_wordpiece(captions: &[String], vocab_size: usize) -> Result<Tokeniz
     Ok(tk)
 }
 
+/// The captions of a dataset named as for `--dataset`, at most `len` of them (procedural
+/// datasets generate that many; 20k shapes captions cover every word many times over).
+pub fn dataset_captions(spec: &str, len: Option<usize>) -> Result<Vec<String>> {
+    let args = crate::dataset::DatasetArgs {
+        dataset: spec.to_string(),
+        image_size: 32,
+        data_seed: 0,
+        dataset_len: Some(len.unwrap_or(20_000)),
+        split: crate::dataset::Split::Train,
+    };
+    crate::dataset::cli::captions(args.open()?.as_ref())
+}
+
 /// Captions that cover the shapes vocabulary, for tokenizers of placeholder models.
 pub fn shapes_vocabulary_captions() -> Vec<String> {
     let colors = [

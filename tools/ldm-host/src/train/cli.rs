@@ -9,25 +9,41 @@ use clap::{Args, Subcommand, ValueEnum};
 use ldm_edge::format::DType;
 use std::path::PathBuf;
 
-#[derive(Args, Clone)]
-pub struct DataOpts {
-    /// Training data: `random` (noise, for smoke tests).
-    #[arg(long, default_value = "random")]
-    pub dataset: String,
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
-    #[arg(long, default_value_t = 2048)]
-    pub dataset_len: usize,
+pub use crate::dataset::DatasetArgs as DataOpts;
+
+/// The dataset module's samples as the trainer reads them.
+struct FromDataset {
+    ds: Box<dyn crate::dataset::Dataset>,
+    size: usize,
+}
+
+impl TrainSet for FromDataset {
+    fn len(&self) -> usize {
+        self.ds.len()
+    }
+    fn image_size(&self) -> usize {
+        self.size
+    }
+    fn get(&self, i: usize) -> Result<(Vec<f32>, String)> {
+        let s = self.ds.get(i)?;
+        if s.size != self.size {
+            bail!("sample {i} is {} px, expected {}", s.size, self.size);
+        }
+        Ok((s.image, s.caption))
+    }
 }
 
 fn open_data(d: &DataOpts) -> Result<Box<dyn TrainSet>> {
-    match d.dataset.as_str() {
-        "random" => Ok(Box::new(RandomSet {
-            n: d.dataset_len,
+    if d.dataset == "random" {
+        return Ok(Box::new(RandomSet {
+            n: d.dataset_len.unwrap_or(2048),
             size: d.image_size,
-        })),
-        other => bail!("unknown dataset `{other}`"),
+        }));
     }
+    Ok(Box::new(FromDataset {
+        ds: d.open()?,
+        size: d.image_size,
+    }))
 }
 
 #[derive(Args, Clone)]

@@ -22,7 +22,7 @@ pub fn batch(set: &dyn TrainSet, idx: &[usize]) -> Result<(Vec<f32>, Vec<String>
     Ok((imgs, caps))
 }
 
-/// Random images and captions for unit tests before real data is wired in.
+/// Random images and captions (`--dataset random`): smoke tests without rendering.
 pub struct RandomSet {
     pub n: usize,
     pub size: usize,

@@ -95,7 +95,10 @@ impl ParamStore {
             .collect::<Result<_>>()?;
         let mut rest: Vec<_> = self.initial.iter().collect();
         rest.sort_by(|a, b| a.0.cmp(b.0));
-        out.extend(rest.into_iter().map(|(n, (s, d))| (n.clone(), s.clone(), d.clone())));
+        out.extend(
+            rest.into_iter()
+                .map(|(n, (s, d))| (n.clone(), s.clone(), d.clone())),
+        );
         Ok(out)
     }
 }
