@@ -21,6 +21,7 @@ pub struct AeArgs {
     pub batch: usize,
     pub lr: f32,
     pub kl_weight: f32,
+    pub warmup: u64,
     pub seed: u64,
     /// The last `heldout` items of the dataset are never trained on; PSNR is measured there.
     pub heldout: usize,
@@ -198,7 +199,7 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
     let mut store = ParamStore::new(device(true), true, args.seed);
     let mut opt = AdamW::new(AdamWConfig {
         lr: args.lr,
-        warmup: 100.min(args.steps / 10),
+        warmup: args.warmup,
         ..Default::default()
     });
     if args.resume && args.out.exists() {

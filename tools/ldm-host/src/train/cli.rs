@@ -31,6 +31,9 @@ impl TrainSet for FromDataset {
         }
         Ok((s.image, s.caption))
     }
+    fn caption(&self, i: usize) -> Result<String> {
+        self.ds.caption(i)
+    }
 }
 
 fn open_data(d: &DataOpts) -> Result<Box<dyn TrainSet>> {
@@ -85,6 +88,9 @@ pub enum TrainCmd {
         lr: f32,
         #[arg(long, default_value_t = 1e-6)]
         kl_weight: f32,
+        /// Linear learning-rate warmup steps.
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
         /// Items at the end of the dataset kept out of training for PSNR.
         #[arg(long, default_value_t = 64)]
         heldout: usize,
@@ -156,6 +162,7 @@ pub fn run_train(
             data,
             lr,
             kl_weight,
+            warmup,
             heldout,
         } => {
             let set = open_data(&data)?;
@@ -166,6 +173,7 @@ pub fn run_train(
                 batch: common.batch,
                 lr,
                 kl_weight,
+                warmup,
                 seed: common.seed,
                 heldout,
                 out: common.out,

@@ -8,6 +8,10 @@ pub trait TrainSet {
     fn image_size(&self) -> usize;
     /// Image i as CHW RGB in [-1, 1], and its caption.
     fn get(&self, i: usize) -> Result<(Vec<f32>, String)>;
+    /// The caption alone; datasets that can skip rendering the image override this.
+    fn caption(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?.1)
+    }
 }
 
 /// A batch of images [B, 3, S, S] flattened, and captions.

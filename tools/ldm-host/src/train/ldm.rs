@@ -95,7 +95,7 @@ fn encode_all(set: &dyn TrainSet, cfg: &ModelConfig, vae: &mut ParamStore) -> Re
 fn tokenize_all(set: &dyn TrainSet, tok: &TextTokenizer) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
     let mut ids = Vec::with_capacity(set.len());
     for i in 0..set.len() {
-        let (_, cap) = set.get(i)?;
+        let cap = set.caption(i)?;
         ids.push(tok.encode(&cap)?.into_iter().map(|v| v as f32).collect());
     }
     let empty = tok.encode("")?.into_iter().map(|v| v as f32).collect();
