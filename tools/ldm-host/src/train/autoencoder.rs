@@ -22,6 +22,7 @@ pub struct AeArgs {
     pub lr: f32,
     pub kl_weight: f32,
     pub warmup: u64,
+    pub decay_start: u64,
     pub seed: u64,
     /// The last `heldout` items of the dataset are never trained on; PSNR is measured there.
     pub heldout: usize,
@@ -140,11 +141,13 @@ fn save(store: &ParamStore, opt: &AdamW, args: &AeArgs, extra: &[(&str, String)]
     for (n, s, d) in store.to_host()? {
         ck.put("p", &n, s, d);
     }
+    let shapes = store.shapes();
     for (g, map) in [("m", &opt.m), ("v", &opt.v)] {
         for (n, t) in map {
-            let p = store.param(n).context("moment without a parameter")?;
-            let host = super::burn_ops::BT::new(t.clone(), p.shape.clone()).to_vec()?;
-            ck.put(g, n, p.shape.clone(), host);
+            let s = shapes
+                .get(n)
+                .context("optimizer state without a parameter")?;
+            ck.put(g, n, s.clone(), BT::new(t.clone(), s.clone()).to_vec()?);
         }
     }
     ck.meta.insert("kind".into(), "autoencoder".into());
@@ -200,6 +203,8 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
     let mut opt = AdamW::new(AdamWConfig {
         lr: args.lr,
         warmup: args.warmup,
+        decay_start: args.decay_start,
+        total: args.steps,
         ..Default::default()
     });
     if args.resume && args.out.exists() {

@@ -68,6 +68,9 @@ pub struct Common {
     pub resume: bool,
     #[arg(long, default_value_t = 200)]
     pub ckpt_every: u64,
+    /// Start a linear learning-rate decay to 10% at --steps from this step (0 = constant).
+    #[arg(long, default_value_t = 0)]
+    pub decay_start: u64,
     /// CSV training log.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -174,6 +177,7 @@ pub fn run_train(
                 lr,
                 kl_weight,
                 warmup,
+                decay_start: common.decay_start,
                 seed: common.seed,
                 heldout,
                 out: common.out,
@@ -209,6 +213,7 @@ pub fn run_train(
                 batch: common.batch,
                 lr,
                 warmup,
+                decay_start: common.decay_start,
                 ema_decay,
                 cond_dropout,
                 seed: common.seed,

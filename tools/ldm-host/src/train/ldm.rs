@@ -27,6 +27,7 @@ pub struct LdmArgs {
     pub batch: usize,
     pub lr: f32,
     pub warmup: u64,
+    pub decay_start: u64,
     pub ema_decay: f32,
     pub cond_dropout: f32,
     pub seed: u64,
@@ -119,15 +120,17 @@ impl Trainer {
         for (n, s, d) in self.vae.to_host()? {
             ck.put("p", &n, s, d);
         }
+        let shapes = self.store.shapes();
         for (g, map) in [
             ("m", &self.opt.m),
             ("v", &self.opt.v),
             ("ema", &self.ema.weights),
         ] {
             for (n, t) in map {
-                let p = self.store.param(n).context("state without a parameter")?;
-                let host = BT::new(t.clone(), p.shape.clone()).to_vec()?;
-                ck.put(g, n, p.shape.clone(), host);
+                let s = shapes
+                    .get(n)
+                    .context("optimizer state without a parameter")?;
+                ck.put(g, n, s.clone(), BT::new(t.clone(), s.clone()).to_vec()?);
             }
         }
         ck.meta.insert("kind".into(), "ldm".into());
@@ -203,6 +206,8 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
         opt: AdamW::new(AdamWConfig {
             lr: args.lr,
             warmup: args.warmup,
+            decay_start: args.decay_start,
+            total: args.steps,
             ..Default::default()
         }),
         ema: Ema::new(args.ema_decay),

@@ -17,6 +17,10 @@ pub struct AdamWConfig {
     pub warmup: u64,
     /// Clip the global gradient L2 norm to this (0 = off).
     pub clip: f32,
+    /// From this step on the rate falls linearly to 10% at `total` (0 = constant rate): the
+    /// last stretch at a low rate buys most of the final reconstruction quality.
+    pub decay_start: u64,
+    pub total: u64,
 }
 
 impl Default for AdamWConfig {
@@ -29,6 +33,8 @@ impl Default for AdamWConfig {
             weight_decay: 0.01,
             warmup: 0,
             clip: 1.0,
+            decay_start: 0,
+            total: 0,
         }
     }
 }
@@ -58,10 +64,14 @@ impl AdamW {
     }
 
     pub fn lr_at(&self, step: u64) -> f32 {
-        if self.cfg.warmup > 0 && step < self.cfg.warmup {
-            self.cfg.lr * (step + 1) as f32 / self.cfg.warmup as f32
+        let c = &self.cfg;
+        if c.warmup > 0 && step < c.warmup {
+            c.lr * (step + 1) as f32 / c.warmup as f32
+        } else if c.decay_start > 0 && step >= c.decay_start && c.total > c.decay_start {
+            let f = ((step - c.decay_start) as f32 / (c.total - c.decay_start) as f32).min(1.0);
+            c.lr * (1.0 - 0.9 * f)
         } else {
-            self.cfg.lr
+            c.lr
         }
     }
 

@@ -68,6 +68,21 @@ impl ParamStore {
         Ok(p)
     }
 
+    /// Shapes of created and of loaded-but-unused parameters.
+    pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        let mut out: HashMap<String, Vec<usize>> = self
+            .initial
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        out.extend(
+            self.params
+                .iter()
+                .map(|(k, p)| (k.clone(), p.shape.clone())),
+        );
+        out
+    }
+
     pub fn names(&self) -> &[String] {
         &self.order
     }
