@@ -52,6 +52,9 @@ impl Checkpoint {
         }
         let meta: HashMap<String, String> = self.meta.clone().into_iter().collect();
         let buf = safetensors::serialize(views, Some(meta))?;
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
         let tmp = path.with_extension("safetensors.tmp");
         std::fs::write(&tmp, &buf).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path)

@@ -22,6 +22,8 @@ pub fn config(preset: &str, vocab: usize) -> anyhow::Result<ModelConfig> {
                 encoder_attention_heads: 4,
                 head_dim: 16,
                 encoder_ffn_dim: 128,
+                // Shapes captions reach 14 words + [CLS]/[SEP]; room for word pieces.
+                max_position_embeddings: 20,
                 ..TextEncoderConfig::tiny(vocab)
             };
         }

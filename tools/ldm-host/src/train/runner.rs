@@ -37,6 +37,9 @@ pub struct CsvLog(std::fs::File);
 
 impl CsvLog {
     pub fn open(path: &Path, header: &str) -> Result<Self> {
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
         let fresh = !path.exists();
         let mut f = std::fs::OpenOptions::new()
             .create(true)

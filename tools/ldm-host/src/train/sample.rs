@@ -10,14 +10,14 @@ use ldm_edge::pipeline::{Pipeline, Txt2Img};
 use std::path::Path;
 
 pub const PROMPTS: [&str; 8] = [
-    "a red circle",
-    "a blue square",
-    "a green triangle",
-    "a small yellow circle",
-    "a large purple square",
-    "a red circle above a blue square",
-    "a green square left of a yellow circle",
-    "",
+    "a large red circle in the top left on a white background",
+    "a small blue square in the bottom right on a gray background",
+    "a large green triangle in the center on a white background",
+    "a small yellow diamond in the top right on a gray background",
+    "a large purple cross in the bottom left on a white background",
+    "a large red circle above a large blue square on a white background",
+    "a small green square below a large orange circle on a gray background",
+    "a small red triangle in the center on a gray background",
 ];
 
 /// Writes a grid PNG of one image per prompt in `PROMPTS`, 4 per row.
@@ -41,7 +41,7 @@ fn render(model_path: &Path, png: &Path) -> Result<()> {
     let (gw, gh) = (cols * s, rows * s);
     let mut canvas = vec![0u8; gw * gh * 3];
     for (i, p) in PROMPTS.iter().enumerate() {
-        let mut req = Txt2Img::new(&model, if p.is_empty() { " " } else { p })?;
+        let mut req = Txt2Img::new(&model, p)?;
         req.seed = i as u64;
         let g = pipe.txt2img(&req, &mut |_| {}, &Cancel::new())?;
         let (ox, oy) = ((i % cols) * s, (i / cols) * s);
