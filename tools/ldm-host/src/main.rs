@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod dataset;
+mod eval;
 mod init;
 mod tokenizer;
 mod train;
@@ -81,6 +82,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: dataset::cli::DatasetCmd,
     },
+    /// Measure a shapes model: text alignment read back by an analytic checker (at the model's
+    /// guidance and at 1.0), and autoencoder reconstruction PSNR.
+    Eval(eval::EvalArgs),
 }
 
 fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
         Cmd::Export(a) => train::cli::run_export(a)?,
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
+        Cmd::Eval(args) => eval::run(&args)?,
     }
     Ok(())
 }

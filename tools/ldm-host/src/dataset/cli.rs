@@ -1,5 +1,5 @@
 //! `ldm-host dataset ...`: look at a dataset before training on it, and dump its captions.
-use super::{chw_to_rgb8, grid, shapes, Dataset, DatasetArgs};
+use super::{batch, chw_to_rgb8, grid, shapes, Dataset, DatasetArgs};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -57,16 +57,15 @@ pub fn run(cmd: DatasetCmd) -> Result<()> {
                 bail!("--count must be at least 1");
             }
             let ds = data.open()?;
-            let n = count.min(ds.len());
-            let mut images = Vec::with_capacity(n);
-            let mut caps = Vec::with_capacity(n);
-            let mut size = 0;
-            for i in 0..n {
-                let s = ds.get(i).with_context(|| format!("sample {i}"))?;
-                size = s.size;
-                images.push(chw_to_rgb8(&s.image, s.size));
-                caps.push(s.caption);
-            }
+            let indices: Vec<usize> = (0..count.min(ds.len())).collect();
+            let b = batch(ds.as_ref(), &indices)?;
+            let [n, _, size, _] = b.shape();
+            let images: Vec<Vec<u8>> = b
+                .images
+                .chunks_exact(3 * size * size)
+                .map(|im| chw_to_rgb8(im, size))
+                .collect();
+            let caps = b.captions;
             grid::save_grid(&output, &images, size)?;
             let txt = output.with_extension("txt");
             write_lines(&txt, &caps)?;

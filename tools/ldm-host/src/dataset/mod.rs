@@ -82,7 +82,7 @@ pub fn batch(ds: &dyn Dataset, indices: &[usize]) -> Result<Batch> {
                 s.size
             );
         }
-        if out.captions.is_empty() {
+        if out.is_empty() {
             out.size = s.size;
             out.images.reserve(indices.len() * s.image.len());
         } else if s.size != out.size {
@@ -161,7 +161,7 @@ impl DatasetArgs {
             "fashion-mnist" => {
                 let dir = arg
                     .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(fashion_mnist::DEBIAN_DIR));
+                    .unwrap_or_else(fashion_mnist::FashionMnist::default_dir);
                 Box::new(fashion_mnist::FashionMnist::open(
                     &dir,
                     self.split,

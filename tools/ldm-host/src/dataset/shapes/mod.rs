@@ -8,7 +8,7 @@ pub mod sample;
 pub mod scene;
 
 pub use render::render;
-pub use sample::{held_out_prompts, held_out_scene, train_scene, HELD_OUT_PAIRS};
+pub use sample::{held_out_prompts, held_out_scene, train_scene};
 pub use scene::{Background, Color, Object, Position, Relation, Scene, Shape, Size};
 
 /// Image sides the geometry is tuned for: at 16 px small objects are 4 px wide and the checker

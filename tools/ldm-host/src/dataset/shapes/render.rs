@@ -1,7 +1,7 @@
 //! Rasterises a scene to RGB8. Each pixel averages a 4x4 grid of subsamples: the soft edges
 //! this gives are what a learned autoencoder can reproduce, while hard aliased edges would cap
 //! its reconstruction PSNR for no benefit to the checker.
-use super::scene::Scene;
+use super::scene::{Scene, Shape};
 
 /// Subsamples per pixel side.
 const SS: usize = 4;
@@ -71,6 +71,23 @@ pub fn render(scene: &Scene, size: usize) -> Vec<u8> {
     out
 }
 
+/// The fraction of pixel (x, y) that `shape` of radius `r` centered at (cx, cy) (all in
+/// pixels) covers, by the same subsampling as [`render`]. The checker fits shapes with it.
+pub fn coverage(shape: Shape, cx: f32, cy: f32, r: f32, x: usize, y: usize) -> f32 {
+    if r <= 0.0 {
+        return 0.0;
+    }
+    let mut n = 0;
+    for sy in 0..SS {
+        for sx in 0..SS {
+            let px = x as f32 + (sx as f32 + 0.5) / SS as f32;
+            let py = y as f32 + (sy as f32 + 0.5) / SS as f32;
+            n += shape.contains((px - cx) / r, (py - cy) / r) as usize;
+        }
+    }
+    n as f32 / (SS * SS) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::scene::*;
@@ -96,5 +113,31 @@ mod tests {
         // The large square spans 0.3..0.7 of the side: 9.6..22.4 px.
         assert_eq!(px(10, 16), Color::Red.rgb());
         assert_eq!(px(8, 16), Background::Black.rgb());
+    }
+
+    #[test]
+    fn coverage_matches_rendered_edges() {
+        let o = Object {
+            color: Color::Blue,
+            shape: Shape::Triangle,
+            size: Size::Small,
+            position: Position::TopRight,
+            jitter: (0.01, -0.013),
+        };
+        let scene = Scene {
+            background: Background::White,
+            objects: vec![o],
+            relation: None,
+        };
+        let img = render(&scene, 32);
+        let (bg, fg) = (Background::White.rgb(), Color::Blue.rgb());
+        let (cx, cy) = o.center();
+        for y in 0..32 {
+            for x in 0..32 {
+                let c = coverage(o.shape, cx * 32.0, cy * 32.0, 0.12 * 32.0, x, y);
+                let want = bg[2] as f32 * (1.0 - c) + fg[2] as f32 * c;
+                assert!((img[(y * 32 + x) * 3 + 2] as f32 - want).abs() <= 0.5);
+            }
+        }
     }
 }

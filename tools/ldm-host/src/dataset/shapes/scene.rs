@@ -280,7 +280,7 @@ impl Scene {
     /// "a small red circle above a large blue square on a gray background".
     pub fn caption(&self) -> String {
         let bg = format!("on a {} background", self.background.name());
-        match (self.objects.as_slice(), self.relation) {
+        let c = match (self.objects.as_slice(), self.relation) {
             ([a, b], Some(r)) => format!("{} {} {} {bg}", a.phrase(), r.name(), b.phrase()),
             ([a], _) => format!("{} in the {} {bg}", a.phrase(), a.position.name()),
             // Not produced by the samplers; listed plainly so the caption still says what is there.
@@ -288,7 +288,9 @@ impl Scene {
                 let parts: Vec<String> = objs.iter().map(Object::phrase).collect();
                 format!("{} {bg}", parts.join(" and "))
             }
-        }
+        };
+        debug_assert!(c.split(' ').count() <= MAX_CAPTION_WORDS, "{c}");
+        c
     }
 }
 
