@@ -170,6 +170,7 @@ pub fn restore(
 ) -> Result<Checkpoint> {
     let ck = Checkpoint::load(path)?;
     store.initial = ck.group("p");
+    store.strict = true;
     opt.step = ck
         .meta("step")?
         .parse()

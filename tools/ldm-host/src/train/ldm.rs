@@ -192,6 +192,7 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
     }
     let mut vae = ParamStore::new(device(false), false, args.seed);
     vae.initial = ae.group("p");
+    vae.strict = true;
     eprintln!(
         "encoding {} images with the frozen autoencoder...",
         set.len()

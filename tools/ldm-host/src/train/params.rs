@@ -14,6 +14,9 @@ pub struct ParamStore {
     pub seed: u64,
     /// Values to start from instead of the random init (a checkpoint or a frozen stage).
     pub initial: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Set when `initial` came from a checkpoint: a parameter missing there is then an error,
+    /// not a silent random init.
+    pub strict: bool,
     /// Created parameters in creation order (stable across runs of the same forward).
     order: Vec<String>,
     params: BTreeMap<String, BT>,
@@ -32,6 +35,7 @@ impl ParamStore {
             trainable,
             seed,
             initial: HashMap::new(),
+            strict: false,
             order: Vec::new(),
             params: BTreeMap::new(),
         }
@@ -58,6 +62,11 @@ impl ParamStore {
                 })
             }
             Some((_, d)) => d,
+            None if self.strict => {
+                return Err(Error::Config(format!(
+                    "the checkpoint has no parameter `{path}` (a different architecture?)"
+                )))
+            }
             None => random_param(self.seed, path, shape),
         };
         let t = Tensor::<R>::from_data(TensorData::new(data, padded(shape)), &self.device);
