@@ -11,6 +11,7 @@ mod eval;
 mod import;
 mod init;
 mod tokenizer;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +77,11 @@ enum Cmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
+    /// Train a model: `autoencoder` (stage 1), then `ldm` (stage 2).
+    #[command(subcommand)]
+    Train(train::cli::TrainCmd),
+    /// Write a model file from a `train ldm` checkpoint.
+    Export(train::cli::ExportArgs),
     /// Inspect datasets: preview grids, caption dumps, the held-out prompt set.
     Dataset {
         #[command(subcommand)]
@@ -155,6 +161,8 @@ fn run(cli: Cli) -> Result<()> {
                 tk.get_vocab_size(true)
             );
         }
+        Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
+        Cmd::Export(a) => train::cli::run_export(a)?,
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,
     }

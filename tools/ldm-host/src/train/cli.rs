@@ -1,0 +1,254 @@
+//! The `train` and `export` subcommands: argument parsing only; the work is in the stage modules.
+use super::autoencoder::{self, AeArgs};
+use super::checkpoint::Checkpoint;
+use super::data::{RandomSet, TrainSet};
+use super::ldm::{self, LdmArgs};
+use super::presets;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use ldm_edge::format::DType;
+use std::path::PathBuf;
+
+pub use crate::dataset::DatasetArgs as DataOpts;
+
+/// The dataset module's samples as the trainer reads them.
+struct FromDataset {
+    ds: Box<dyn crate::dataset::Dataset>,
+    size: usize,
+}
+
+impl TrainSet for FromDataset {
+    fn len(&self) -> usize {
+        self.ds.len()
+    }
+    fn image_size(&self) -> usize {
+        self.size
+    }
+    fn get(&self, i: usize) -> Result<(Vec<f32>, String)> {
+        let s = self.ds.get(i)?;
+        if s.size != self.size {
+            bail!("sample {i} is {} px, expected {}", s.size, self.size);
+        }
+        Ok((s.image, s.caption))
+    }
+    fn caption(&self, i: usize) -> Result<String> {
+        self.ds.caption(i)
+    }
+}
+
+fn open_data(d: &DataOpts) -> Result<Box<dyn TrainSet>> {
+    if d.dataset == "random" {
+        return Ok(Box::new(RandomSet {
+            n: d.dataset_len.unwrap_or(2048),
+            size: d.image_size,
+        }));
+    }
+    Ok(Box::new(FromDataset {
+        ds: d.open()?,
+        size: d.image_size,
+    }))
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Model size preset: `micro` (CI) or `shapes` (the shipped 32 px model).
+    #[arg(long, default_value = "shapes")]
+    pub preset: String,
+    #[arg(long)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The checkpoint to write (and to resume from with --resume).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Continue from --out if it exists (same loss curve as an uninterrupted run).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 200)]
+    pub ckpt_every: u64,
+    /// Start a linear learning-rate decay to 10% at --steps from this step (0 = constant).
+    #[arg(long, default_value_t = 0)]
+    pub decay_start: u64,
+    /// CSV training log.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TrainCmd {
+    /// Stage 1: the KL autoencoder (L1 + KL), reports held-out PSNR and the latent scale.
+    Autoencoder {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        data: DataOpts,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        #[arg(long, default_value_t = 1e-6)]
+        kl_weight: f32,
+        /// Linear learning-rate warmup steps.
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+        /// Items at the end of the dataset kept out of training for PSNR.
+        #[arg(long, default_value_t = 64)]
+        heldout: usize,
+    },
+    /// Stage 2: UNet + text encoder on latents of a trained autoencoder checkpoint.
+    Ldm {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        data: DataOpts,
+        /// The stage-1 checkpoint (frozen).
+        #[arg(long)]
+        autoencoder: PathBuf,
+        /// tokenizer.json; by default the shapes WordPiece tokenizer.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f32,
+        #[arg(long, default_value_t = 200)]
+        warmup: u64,
+        #[arg(long, default_value_t = 0.999)]
+        ema_decay: f32,
+        /// Fraction of captions replaced by the empty caption (classifier-free guidance).
+        #[arg(long, default_value_t = 0.1)]
+        cond_dropout: f32,
+        /// Write a sample grid PNG every N steps (0 = never).
+        #[arg(long, default_value_t = 0)]
+        sample_every: u64,
+        #[arg(long)]
+        sample_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportDtype {
+    F32,
+    F16,
+    Q8,
+    Q4,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A `train ldm` checkpoint.
+    pub checkpoint: PathBuf,
+    #[arg(long, value_enum, default_value = "f16")]
+    pub dtype: ExportDtype,
+    /// Export the raw weights instead of the EMA.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// A JSON file of evaluation figures to store in the provenance.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+}
+
+fn recipe() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+pub fn run_train(
+    cmd: TrainCmd,
+    tokenizer_json: impl Fn(Option<&PathBuf>) -> Result<String>,
+) -> Result<()> {
+    match cmd {
+        TrainCmd::Autoencoder {
+            common,
+            data,
+            lr,
+            kl_weight,
+            warmup,
+            heldout,
+        } => {
+            let set = open_data(&data)?;
+            let cfg = presets::config(&common.preset, 64)?;
+            let args = AeArgs {
+                vae: cfg.vae,
+                steps: common.steps,
+                batch: common.batch,
+                lr,
+                kl_weight,
+                warmup,
+                decay_start: common.decay_start,
+                seed: common.seed,
+                heldout,
+                out: common.out,
+                resume: common.resume,
+                ckpt_every: common.ckpt_every.max(1),
+                log: common.log,
+                recipe: recipe(),
+                quiet: common.quiet,
+            };
+            let (psnr, scale) = autoencoder::train(set.as_ref(), &args)?;
+            println!("psnr_db={psnr:.3} latent_scale={scale}");
+        }
+        TrainCmd::Ldm {
+            common,
+            data,
+            autoencoder,
+            tokenizer,
+            lr,
+            warmup,
+            ema_decay,
+            cond_dropout,
+            sample_every,
+            sample_dir,
+        } => {
+            let set = open_data(&data)?;
+            let tok = tokenizer_json(tokenizer.as_ref())?;
+            let vocab = ldm_edge::tokenizer::TextTokenizer::from_json(&tok, 1)?.vocab_size();
+            let args = LdmArgs {
+                cfg: presets::config(&common.preset, vocab)?,
+                tokenizer_json: tok,
+                autoencoder,
+                steps: common.steps,
+                batch: common.batch,
+                lr,
+                warmup,
+                decay_start: common.decay_start,
+                ema_decay,
+                cond_dropout,
+                seed: common.seed,
+                out: common.out,
+                resume: common.resume,
+                ckpt_every: common.ckpt_every.max(1),
+                sample_every,
+                sample_dir,
+                log: common.log,
+                recipe: recipe(),
+                quiet: common.quiet,
+            };
+            let loss = ldm::train(set.as_ref(), &args)?;
+            println!("loss_avg={loss:.5}");
+        }
+    }
+    Ok(())
+}
+
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let eval = match &a.eval {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", p.display()))?,
+        None => serde_json::json!({}),
+    };
+    let dtype = match a.dtype {
+        ExportDtype::F32 => DType::F32,
+        ExportDtype::F16 => DType::F16,
+        ExportDtype::Q8 => DType::Q8,
+        ExportDtype::Q4 => DType::Q4,
+    };
+    let bytes = super::export::to_ldm(&ck, dtype, &a.output, !a.no_ema, eval)?;
+    eprintln!("wrote {} ({bytes} bytes)", a.output.display());
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `ldm-host export`: an `ldm` checkpoint to a `.ldm` model file. The EMA weights are exported
+//! where they exist (they sample better than the raw weights), the raw ones otherwise (the
+//! frozen autoencoder). The recipe and training figures go into the provenance.
+use super::checkpoint::Checkpoint;
+use crate::init::storage_dtype;
+use anyhow::{bail, Context, Result};
+use ldm_edge::arch::ModelConfig;
+use ldm_edge::format::{DType, ModelWriter};
+use ldm_edge::model::SamplerDefaults;
+use serde_json::json;
+use std::path::Path;
+
+pub fn to_ldm(
+    ck: &Checkpoint,
+    dtype: DType,
+    out: &Path,
+    prefer_ema: bool,
+    extra: serde_json::Value,
+) -> Result<u64> {
+    if ck.meta("kind")? != "ldm" {
+        bail!(
+            "only `train ldm` checkpoints export to a model file (this one is `{}`)",
+            ck.meta("kind")?
+        );
+    }
+    let cfg: ModelConfig =
+        serde_json::from_str(ck.meta("config")?).context("checkpoint `config`")?;
+    cfg.validate()?;
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(ck.meta("tokenizer")?).context("checkpoint `tokenizer`")?;
+    let figures: serde_json::Map<String, serde_json::Value> = ck
+        .meta
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "config" | "tokenizer" | "recipe" | "kind"))
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let meta = json!({
+        "config": cfg,
+        "sampler": SamplerDefaults::default(),
+        "tokenizer": tokenizer,
+        "provenance": {
+            "kind": "trained by ldm-host (burn, CPU)",
+            "dtype": format!("{dtype:?}"),
+            "weights": if prefer_ema { "ema" } else { "raw" },
+            "recipe": ck.meta("recipe").unwrap_or(""),
+            "training": figures,
+            "eval": extra,
+            "tool": concat!("ldm-host ", env!("CARGO_PKG_VERSION")),
+        },
+    });
+    let ema = ck.group("ema");
+    let raw = ck.group("p");
+    let mut w = ModelWriter::new(meta)?;
+    for (path, shape) in cfg.param_specs()? {
+        let t = if prefer_ema { ema.get(&path) } else { None };
+        let (s, d) = t
+            .or_else(|| raw.get(&path))
+            .with_context(|| format!("checkpoint has no tensor `{path}`"))?;
+        if *s != shape {
+            bail!("checkpoint tensor `{path}` is {s:?}, the architecture needs {shape:?}");
+        }
+        w.add(&path, &shape, d, storage_dtype(&shape, dtype))?;
+    }
+    w.write(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+}

@@ -1,0 +1,69 @@
+//! Training: the `Ops` implementation over burn autodiff tensors, the two training stages,
+//! checkpoints and export. The architectures themselves come from `ldm_edge::arch` unchanged.
+pub mod autoencoder;
+pub mod burn_ops;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod export;
+pub mod ldm;
+pub mod optim;
+pub mod params;
+pub mod presets;
+pub mod runner;
+pub mod sample;
+#[cfg(test)]
+mod tests;
+
+use burn::tensor::Device;
+
+/// The training device: burn's `flex` CPU backend, or CUDA when built with `--features cuda`.
+/// `autodiff` wraps it so operations record a tape.
+pub fn device(autodiff: bool) -> Device {
+    #[cfg(feature = "cuda")]
+    let d = Device::cuda(0);
+    #[cfg(not(feature = "cuda"))]
+    let d = Device::flex();
+    if autodiff {
+        d.autodiff()
+    } else {
+        d
+    }
+}
+
+/// A deterministic per-step seed, so a resumed run draws the same batches and noise as an
+/// uninterrupted one.
+pub fn step_seed(seed: u64, step: u64, stream: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform integers in 0..n from a seed (batch indices, timesteps).
+pub fn uniform_indices(seed: u64, count: usize, n: usize) -> Vec<usize> {
+    (0..count)
+        .map(|i| (step_seed(seed, i as u64, 7) % n.max(1) as u64) as usize)
+        .collect()
+}
+
+/// Standard normal noise from a seed (the runtime's generator).
+pub fn gaussian(seed: u64, n: usize) -> Vec<f32> {
+    ldm_edge::sampler::NoiseGen::new(seed).sample(n)
+}
+
+/// PSNR in dB of images in [-1, 1] (peak-to-peak 2).
+pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = (x.clamp(-1.0, 1.0) - y.clamp(-1.0, 1.0)) as f64;
+            d * d
+        })
+        .sum::<f64>()
+        / a.len().max(1) as f64;
+    10.0 * (4.0 / mse.max(1e-12)).log10()
+}
