@@ -43,16 +43,16 @@ pub struct ImportArgs {
 pub struct ExportArgs {
     /// The `.ldm` model to export.
     #[arg(long, short = 'm')]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Folder for unet.onnx, decoder.onnx and text_encoder.onnx.
     #[arg(long)]
-    onnx: PathBuf,
+    pub onnx: PathBuf,
     /// Batch of the UNet and text encoder graphs (2 = one classifier-free-guidance call).
     #[arg(long, default_value_t = 2)]
-    batch: usize,
+    pub batch: usize,
     /// Latent side in pixels; default: the model's image size / the VAE factor.
     #[arg(long)]
-    latent_size: Option<usize>,
+    pub latent_size: Option<usize>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {

@@ -59,8 +59,6 @@ enum Cmd {
     },
     /// Import a diffusers folder or a single-file SD checkpoint (.safetensors) into a .ldm.
     Import(import::ImportArgs),
-    /// Export a .ldm's text encoder, UNet and decoder as ONNX (the CPU backend's lowering).
-    Export(import::ExportArgs),
     /// Train a BERT-style WordPiece tokenizer on captions (one per line) and write tokenizer.json.
     Tokenizer {
         /// Caption file, one caption per line; by default the shapes vocabulary.
@@ -80,8 +78,9 @@ enum Cmd {
     /// Train a model: `autoencoder` (stage 1), then `ldm` (stage 2).
     #[command(subcommand)]
     Train(train::cli::TrainCmd),
-    /// Write a model file from a `train ldm` checkpoint.
-    Export(train::cli::ExportArgs),
+    /// Write a model file from a `train ldm` checkpoint (`export CKPT -o F.ldm`), or a model
+    /// file's text encoder, UNet and decoder as ONNX (`export --onnx DIR -m F.ldm`).
+    Export(ExportArgs),
     /// Inspect datasets: preview grids, caption dumps, the held-out prompt set.
     Dataset {
         #[command(subcommand)]
@@ -108,7 +107,6 @@ fn tokenizer_json(path: Option<&PathBuf>) -> Result<String> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Import(a) => import::import(a)?,
-        Cmd::Export(a) => import::export_cmd(a)?,
         Cmd::Init {
             preset,
             dtype,
@@ -162,11 +160,61 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
-        Cmd::Export(a) => train::cli::run_export(a)?,
+        Cmd::Export(a) => export(a)?,
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,
     }
     Ok(())
+}
+
+/// One `export` verb for both directions out of the tool: checkpoint -> .ldm, and .ldm -> ONNX.
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// A `train ldm` checkpoint to write as a .ldm file (with -o).
+    checkpoint: Option<PathBuf>,
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "f16")]
+    dtype: train::cli::ExportDtype,
+    /// Export the raw weights instead of the EMA.
+    #[arg(long)]
+    no_ema: bool,
+    /// A JSON file of evaluation figures to store in the provenance.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Write ONNX files of the model given with -m into this folder instead.
+    #[arg(long, requires = "model", conflicts_with = "checkpoint")]
+    onnx: Option<PathBuf>,
+    /// The .ldm model to export as ONNX.
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// ONNX: batch of the UNet and text encoder graphs (2 = one classifier-free-guidance call).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// ONNX: latent side; default: the model's image size / the VAE factor.
+    #[arg(long)]
+    latent_size: Option<usize>,
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    if let (Some(onnx), Some(model)) = (a.onnx, a.model) {
+        return import::export_cmd(import::ExportArgs {
+            model,
+            onnx,
+            batch: a.batch,
+            latent_size: a.latent_size,
+        });
+    }
+    let (Some(checkpoint), Some(output)) = (a.checkpoint, a.output) else {
+        bail!("export needs a checkpoint and -o FILE.ldm, or --onnx DIR -m FILE.ldm");
+    };
+    train::cli::run_export(train::cli::ExportArgs {
+        checkpoint,
+        dtype: a.dtype,
+        no_ema: a.no_ema,
+        eval: a.eval,
+        output,
+    })
 }
 
 fn main() -> ExitCode {
