@@ -143,7 +143,7 @@ fn bad_input_is_a_clear_error() {
         "npy",
     );
     // A truncated copy of the model: never a panic or an image.
-    let bytes = std::fs::read(root().join("models/default.ldm")).unwrap();
+    let bytes = std::fs::read(root().join("models/shapes-32.ldm")).unwrap();
     let trunc = tmp("trunc.ldm");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
     fails_with(
@@ -155,16 +155,16 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn info_and_verify() {
-    let o = ldm(&["info", "models/default.ldm"]);
+    let o = ldm(&["info", "models/shapes-32.ldm"]);
     ok(&o);
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(
         s.contains("unet.conv_in.weight") && s.contains("tensors:"),
         "{s}"
     );
-    ok(&ldm(&["verify", "models/default.ldm"]));
+    ok(&ldm(&["verify", "models/shapes-32.ldm"]));
     // Flip one byte of tensor data: verify must fail on the digest.
-    let path = root().join("models/default.ldm");
+    let path = root().join("models/shapes-32.ldm");
     let f = ldm_edge::format::ModelFile::open(&path).unwrap();
     let t = f
         .tensors()

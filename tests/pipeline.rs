@@ -6,7 +6,7 @@ use ldm_edge::Error;
 use std::path::Path;
 
 fn model() -> Model {
-    Model::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.ldm")).unwrap()
+    Model::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/shapes-32.ldm")).unwrap()
 }
 
 #[test]

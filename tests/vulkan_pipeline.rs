@@ -37,7 +37,7 @@ fn vulkan(opts: VulkanOptions) -> Option<Box<dyn Backend>> {
 }
 
 fn default_model_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.ldm")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/shapes-32.ldm")
 }
 
 /// A copy of the default model's architecture, tokenizer and sampler with fresh random weights

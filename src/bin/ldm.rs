@@ -9,7 +9,7 @@ use ldm_edge::{npy, Error};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const DEFAULT_MODEL: &str = "models/default.ldm";
+const DEFAULT_MODEL: &str = "models/shapes-32.ldm";
 
 #[derive(Parser)]
 #[command(name = "ldm", version, about = "Latent diffusion on edge devices")]

@@ -192,7 +192,7 @@ mod tests {
     /// accuracy is near chance, but every stage (generation, checker, PSNR, JSON) must work.
     #[test]
     fn evaluates_the_shipped_placeholder_model() {
-        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default.ldm");
+        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-32.ldm");
         let args = EvalArgs {
             model,
             prompts: 4,
