@@ -4,15 +4,13 @@
 //! Imported here with the fixture folder as the config, each must give the diffusers-folder
 //! import's tensors bit for bit and diffusers' reference outputs; broken copies must fail with
 //! errors that name the tensor.
-use ldm_edge::backend::{select, Tensor};
 use ldm_edge::format::DType;
 use ldm_edge::import::{safetensors::SafeTensors, Import};
 use ldm_edge::model::Model;
-use ldm_edge::npy;
-use serde_json::Value;
-use std::path::{Path, PathBuf};
 
-const TOL: f32 = 1e-4;
+mod common;
+use common::check_components;
+use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,24 +34,6 @@ fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ldm-single-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
-}
-
-fn reference(name: &str, file: &str) -> Tensor {
-    npy::read_f32(&fixture(name).join("ref").join(file)).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.shape, b.shape);
-    a.data
-        .iter()
-        .zip(&b.data)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn run(model: &Model, graph: ldm_edge::graph::Graph, ins: Vec<Tensor>) -> Tensor {
-    let mut plan = select("cpu").unwrap().prepare(&graph, model).unwrap();
-    plan.run(&ins).unwrap().swap_remove(0)
 }
 
 fn equals_diffusers_folder(name: &str) {
@@ -87,33 +67,7 @@ fn components(name: &str) {
     imp.write(DType::F32, &out, "tests/parity_single_file.rs")
         .unwrap();
     let m = Model::open(&out).unwrap();
-    let p = fixture(name).join("ref/inputs.json");
-    let inp: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-
-    let ids: Vec<Vec<f32>> = serde_json::from_value(inp["text_ids"].clone()).unwrap();
-    let (b, l) = (ids.len(), ids[0].len());
-    let ids = Tensor::new(vec![b, l], ids.concat()).unwrap();
-    let hidden = run(&m, m.config.text_graph(b).unwrap(), vec![ids]);
-    let e_text = max_abs(&hidden, &reference(name, "text_hidden.npy"));
-
-    let sample = reference(name, "unet_sample.npy");
-    let ts: Vec<f32> = serde_json::from_value(inp["unet_timesteps"].clone()).unwrap();
-    let s = sample.shape.clone();
-    let g = m.config.unet_graph(s[0], s[2], s[3]).unwrap();
-    let ts = Tensor::new(vec![ts.len()], ts).unwrap();
-    let out = run(&m, g, vec![sample, ts, reference(name, "unet_context.npy")]);
-    let e_unet = max_abs(&out, &reference(name, "unet_out.npy"));
-
-    let z = reference(name, "vae_latent.npy");
-    let g = m.config.decoder_graph(1, z.shape[2], z.shape[3]).unwrap();
-    let img = run(&m, g, vec![z]);
-    let e_vae = max_abs(&img, &reference(name, "vae_out.npy"));
-    eprintln!(
-        "{name} single file: max abs error text {e_text:.2e} unet {e_unet:.2e} decoder {e_vae:.2e}"
-    );
-    assert!(e_text <= TOL, "{name} text encoder: {e_text}");
-    assert!(e_unet <= TOL, "{name} unet: {e_unet}");
-    assert!(e_vae <= TOL, "{name} decoder: {e_vae}");
+    check_components(&m, name, &format!("{name} single file"));
 }
 
 #[test]
