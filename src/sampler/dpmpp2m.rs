@@ -194,27 +194,12 @@ mod tests {
 
     #[test]
     fn oracle_converges_to_x0() {
-        for prediction in [Prediction::Epsilon, Prediction::VPrediction] {
-            for spacing in [
-                TimestepSpacing::Leading,
-                TimestepSpacing::Trailing,
-                TimestepSpacing::Linspace,
-            ] {
-                let cfg = ScheduleConfig {
-                    prediction,
-                    timestep_spacing: spacing,
-                    ..ScheduleConfig::default()
-                };
-                for steps in [3, 20] {
-                    let mut s = DpmSolverPP2MScheduler::new(&cfg, steps).unwrap();
-                    let out = run_from_noise(&mut s, &cfg, 8);
-                    assert_close(
-                        &out,
-                        &x0(),
-                        1e-3,
-                        &format!("dpmpp_2m {prediction:?} {spacing:?} {steps}"),
-                    );
-                }
+        for cfg in all_configs() {
+            for steps in [3, 20] {
+                let mut s = DpmSolverPP2MScheduler::new(&cfg, steps).unwrap();
+                let out = run_from_noise(&mut s, &cfg, 8);
+                let (p, sp) = (cfg.prediction, cfg.timestep_spacing);
+                assert_close(&out, &x0(), 1e-3, &format!("dpmpp_2m {p:?} {sp:?} {steps}"));
             }
         }
     }

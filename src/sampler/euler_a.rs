@@ -148,27 +148,12 @@ mod tests {
 
     #[test]
     fn oracle_converges_to_x0() {
-        for prediction in [Prediction::Epsilon, Prediction::VPrediction] {
-            for spacing in [
-                TimestepSpacing::Leading,
-                TimestepSpacing::Trailing,
-                TimestepSpacing::Linspace,
-            ] {
-                let cfg = ScheduleConfig {
-                    prediction,
-                    timestep_spacing: spacing,
-                    ..ScheduleConfig::default()
-                };
-                for steps in [5, 30] {
-                    let mut s = EulerAncestralScheduler::new(&cfg, steps).unwrap();
-                    let out = run_from_noise(&mut s, &cfg, 21);
-                    assert_close(
-                        &out,
-                        &x0(),
-                        1e-3,
-                        &format!("euler_a {prediction:?} {spacing:?} {steps}"),
-                    );
-                }
+        for cfg in all_configs() {
+            for steps in [5, 30] {
+                let mut s = EulerAncestralScheduler::new(&cfg, steps).unwrap();
+                let out = run_from_noise(&mut s, &cfg, 21);
+                let (p, sp) = (cfg.prediction, cfg.timestep_spacing);
+                assert_close(&out, &x0(), 1e-3, &format!("euler_a {p:?} {sp:?} {steps}"));
             }
         }
     }

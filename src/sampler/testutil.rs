@@ -3,7 +3,7 @@
 //! For such data the ideal model knows x0, so from a VP model input `x = sqrt(a) x0 + sqrt(1-a) eps`
 //! it returns `eps = (x - sqrt(a) x0) / sqrt(1 - a)`, or `v = sqrt(a) eps - sqrt(1 - a) x0`.
 //! Every sampler's model input (after `scale_model_input`) is such a VP sample.
-use super::{NoiseGen, NoiseSchedule, Prediction, ScheduleConfig, Scheduler};
+use super::{NoiseGen, NoiseSchedule, Prediction, ScheduleConfig, Scheduler, TimestepSpacing};
 
 /// A fixed "clean latent" with values of both signs and a spread of magnitudes.
 pub fn x0() -> Vec<f32> {
@@ -107,4 +107,23 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst <= tol, "{what}: max abs error {worst} > {tol}");
+}
+
+/// SD's schedule under every prediction type and timestep spacing, for grid tests.
+pub fn all_configs() -> Vec<ScheduleConfig> {
+    let mut out = Vec::new();
+    for prediction in [Prediction::Epsilon, Prediction::VPrediction] {
+        for timestep_spacing in [
+            TimestepSpacing::Leading,
+            TimestepSpacing::Trailing,
+            TimestepSpacing::Linspace,
+        ] {
+            out.push(ScheduleConfig {
+                prediction,
+                timestep_spacing,
+                ..ScheduleConfig::default()
+            });
+        }
+    }
+    out
 }
