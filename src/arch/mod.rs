@@ -3,11 +3,13 @@
 pub mod config;
 pub mod init;
 pub mod nn;
+pub mod task;
 pub mod text;
 pub mod unet;
 pub mod vae;
 
 pub use config::{HiddenAct, TextEncoderConfig, TextEncoderKind, UNetConfig, VaeConfig};
+pub use task::Task;
 
 use crate::graph::{Graph, Tracer, ValueType};
 use crate::Result;
@@ -26,8 +28,11 @@ pub struct ModelConfig {
     /// Latents are multiplied by this after encoding and divided by it before decoding
     /// (1/std of the training latents; 0.18215 for SD).
     pub latent_scale: f32,
-    /// The native image size in pixels.
+    /// The native image size in pixels (the output size for every task).
     pub image_size: usize,
+    /// What the model does; decides the UNet's extra input channels (see [`task`]).
+    #[serde(default)]
+    pub task: Task,
 }
 
 impl ModelConfig {
@@ -38,7 +43,21 @@ impl ModelConfig {
             text_encoder: TextEncoderConfig::tiny(vocab_size),
             latent_scale: 1.0,
             image_size: 32,
+            task: Task::Txt2img,
         }
+    }
+
+    /// The tiny config for another task: the UNet gains the task's conditioning channels.
+    pub fn tiny_for(vocab_size: usize, task: Task) -> Self {
+        let mut c = Self::tiny(vocab_size);
+        c.set_task(task);
+        c
+    }
+
+    /// Switches the task and sizes the UNet's input for it.
+    pub fn set_task(&mut self, task: Task) {
+        self.task = task;
+        self.unet.in_channels = task.unet_in_channels(self.vae.latent_channels);
     }
 
     /// SD-1.5's UNet and VAE with a BERT-base-sized text encoder, for benchmarks.
@@ -49,6 +68,7 @@ impl ModelConfig {
             text_encoder: TextEncoderConfig::sd15_shaped(vocab_size),
             latent_scale: 0.18215,
             image_size: 512,
+            task: Task::Txt2img,
         }
     }
 
@@ -67,6 +87,13 @@ impl ModelConfig {
             return err(format!(
                 "unet.out_channels {} != vae.latent_channels {}",
                 self.unet.out_channels, self.vae.latent_channels
+            ));
+        }
+        let want = self.task.unet_in_channels(self.vae.latent_channels);
+        if self.unet.in_channels != want {
+            return err(format!(
+                "unet.in_channels {} does not fit task {} with {} latent channels (expected {want})",
+                self.unet.in_channels, self.task, self.vae.latent_channels
             ));
         }
         if !(self.latent_scale.is_finite() && self.latent_scale > 0.0) {

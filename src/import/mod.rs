@@ -215,12 +215,25 @@ impl Import {
         let text = configs::clip_text(fields(dir, "text_encoder/config.json")?)?;
         let (schedule, kind) =
             configs::scheduler(&read_json(&dir.join("scheduler/scheduler_config.json"))?)?;
+        // SD-inpainting checkpoints carry the mask and masked-image latent as 5 extra UNet
+        // inputs, in the order our inpaint task uses; anything else is not a task we run.
+        let z = vae.latent_channels;
+        let task = match unet.in_channels {
+            c if c == z => crate::arch::Task::Txt2img,
+            c if c == 2 * z + 1 => crate::arch::Task::Inpaint,
+            c => {
+                return Err(Error::Config(format!(
+                    "unet in_channels {c} with {z} latent channels is neither text-to-image nor inpainting"
+                )))
+            }
+        };
         let config = ModelConfig {
             image_size: sample_size * vae.factor(),
             unet,
             vae,
             text_encoder: text,
             latent_scale,
+            task,
         };
         config.validate()?;
         let tokenizer_json = clip_bpe::load(

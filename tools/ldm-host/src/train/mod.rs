@@ -17,17 +17,41 @@ mod tests;
 
 use burn::tensor::Device;
 
-/// The training device: burn's `flex` CPU backend, or CUDA when built with `--features cuda`.
-/// `autodiff` wraps it so operations record a tape.
+/// The training device. burn's `flex` CPU backend by default; a build with `--features vulkan`
+/// (burn's wgpu backend pinned to Vulkan/SPIR-V) or `--features cuda` trains on the GPU, and
+/// `LDM_TRAIN_DEVICE=cpu` forces the CPU in such a build. `autodiff` wraps it so operations
+/// record a tape.
 pub fn device(autodiff: bool) -> Device {
-    #[cfg(feature = "cuda")]
-    let d = Device::cuda(0);
-    #[cfg(not(feature = "cuda"))]
-    let d = Device::flex();
+    let d = base_device();
     if autodiff {
         d.autodiff()
     } else {
         d
+    }
+}
+
+fn base_device() -> Device {
+    let want_cpu = std::env::var("LDM_TRAIN_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"));
+    if want_cpu {
+        return Device::flex();
+    }
+    #[cfg(feature = "cuda")]
+    return Device::cuda(0);
+    #[cfg(all(feature = "vulkan", not(feature = "cuda")))]
+    return Device::vulkan(burn::tensor::DeviceKind::DefaultDevice);
+    #[allow(unreachable_code)]
+    Device::flex()
+}
+
+/// What `device` trains on, for logs and the recipe.
+pub fn device_name() -> &'static str {
+    let want_cpu = std::env::var("LDM_TRAIN_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"));
+    if want_cpu || !(cfg!(feature = "cuda") || cfg!(feature = "vulkan")) {
+        "cpu (burn flex)"
+    } else if cfg!(feature = "cuda") {
+        "cuda (burn cubecl-cuda)"
+    } else {
+        "vulkan (burn wgpu/spir-v)"
     }
 }
 
