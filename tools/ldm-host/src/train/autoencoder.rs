@@ -32,6 +32,7 @@ pub struct AeArgs {
     pub log: Option<PathBuf>,
     pub recipe: String,
     pub quiet: bool,
+    pub max_seconds: Option<f64>,
 }
 
 /// The training loss for one batch: (L1 + kl_weight * KL, L1).
@@ -230,7 +231,10 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
     let start = Instant::now();
     let first = opt.step;
     let dev = store.device.clone();
-    while opt.step < args.steps {
+    let mut budget = args
+        .max_seconds
+        .map(|s| super::budget::TimeBudget::new(s, first, &opt.cfg));
+    while opt.step < opt.cfg.total {
         let step = opt.step;
         let idx = uniform_indices(step_seed(args.seed, step, 1), args.batch, n - args.heldout);
         let (imgs, _) = batch(set, &idx)?;
@@ -240,6 +244,10 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
         let (loss, l1) = loss(&mut store, &args.vae, &x, &noise, args.kl_weight)?;
         let grads = loss.backward();
         let st = opt.step(&mut store, &grads);
+        if let Some(b) = budget.as_mut() {
+            b.update(&mut opt.cfg, opt.step);
+            pb.set_length(opt.cfg.total);
+        }
         let (lv, l1v) = (loss.into_scalar::<f32>(), l1.into_scalar::<f32>());
         if !lv.is_finite() {
             bail!("loss became {lv} at step {step}; lower --lr");

@@ -71,6 +71,10 @@ pub struct Common {
     /// Start a linear learning-rate decay to 10% at --steps from this step (0 = constant).
     #[arg(long, default_value_t = 0)]
     pub decay_start: u64,
+    /// Fit the run into this many seconds: the schedule's end (and the decay start, in
+    /// proportion) follows the measured step rate; --steps becomes the upper bound.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// CSV training log.
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -119,7 +123,11 @@ pub enum TrainCmd {
         /// Fraction of captions replaced by the empty caption (classifier-free guidance).
         #[arg(long, default_value_t = 0.1)]
         cond_dropout: f32,
-        /// Write a sample grid PNG every N steps (0 = never).
+        /// What the model learns: txt2img, sr (4x super-resolution, low-res image
+        /// concatenated) or inpaint (mask and masked-image latent concatenated).
+        #[arg(long, default_value = "txt2img")]
+        task: ldm_edge::arch::Task,
+        /// Write a sample grid PNG every N steps (0 = never; txt2img only).
         #[arg(long, default_value_t = 0)]
         sample_every: u64,
         #[arg(long)]
@@ -186,6 +194,7 @@ pub fn run_train(
                 log: common.log,
                 recipe: recipe(),
                 quiet: common.quiet,
+                max_seconds: common.max_seconds,
             };
             let (psnr, scale) = autoencoder::train(set.as_ref(), &args)?;
             println!("psnr_db={psnr:.3} latent_scale={scale}");
@@ -199,6 +208,7 @@ pub fn run_train(
             warmup,
             ema_decay,
             cond_dropout,
+            task,
             sample_every,
             sample_dir,
         } => {
@@ -207,6 +217,7 @@ pub fn run_train(
             let vocab = ldm_edge::tokenizer::TextTokenizer::from_json(&tok, 1)?.vocab_size();
             let args = LdmArgs {
                 cfg: presets::config(&common.preset, vocab)?,
+                task,
                 tokenizer_json: tok,
                 autoencoder,
                 steps: common.steps,
@@ -225,6 +236,7 @@ pub fn run_train(
                 log: common.log,
                 recipe: recipe(),
                 quiet: common.quiet,
+                max_seconds: common.max_seconds,
             };
             let loss = ldm::train(set.as_ref(), &args)?;
             println!("loss_avg={loss:.5}");

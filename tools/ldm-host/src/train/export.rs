@@ -34,12 +34,21 @@ pub fn to_ldm(
         .filter(|(k, _)| !matches!(k.as_str(), "config" | "tokenizer" | "recipe" | "kind"))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
+    // SR is conditioned by its low-res input and run without a prompt, so guidance is off by
+    // default; text-conditioned tasks keep the guided default.
+    let sampler = match cfg.task {
+        ldm_edge::arch::Task::Sr => SamplerDefaults {
+            guidance: 1.0,
+            ..Default::default()
+        },
+        _ => SamplerDefaults::default(),
+    };
     let meta = json!({
         "config": cfg,
-        "sampler": SamplerDefaults::default(),
+        "sampler": sampler,
         "tokenizer": tokenizer,
         "provenance": {
-            "kind": "trained by ldm-host (burn, CPU)",
+            "kind": "trained by ldm-host (burn)",
             "dtype": format!("{dtype:?}"),
             "weights": if prefer_ema { "ema" } else { "raw" },
             "recipe": ck.meta("recipe").unwrap_or(""),

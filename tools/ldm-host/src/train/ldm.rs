@@ -11,7 +11,7 @@ use super::runner::{progress, stop_flag, CsvLog};
 use super::{device, gaussian, step_seed, uniform_indices};
 use anyhow::{bail, Context, Result};
 use burn::tensor::Tensor;
-use ldm_edge::arch::{text, unet, ModelConfig, TEXT, UNET};
+use ldm_edge::arch::{task, text, unet, ModelConfig, Task, TEXT, UNET};
 use ldm_edge::sampler::{NoiseSchedule, ScheduleConfig};
 use ldm_edge::tokenizer::TextTokenizer;
 use std::path::PathBuf;
@@ -21,6 +21,8 @@ use std::time::Instant;
 pub struct LdmArgs {
     /// The architecture: its `vae` part must match the autoencoder checkpoint.
     pub cfg: ModelConfig,
+    /// txt2img, or a concatenation-conditioned task (see `ldm_edge::arch::task`).
+    pub task: Task,
     pub tokenizer_json: String,
     pub autoencoder: PathBuf,
     pub steps: u64,
@@ -39,30 +41,40 @@ pub struct LdmArgs {
     pub log: Option<PathBuf>,
     pub recipe: String,
     pub quiet: bool,
+    pub max_seconds: Option<f64>,
 }
 
-/// The epsilon-prediction MSE for one batch.
+/// The epsilon-prediction MSE for one batch. `cond` holds each element's conditioning
+/// channels at latent resolution (empty for txt2img); they follow the noisy latent in the UNet
+/// input exactly as the runtime pipelines place them (`task::concat_channels`).
+#[allow(clippy::too_many_arguments)]
 pub fn loss(
     store: &mut ParamStore,
     cfg: &ModelConfig,
     ids: &BT,
     x0: &[f32],
     lshape: &[usize],
+    cond: &[f32],
     t: &[f32],
     noise: &[f32],
     sched: &NoiseSchedule,
 ) -> ldm_edge::Result<Tensor<1>> {
     let dev = store.device.clone();
     let per: usize = lshape[1..].iter().product();
-    let mut xt = Vec::with_capacity(x0.len());
-    for (b, &tb) in t.iter().enumerate() {
+    let b = t.len();
+    let cper = cond.len() / b.max(1);
+    let mut xin = Vec::with_capacity(x0.len() + cond.len());
+    for (k, &tb) in t.iter().enumerate() {
         let a = sched.alphas_cumprod[tb as usize];
         let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
-        for i in b * per..(b + 1) * per {
-            xt.push(sa * x0[i] + sb * noise[i]);
-        }
+        let xt: Vec<f32> = (k * per..(k + 1) * per)
+            .map(|i| sa * x0[i] + sb * noise[i])
+            .collect();
+        xin.extend(task::concat_channels(&xt, &cond[k * cper..(k + 1) * cper]));
     }
-    let xt = BT::from_vec(xt, lshape, &dev);
+    let hw = lshape[2] * lshape[3];
+    let in_shape = [b, lshape[1] + cper / hw.max(1), lshape[2], lshape[3]];
+    let xt = BT::from_vec(xin, &in_shape, &dev);
     let tt = BT::from_vec(t.to_vec(), &[t.len()], &dev);
     let eps = BT::from_vec(noise.to_vec(), lshape, &dev);
     let mut o = BurnOps::new(store);
@@ -73,24 +85,67 @@ pub fn loss(
 
 /// Posterior moments of every dataset image under the frozen autoencoder, computed once:
 /// the encoder is frozen, so re-encoding every step would only cost time.
+/// For SR, the low-resolution conditioning images are kept too (3 x h x w each).
 struct Latents {
     mean: Vec<f32>,
     logvar: Vec<f32>,
     per: usize,
+    lowres: Vec<f32>,
 }
 
 fn encode_all(set: &dyn TrainSet, cfg: &ModelConfig, vae: &mut ParamStore) -> Result<Latents> {
     let size = set.image_size();
-    let (mut mean, mut logvar) = (Vec::new(), Vec::new());
+    let f = cfg.vae.factor();
+    let (mut mean, mut logvar, mut lowres) = (Vec::new(), Vec::new(), Vec::new());
     let idx: Vec<usize> = (0..set.len()).collect();
     for c in idx.chunks(32) {
         let (imgs, _) = batch(set, c)?;
+        if cfg.task == Task::Sr {
+            for img in imgs.chunks(3 * size * size) {
+                lowres.extend(task::downsample_box(img, 3, size, size, f)?);
+            }
+        }
         let (m, l) = encode_moments(vae, &cfg.vae, imgs, c.len(), size)?;
         mean.extend(m);
         logvar.extend(l);
     }
     let per = mean.len() / set.len().max(1);
-    Ok(Latents { mean, logvar, per })
+    Ok(Latents {
+        mean,
+        logvar,
+        per,
+        lowres,
+    })
+}
+
+/// Inpainting conditioning for one batch: a fresh random mask per image, the masked image
+/// encoded by the frozen autoencoder (posterior mean x latent scale, as the runtime does), and
+/// per image `[mask at latent size (1), masked latent (z)]`.
+fn inpaint_cond(
+    set: &dyn TrainSet,
+    cfg: &ModelConfig,
+    vae: &mut ParamStore,
+    idx: &[usize],
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let size = set.image_size();
+    let f = cfg.vae.factor();
+    let (imgs, _) = batch(set, idx)?;
+    let mut masks = Vec::with_capacity(idx.len());
+    let mut masked = Vec::with_capacity(imgs.len());
+    for (k, img) in imgs.chunks(3 * size * size).enumerate() {
+        let m = super::masks::random_mask(step_seed(seed, k as u64, 9), size);
+        masked.extend(task::masked_image(img, &m));
+        masks.push(task::mask_to_latent(&m, size, size, f)?);
+    }
+    let (mean, _) = encode_moments(vae, &cfg.vae, masked, idx.len(), size)?;
+    let per = mean.len() / idx.len().max(1);
+    let mut out = Vec::with_capacity(mean.len() + masks.len() * masks[0].len());
+    for (k, m) in masks.iter().enumerate() {
+        out.extend_from_slice(m);
+        out.extend(mean[k * per..(k + 1) * per].iter().map(|v| v * cfg.latent_scale));
+    }
+    Ok(out)
 }
 
 fn tokenize_all(set: &dyn TrainSet, tok: &TextTokenizer) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
@@ -140,6 +195,8 @@ impl Trainer {
             .insert("tokenizer".into(), args.tokenizer_json.clone());
         ck.meta.insert("step".into(), self.opt.step.to_string());
         ck.meta.insert("seed".into(), args.seed.to_string());
+        ck.meta
+            .insert("device".into(), super::device_name().to_string());
         ck.meta.insert("recipe".into(), args.recipe.clone());
         for (k, v) in extra {
             ck.meta.insert(k.to_string(), v.clone());
@@ -164,7 +221,14 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
         .parse()
         .context("latent_scale is not a number")?;
     cfg.image_size = set.image_size();
+    cfg.set_task(args.task);
     cfg.validate()?;
+    if args.task == Task::Sr && cfg.vae.factor() != 4 {
+        bail!(
+            "super-resolution is 4x: the autoencoder's factor must be 4, not {}",
+            cfg.vae.factor()
+        );
+    }
     let args = &LdmArgs {
         cfg: cfg.clone(),
         recipe: format!(
@@ -250,7 +314,10 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
     let first = tr.opt.step;
     let mut avg: Option<f32> = None;
     let mut last = f32::NAN;
-    while tr.opt.step < args.steps {
+    let mut budget = args
+        .max_seconds
+        .map(|s| super::budget::TimeBudget::new(s, first, &tr.opt.cfg));
+    while tr.opt.step < tr.opt.cfg.total {
         let step = tr.opt.step;
         let idx = uniform_indices(step_seed(args.seed, step, 1), args.batch, set.len());
         let drop = gaussian(step_seed(args.seed, step, 4), args.batch);
@@ -277,11 +344,41 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
         .map(|t| t as f32)
         .collect();
         let noise = gaussian(step_seed(args.seed, step, 2), x0.len());
+        let cond = match cfg.task {
+            Task::Txt2img => Vec::new(),
+            Task::Sr => {
+                let per = 3 * hw * hw;
+                idx.iter()
+                    .flat_map(|&i| lat.lowres[i * per..(i + 1) * per].iter().copied())
+                    .collect()
+            }
+            Task::Inpaint => inpaint_cond(
+                set,
+                &cfg,
+                &mut tr.vae,
+                &idx,
+                step_seed(args.seed, step, 8),
+            )?,
+        };
         let idt = BT::from_vec(id_batch, &[args.batch, l], &dev);
-        let loss = loss(&mut tr.store, &cfg, &idt, &x0, &lshape, &ts, &noise, &sched)?;
+        let loss = loss(
+            &mut tr.store,
+            &cfg,
+            &idt,
+            &x0,
+            &lshape,
+            &cond,
+            &ts,
+            &noise,
+            &sched,
+        )?;
         let grads = loss.backward();
         let st = tr.opt.step(&mut tr.store, &grads);
         tr.ema.update(&tr.store, tr.opt.step);
+        if let Some(b) = budget.as_mut() {
+            b.update(&mut tr.opt.cfg, tr.opt.step);
+            pb.set_length(tr.opt.cfg.total);
+        }
         let lv = loss.into_scalar::<f32>();
         if !lv.is_finite() {
             bail!("loss became {lv} at step {step}; lower --lr");
@@ -300,12 +397,15 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
             ))?;
         }
         let stopping = stop.load(Ordering::SeqCst);
-        if tr.opt.step % args.ckpt_every == 0 || stopping || tr.opt.step == args.steps {
+        let end = tr.opt.step >= tr.opt.cfg.total;
+        if tr.opt.step % args.ckpt_every == 0 || stopping || end {
             tr.checkpoint(args, &[("loss_avg", a.to_string())])?
                 .save(&args.out)?;
         }
-        if let (Some(dir), true) = (&args.sample_dir, args.sample_every > 0) {
-            if tr.opt.step % args.sample_every == 0 || tr.opt.step == args.steps {
+        // The grid renders prompts through txt2img; task models are judged by `ldm-host eval`.
+        let grid_ok = cfg.task == Task::Txt2img;
+        if let (Some(dir), true) = (&args.sample_dir, args.sample_every > 0 && grid_ok) {
+            if tr.opt.step % args.sample_every == 0 || end {
                 let ck = tr.checkpoint(args, &[])?;
                 let png = dir.join(format!("step{:06}.png", tr.opt.step));
                 if let Err(e) = super::sample::grid(&ck, &png) {

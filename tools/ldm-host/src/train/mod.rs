@@ -1,12 +1,14 @@
 //! Training: the `Ops` implementation over burn autodiff tensors, the two training stages,
 //! checkpoints and export. The architectures themselves come from `ldm_edge::arch` unchanged.
 pub mod autoencoder;
+pub mod budget;
 pub mod burn_ops;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod export;
 pub mod ldm;
+pub mod masks;
 pub mod optim;
 pub mod params;
 pub mod presets;

@@ -27,7 +27,31 @@ pub fn config(preset: &str, vocab: usize) -> anyhow::Result<ModelConfig> {
                 ..TextEncoderConfig::tiny(vocab)
             };
         }
-        other => anyhow::bail!("unknown preset `{other}` (micro, shapes)"),
+        // Wider UNet and a deeper, wider text encoder for attribute binding (positions and
+        // relations were the weak attributes of `shapes`). Sized for GPU training, where width
+        // costs little; q8 stays under the 25 MB budget of a shipped model.
+        "shapes-m" => {
+            cfg.vae = VaeConfig {
+                block_out_channels: vec![32, 64, 64],
+                ..VaeConfig::tiny()
+            };
+            cfg.unet = UNetConfig {
+                block_out_channels: vec![96, 192],
+                num_heads: vec![4],
+                cross_attention_dim: 96,
+                ..UNetConfig::tiny()
+            };
+            cfg.text_encoder = TextEncoderConfig {
+                d_model: 96,
+                encoder_layers: 3,
+                encoder_attention_heads: 4,
+                head_dim: 24,
+                encoder_ffn_dim: 192,
+                max_position_embeddings: 20,
+                ..TextEncoderConfig::tiny(vocab)
+            };
+        }
+        other => anyhow::bail!("unknown preset `{other}` (micro, shapes, shapes-m)"),
     }
     cfg.validate()?;
     Ok(cfg)
