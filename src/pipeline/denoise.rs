@@ -1,7 +1,7 @@
 //! The one denoising loop behind txt2img, img2img, inpainting and upscaling: scheduler steps
 //! over the UNet with classifier-free guidance and the task's conditioning channels.
-use super::shared::first;
 use super::progress::{Cancel, Steps};
+use super::shared::first;
 use crate::arch::task::concat_channels;
 use crate::backend::{Executable, Tensor};
 use crate::sampler::{guidance, make_scheduler, NoiseGen, SamplerKind, ScheduleConfig};

@@ -1,8 +1,8 @@
 //! Image-to-image (SDEdit): the init image's latent is noised to a level set by `strength`
 //! and denoised from there, so low strengths keep the layout and high ones keep little.
-use super::shared::{image_hw, Generated, Pipeline};
 use super::denoise::Start;
 use super::progress::{Cancel, Progress, Steps};
+use super::shared::{image_hw, Generated, Pipeline};
 use super::txt2img::Txt2Img;
 use crate::arch::Task;
 use crate::backend::Tensor;
@@ -23,11 +23,7 @@ pub struct Img2Img {
 
 impl Img2Img {
     /// txt2img's defaults at the image's size, with [`DEFAULT_STRENGTH`].
-    pub fn new(
-        model: &crate::model::Model,
-        prompt: &str,
-        image: Tensor,
-    ) -> Result<Self> {
+    pub fn new(model: &crate::model::Model, prompt: &str, image: Tensor) -> Result<Self> {
         let mut params = Txt2Img::new(model, prompt)?;
         let (h, w) = image_hw(&image, "init image")?;
         (params.width, params.height) = (w, h);

@@ -1,9 +1,9 @@
 //! Inpainting with a task-inpaint model: the mask and the masked image's latent are
 //! concatenated to the UNet input (conventions in [`crate::arch::task`]); afterwards the kept
 //! pixels are pasted back, so only the hole changes.
-use super::shared::{image_hw, Generated, Pipeline};
 use super::denoise::Start;
 use super::progress::{Cancel, Progress, Steps};
+use super::shared::{image_hw, Generated, Pipeline};
 use super::txt2img::Txt2Img;
 use crate::arch::task::{mask_to_latent, masked_image};
 use crate::arch::Task;
@@ -73,7 +73,10 @@ impl Pipeline<'_> {
             .collect();
         let f = self.model.config.vae.factor();
         let mask_lat = mask_to_latent(&mask, h, w, f)?;
-        let masked = Tensor::new(req.image.shape.clone(), masked_image(&req.image.data, &mask))?;
+        let masked = Tensor::new(
+            req.image.shape.clone(),
+            masked_image(&req.image.data, &mask),
+        )?;
         self.with_fallback(|b| {
             let masked_lat = self.encode_on(b, &masked)?;
             let mut cond = mask_lat.clone();

@@ -6,19 +6,19 @@
 //! txt2img and img2img a txt2img model, [`Pipeline::inpaint`] an inpaint model and
 //! [`Pipeline::upscale`] an sr model; the wrong kind is an [`crate::Error::Input`] naming the
 //! command the model needs.
-mod shared;
 mod denoise;
 pub mod image;
 pub mod img2img;
 pub mod inpaint;
 pub mod progress;
+mod shared;
 pub mod tiles;
 pub mod txt2img;
 pub mod upscale;
 
-pub use shared::{Generated, Pipeline};
 pub use img2img::{Img2Img, DEFAULT_STRENGTH};
 pub use inpaint::Inpaint;
 pub use progress::{Cancel, Progress};
+pub use shared::{Generated, Pipeline};
 pub use txt2img::Txt2Img;
 pub use upscale::{tile_seed, tile_size, TileLayout, Upscale};

@@ -190,7 +190,11 @@ impl<'m> Pipeline<'m> {
         backend.prepare(&graph, self.model)
     }
 
-    pub(crate) fn decode_with(&self, plan: &mut dyn Executable, latents: &Tensor) -> Result<Tensor> {
+    pub(crate) fn decode_with(
+        &self,
+        plan: &mut dyn Executable,
+        latents: &Tensor,
+    ) -> Result<Tensor> {
         let inv = 1.0 / self.model.config.latent_scale;
         let z = Tensor::new(
             latents.shape.clone(),

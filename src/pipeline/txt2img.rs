@@ -1,7 +1,7 @@
 //! Text-to-image: prompt -> text encoder -> the denoising loop from pure noise -> decoder.
-use super::shared::{check_prompt, check_sampling, Generated, Pipeline};
 use super::denoise::{Sampling, Start};
 use super::progress::{Cancel, Progress, Steps};
+use super::shared::{check_prompt, check_sampling, Generated, Pipeline};
 use crate::arch::Task;
 use crate::backend::{Backend, Tensor};
 use crate::model::Model;
@@ -86,7 +86,8 @@ impl Pipeline<'_> {
         check_prompt(&req.prompt)?;
         check_sampling(req.steps, req.guidance)?;
         let hw = self.latent_size(req.width, req.height)?;
-        let mut den = self.denoiser(backend, &req.prompt, &req.negative_prompt, req.guidance, hw)?;
+        let mut den =
+            self.denoiser(backend, &req.prompt, &req.negative_prompt, req.guidance, hw)?;
         let latents = den.run(
             &req.sampling(),
             &self.model.sampler.schedule,

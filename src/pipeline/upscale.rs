@@ -2,9 +2,9 @@
 //! at latent resolution, so the output is f (the autoencoder factor) times larger. Inputs of
 //! any size run as overlapping tiles of the size the model was trained on, blended with
 //! feathered weights ([`super::tiles`]).
-use super::shared::{check_sampling, image_hw, Generated, Pipeline};
 use super::denoise::{Denoiser, Sampling, Start};
 use super::progress::{Cancel, Progress, Steps};
+use super::shared::{check_sampling, image_hw, Generated, Pipeline};
 use super::tiles::{blend_weights, crop_replicate, tile_starts, Canvas};
 use crate::arch::Task;
 use crate::backend::{Backend, Executable, Tensor};
