@@ -186,7 +186,10 @@ fn inpaint_bad_requests_are_errors() {
     let t = model(Task::Txt2img);
     let r = inpaint_req(&t);
     let e = cpu(&t).inpaint(&r, &mut |_| {}, &Cancel::new());
-    input_error(e, "txt2img model; it runs with `ldm generate`");
+    input_error(
+        e,
+        "for task txt2img, not inpaint: it runs with `ldm generate`",
+    );
     // And the reverse: txt2img on an inpainting model.
     let e = pipe.txt2img(&r.params, &mut |_| {}, &Cancel::new());
     input_error(e, "ldm inpaint");

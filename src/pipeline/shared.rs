@@ -118,7 +118,7 @@ impl<'m> Pipeline<'m> {
             return Ok(());
         }
         Err(Error::Input(format!(
-            "this is a {have} model; it runs with `{}`, not as {want}",
+            "this model is for task {have}, not {want}: it runs with `{}`",
             have.command()
         )))
     }
