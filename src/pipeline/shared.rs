@@ -19,8 +19,8 @@ impl Generated {
     /// Checks the image and converts it to pixels.
     pub(crate) fn from_image(image: Tensor, latents: Tensor) -> Result<Self> {
         check_finite(&image, "the decoded image")?;
-        let (height, width) = (image.shape[2], image.shape[3]);
         let rgb = super::image::to_rgb8(&image)?;
+        let (height, width) = (image.shape[2], image.shape[3]);
         Ok(Self {
             image,
             latents,
@@ -155,7 +155,7 @@ impl<'m> Pipeline<'m> {
         let moments = first(plan.run(std::slice::from_ref(image))?)?;
         let z = self.model.config.vae.latent_channels;
         let s = &moments.shape;
-        if s.len() != 4 || s[1] != 2 * z {
+        if s.len() != 4 || s[1] != 2 * z || moments.data.len() != s.iter().product::<usize>() {
             return Err(Error::shape(
                 "encode",
                 format!("encoder gave {s:?}, expected [1, {}, h, w]", 2 * z),
