@@ -1,4 +1,9 @@
-//! End to end through the `ldm` binary on the shipped default model.
+//! End to end through the `ldm` binary on the shipped default model, and on tiny random
+//! inpainting and super-resolution models for `ldm inpaint` and `ldm upscale`.
+#[path = "support/tiny.rs"]
+mod tiny;
+
+use ldm_edge::arch::Task;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -198,4 +203,172 @@ fn bench_reports_json() {
             "{k} missing or zero in {v}"
         );
     }
+}
+
+fn save_test_png(name: &str, h: usize, w: usize) -> PathBuf {
+    let p = tmp(name);
+    let rgb = ldm_edge::pipeline::image::to_rgb8(&tiny::test_image(h, w)).unwrap();
+    ldm_edge::pipeline::image::save_png(&p, &rgb, w, h).unwrap();
+    p
+}
+
+fn png_size(p: &Path) -> (u32, u32) {
+    image::open(p).unwrap().to_rgb8().dimensions()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_with_an_init_image() {
+    let init = save_test_png("init.png", 32, 32);
+    let a = tmp("i2i-a.png");
+    ok(&generate(&a, &["--init-image", s(&init), "--seed", "5"]));
+    assert_eq!(png_size(&a), (32, 32));
+    // Strength 1 ignores the image: exactly the plain txt2img output for the seed.
+    let b = tmp("i2i-b.png");
+    let c = tmp("i2i-c.png");
+    ok(&generate(
+        &b,
+        &["--init-image", s(&init), "--strength", "1", "--seed", "5"],
+    ));
+    ok(&generate(&c, &["--seed", "5"]));
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&c).unwrap());
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
+
+    let out = tmp("i2i-bad.png");
+    fails_with(
+        &generate(&out, &["--strength", "0.5"]),
+        "--strength needs --init-image",
+    );
+    fails_with(
+        &generate(&out, &["--init-image", s(&init), "--size", "64x64"]),
+        "init image",
+    );
+    fails_with(
+        &generate(&out, &["--init-image", s(&init), "--strength", "2"]),
+        "strength",
+    );
+    let odd = save_test_png("init-odd.png", 30, 30);
+    fails_with(&generate(&out, &["--init-image", s(&odd)]), "multiple of");
+    let junk = tmp("junk.png");
+    std::fs::write(&junk, b"not a png").unwrap();
+    fails_with(&generate(&out, &["--init-image", s(&junk)]), "junk.png");
+    fails_with(
+        &generate(&out, &["--init-image", "no/such/image.png"]),
+        "no/such/image.png",
+    );
+    assert!(!out.exists(), "a failed run left an image behind");
+}
+
+#[test]
+fn inpaint_writes_the_image_with_the_kept_pixels_unchanged() {
+    let dir = tiny::temp_dir("e2e");
+    let model = tiny::write_tiny(Task::Inpaint, &dir);
+    let img = save_test_png("inp-in.png", 32, 32);
+    let mask: Vec<u8> = tiny::center_mask(32, 32)
+        .iter()
+        .map(|&m| if m > 0.0 { 255 } else { 0 })
+        .collect();
+    let mask_png = tmp("inp-mask.png");
+    image::GrayImage::from_raw(32, 32, mask.clone())
+        .unwrap()
+        .save(&mask_png)
+        .unwrap();
+    let out = tmp("inp-out.png");
+    let args = |out: &Path, model: &Path, mask: &Path| {
+        vec![
+            "inpaint".to_string(),
+            "a blue star".into(),
+            "--model".into(),
+            s(model).into(),
+            "--image".into(),
+            s(&img).into(),
+            "--mask".into(),
+            s(mask).into(),
+            "--steps".into(),
+            "2".into(),
+            "-q".into(),
+            "-o".into(),
+            s(out).into(),
+        ]
+    };
+    let run = |a: Vec<String>| ldm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&run(args(&out, &model, &mask_png)));
+    let got = image::open(&out).unwrap().to_rgb8();
+    let want = image::open(&img).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (32, 32));
+    for (i, m) in mask.iter().enumerate() {
+        if *m == 0 {
+            assert_eq!(
+                got.as_raw()[i * 3..i * 3 + 3],
+                want.as_raw()[i * 3..i * 3 + 3]
+            );
+        }
+    }
+    assert_ne!(got.as_raw(), want.as_raw(), "the hole was not regenerated");
+
+    let bad = tmp("inp-bad.png");
+    let small_mask = tmp("inp-mask-small.png");
+    image::GrayImage::new(16, 16).save(&small_mask).unwrap();
+    fails_with(&run(args(&bad, &model, &small_mask)), "is 16x16 but image");
+    let txt2img = root().join("models/shapes-32.ldm");
+    fails_with(&run(args(&bad, &txt2img, &mask_png)), "ldm generate");
+    // The inpainting model under `generate`: named, with the right command.
+    fails_with(
+        &generate(&bad, &["--model", s(&model)]),
+        "is a model for task inpaint, not txt2img: run it with `ldm inpaint`",
+    );
+    assert!(!bad.exists());
+}
+
+#[test]
+fn upscale_writes_four_times_the_input() {
+    let dir = tiny::temp_dir("e2e");
+    let model = tiny::write_tiny(Task::Sr, &dir);
+    for (h, w) in [(13, 21), (3, 5)] {
+        let input = save_test_png(&format!("up-in-{h}x{w}.png"), h, w);
+        let out = tmp(&format!("up-out-{h}x{w}.png"));
+        ok(&ldm(&[
+            "upscale",
+            s(&input),
+            "--model",
+            s(&model),
+            "--steps",
+            "2",
+            "--overlap",
+            "3",
+            "-q",
+            "-o",
+            s(&out),
+        ]));
+        assert_eq!(png_size(&out), (4 * w as u32, 4 * h as u32));
+    }
+    let input = save_test_png("up-in.png", 13, 21);
+    let bad = tmp("up-bad.png");
+    let up = |model: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "upscale",
+            s(&input),
+            "--model",
+            s(model),
+            "-q",
+            "-o",
+            s(&bad),
+        ];
+        a.extend_from_slice(extra);
+        ldm(&a)
+    };
+    fails_with(
+        &up(&root().join("models/shapes-32.ldm"), &[]),
+        "is a model for task txt2img, not sr: run it with `ldm generate`",
+    );
+    fails_with(&up(&model, &["--overlap", "8"]), "overlap");
+    fails_with(&up(&model, &["--steps", "0"]), "steps");
+    let junk = tmp("up-junk.png");
+    std::fs::write(&junk, b"\x89PNG but not really").unwrap();
+    let o = ldm(&["upscale", s(&junk), "--model", s(&model), "-o", s(&bad)]);
+    fails_with(&o, "up-junk.png");
+    assert!(!bad.exists(), "a failed run left an image behind");
 }

@@ -2,10 +2,17 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use ldm_edge::arch::Task;
 use ldm_edge::backend;
+use ldm_edge::backend::Tensor;
 use ldm_edge::model::Model;
-use ldm_edge::pipeline::{image::save_png, Cancel, Pipeline, Txt2Img};
+use ldm_edge::pipeline::image::{load_mask, load_rgb, save_png};
+use ldm_edge::pipeline::{
+    Cancel, Generated, Img2Img, Inpaint, Pipeline, Progress, Txt2Img, Upscale, DEFAULT_STRENGTH,
+};
+use ldm_edge::sampler::NoiseGen;
 use ldm_edge::{npy, Error};
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,8 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Generate an image from a text prompt.
+    /// Generate an image from a text prompt (or from a prompt and an init image).
     Generate(GenerateArgs),
+    /// Regenerate the masked part of an image with an inpainting model.
+    Inpaint(InpaintArgs),
+    /// Upscale an image 4x (the autoencoder factor) with a super-resolution model.
+    Upscale(UpscaleArgs),
     /// Show a model file's config, tensors, dtypes and sizes.
     Info { file: PathBuf },
     /// Check a model file's digest and validate it against its architecture.
@@ -65,6 +76,12 @@ struct GenerateArgs {
     /// Start from this initial noise (.npy, float32, [1, z, h, w]) instead of the seed's.
     #[arg(long)]
     init_noise: Option<PathBuf>,
+    /// Start from this image (img2img); the output size defaults to its size.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// How much of the init image to noise away: 0 keeps it, 1 ignores it [default: 0.75].
+    #[arg(long)]
+    strength: Option<f32>,
     /// Save the initial noise and the final latents as .npy: FILE gets the final latents and
     /// FILE with `.init.npy` the initial noise.
     #[arg(long)]
@@ -72,6 +89,71 @@ struct GenerateArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+}
+
+/// Sampling settings shared by `inpaint` and `upscale` (generate keeps its own, older flags).
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// Denoising steps [default: the model's].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 disables the unconditional pass [default: the model's].
+    #[arg(long, short = 'g')]
+    guidance: Option<f32>,
+    #[arg(long, short = 's', default_value_t = 0)]
+    seed: u64,
+    /// ddim, ddpm, euler_a or dpmpp_2m [default: the model's].
+    #[arg(long)]
+    sampler: Option<String>,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    #[arg(long, short = 'o', default_value = "out.png")]
+    output: PathBuf,
+    /// auto, cpu, vulkan or reference.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct InpaintArgs {
+    /// What to put in the hole.
+    prompt: String,
+    /// An inpainting model (task inpaint).
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// The image to edit; the output has its size.
+    #[arg(long)]
+    image: PathBuf,
+    /// Grayscale mask of the image's size: >= 128 is regenerated, the rest kept exactly.
+    #[arg(long)]
+    mask: PathBuf,
+    #[arg(long, short = 'n', default_value = "")]
+    negative_prompt: String,
+    #[command(flatten)]
+    sample: SampleArgs,
+}
+
+#[derive(clap::Args)]
+struct UpscaleArgs {
+    /// The low-resolution image, any size.
+    input: PathBuf,
+    /// A super-resolution model (task sr).
+    #[arg(long, short = 'm')]
+    model: PathBuf,
+    /// Optional text guidance; SR models also run unconditionally.
+    #[arg(long, short = 'p', default_value = "")]
+    prompt: String,
+    #[arg(long, short = 'n', default_value = "")]
+    negative_prompt: String,
+    /// Overlap of neighbouring tiles in low-res pixels [default: a quarter tile].
+    #[arg(long)]
+    overlap: Option<usize>,
+    #[command(flatten)]
+    sample: SampleArgs,
 }
 
 #[derive(clap::Args)]
@@ -106,9 +188,70 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
     ))
 }
 
+fn open_model(path: &Path, task: Task) -> Result<Model> {
+    let model =
+        Model::open(path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let have = model.config.task;
+    if have != task {
+        anyhow::bail!(
+            "{} is a model for task {have}, not {task}: run it with `{}`",
+            path.display(),
+            have.command()
+        );
+    }
+    Ok(model)
+}
+
+fn read_image(path: &Path) -> Result<Tensor> {
+    load_rgb(path).with_context(|| format!("cannot read image {}", path.display()))
+}
+
+/// Ctrl-C cancels the run in progress between steps.
+fn cancel_on_ctrl_c() -> Cancel {
+    let cancel = Cancel::new();
+    let c2 = cancel.clone();
+    // A failure to install the handler only loses graceful Ctrl-C; the run itself is fine.
+    if let Err(e) = ctrlc::set_handler(move || c2.cancel()) {
+        log::warn!("Ctrl-C handler not installed: {e}");
+    }
+    cancel
+}
+
+/// Runs `f` under a progress bar of `total` steps (hidden with --quiet).
+fn with_progress<T>(
+    quiet: bool,
+    total: usize,
+    f: impl FnOnce(&mut dyn FnMut(Progress)) -> ldm_edge::Result<T>,
+) -> ldm_edge::Result<T> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let out = f(&mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.step as u64)
+    });
+    bar.finish_and_clear();
+    out
+}
+
+fn save(path: &Path, out: &Generated) -> Result<()> {
+    save_png(path, &out.rgb, out.width, out.height)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn generate(a: GenerateArgs) -> Result<()> {
-    let model = Model::open(&a.model)
-        .with_context(|| format!("cannot load model {}", a.model.display()))?;
+    if a.strength.is_some() && a.init_image.is_none() {
+        anyhow::bail!("--strength needs --init-image");
+    }
+    let model = open_model(&a.model, Task::Txt2img)?;
     let mut req = Txt2Img::new(&model, &a.prompt)?;
     req.negative_prompt = a.negative_prompt;
     req.seed = a.seed;
@@ -122,43 +265,45 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if let Some(s) = &a.sampler {
         req.sampler = s.parse()?;
     }
+    let init_image = a.init_image.as_deref().map(read_image).transpose()?;
     if let Some(s) = &a.size {
         (req.width, req.height) = parse_size(s)?;
     }
+    if let (Some(img), Some(path)) = (&init_image, &a.init_image) {
+        let (h, w) = (img.shape[2], img.shape[3]);
+        if a.size.is_none() {
+            (req.width, req.height) = (w, h);
+        } else if (w, h) != (req.width, req.height) {
+            anyhow::bail!(
+                "init image {} is {w}x{h} but --size asks for {}x{}",
+                path.display(),
+                req.width,
+                req.height
+            );
+        }
+    }
     let pipe = Pipeline::new(&model, backend::select(&a.backend)?);
     let (h, w) = pipe.latent_size(req.width, req.height)?;
-    let shape = vec![1, model.config.unet.in_channels, h, w];
+    let z = model.config.vae.latent_channels;
     let init = match &a.init_noise {
         Some(p) => npy::read_f32(p)?,
-        None => ldm_edge::backend::Tensor::new(
-            shape,
-            ldm_edge::sampler::NoiseGen::new(req.seed)
-                .sample(h * w * model.config.unet.in_channels),
-        )?,
+        None => Tensor::new(vec![1, z, h, w], NoiseGen::new(req.seed).sample(z * h * w))?,
     };
     req.init_noise = Some(init.clone());
 
-    let cancel = Cancel::new();
-    let c2 = cancel.clone();
-    // A failure to install the handler only loses graceful Ctrl-C; the run itself is fine.
-    if let Err(e) = ctrlc::set_handler(move || c2.cancel()) {
-        log::warn!("Ctrl-C handler not installed: {e}");
-    }
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(req.steps as u64)
+    let cancel = cancel_on_ctrl_c();
+    let out = match init_image {
+        None => with_progress(a.quiet, req.steps, |p| pipe.txt2img(&req, p, &cancel))?,
+        Some(image) => {
+            let r = Img2Img {
+                params: req.clone(),
+                image,
+                strength: a.strength.unwrap_or(DEFAULT_STRENGTH),
+            };
+            with_progress(a.quiet, r.steps_to_run(), |p| pipe.img2img(&r, p, &cancel))?
+        }
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let out = pipe.txt2img(&req, &mut |p| bar.set_position(p.step as u64), &cancel);
-    bar.finish_and_clear();
-    let out = out?;
-    save_png(&a.output, &out.rgb, out.width, out.height)?;
+    save(&a.output, &out)?;
     if let Some(p) = &a.save_latents {
         npy::write_f32(p, &out.latents)?;
         npy::write_f32(&p.with_extension("init.npy"), &init)?;
@@ -171,6 +316,93 @@ fn generate(a: GenerateArgs) -> Result<()> {
         req.steps,
         req.sampler,
         req.guidance,
+        req.seed
+    );
+    Ok(())
+}
+
+fn inpaint(a: InpaintArgs) -> Result<()> {
+    let model = open_model(&a.model, Task::Inpaint)?;
+    let image = read_image(&a.image)?;
+    let (mask, mw, mh) =
+        load_mask(&a.mask).with_context(|| format!("cannot read mask {}", a.mask.display()))?;
+    let (h, w) = (image.shape[2], image.shape[3]);
+    if (mw, mh) != (w, h) {
+        anyhow::bail!(
+            "mask {} is {mw}x{mh} but image {} is {w}x{h}",
+            a.mask.display(),
+            a.image.display()
+        );
+    }
+    let s = &a.sample;
+    let mut req = Inpaint::new(&model, &a.prompt, image, mask)?;
+    let p = &mut req.params;
+    p.negative_prompt = a.negative_prompt;
+    p.seed = s.seed;
+    p.eta = s.eta;
+    if let Some(n) = s.steps {
+        p.steps = n;
+    }
+    if let Some(g) = s.guidance {
+        p.guidance = g;
+    }
+    if let Some(name) = &s.sampler {
+        p.sampler = name.parse()?;
+    }
+    let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
+    let cancel = cancel_on_ctrl_c();
+    let out = with_progress(s.quiet, req.params.steps, |pr| {
+        pipe.inpaint(&req, pr, &cancel)
+    })?;
+    save(&s.output, &out)?;
+    eprintln!(
+        "wrote {} ({}x{}, {} steps of {}, guidance {}, seed {})",
+        s.output.display(),
+        out.width,
+        out.height,
+        req.params.steps,
+        req.params.sampler,
+        req.params.guidance,
+        req.params.seed
+    );
+    Ok(())
+}
+
+fn upscale(a: UpscaleArgs) -> Result<()> {
+    let model = open_model(&a.model, Task::Sr)?;
+    let image = read_image(&a.input)?;
+    let s = &a.sample;
+    let mut req = Upscale::new(&model, image)?;
+    req.prompt = a.prompt;
+    req.negative_prompt = a.negative_prompt;
+    req.overlap = a.overlap;
+    req.seed = s.seed;
+    req.eta = s.eta;
+    if let Some(n) = s.steps {
+        req.steps = n;
+    }
+    if let Some(g) = s.guidance {
+        req.guidance = g;
+    }
+    if let Some(name) = &s.sampler {
+        req.sampler = name.parse()?;
+    }
+    let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
+    let tiles = pipe.tile_layout(&req)?.count();
+    let cancel = cancel_on_ctrl_c();
+    let out = with_progress(s.quiet, tiles * req.steps, |pr| {
+        pipe.upscale(&req, pr, &cancel)
+    })?;
+    save(&s.output, &out)?;
+    eprintln!(
+        "wrote {} ({}x{} from {}x{}, {tiles} tile(s) of {} steps of {}, seed {})",
+        s.output.display(),
+        out.width,
+        out.height,
+        req.image.shape[3],
+        req.image.shape[2],
+        req.steps,
+        req.sampler,
         req.seed
     );
     Ok(())
@@ -314,6 +546,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Generate(a) => generate(a),
+        Cmd::Inpaint(a) => inpaint(a),
+        Cmd::Upscale(a) => upscale(a),
         Cmd::Info { file } => info(file),
         Cmd::Verify { file } => verify(file),
         Cmd::Bench(a) => bench(a),

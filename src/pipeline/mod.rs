@@ -1,7 +1,24 @@
-//! Pipelines: text-to-image now; img2img, inpainting and upscaling build on the same loop.
+//! Pipelines: text-to-image, image-to-image, inpainting and upscaling, all through one
+//! denoising loop ([`denoise`]) with classifier-free guidance, progress, cancellation and the
+//! CPU rerun after a GPU fault.
+//!
+//! Each pipeline runs one kind of model ([`crate::arch::Task`], from the model file):
+//! txt2img and img2img a txt2img model, [`Pipeline::inpaint`] an inpaint model and
+//! [`Pipeline::upscale`] an sr model; the wrong kind is an [`crate::Error::Input`] naming the
+//! command the model needs.
+mod denoise;
 pub mod image;
+pub mod img2img;
+pub mod inpaint;
 pub mod progress;
+mod shared;
+pub mod tiles;
 pub mod txt2img;
+pub mod upscale;
 
+pub use img2img::{Img2Img, DEFAULT_STRENGTH};
+pub use inpaint::Inpaint;
 pub use progress::{Cancel, Progress};
-pub use txt2img::{Generated, Pipeline, Txt2Img};
+pub use shared::{Generated, Pipeline};
+pub use txt2img::Txt2Img;
+pub use upscale::{tile_seed, tile_size, TileLayout, Upscale};

@@ -27,3 +27,32 @@ impl Cancel {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// Counts steps across one request, which may run several chains (the tiles of an upscale),
+/// and reports each to the caller's callback.
+pub(crate) struct Steps<'a> {
+    on_step: &'a mut dyn FnMut(Progress),
+    done: usize,
+    total: usize,
+    start: std::time::Instant,
+}
+
+impl<'a> Steps<'a> {
+    pub(crate) fn new(on_step: &'a mut dyn FnMut(Progress), total: usize) -> Self {
+        Self {
+            on_step,
+            done: 0,
+            total,
+            start: std::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn tick(&mut self) {
+        self.done += 1;
+        (self.on_step)(Progress {
+            step: self.done,
+            total: self.total,
+            elapsed: self.start.elapsed(),
+        });
+    }
+}

@@ -1,0 +1,253 @@
+//! The stages every pipeline shares: text encoding, the autoencoder both ways, size and task
+//! checks, and the CPU rerun after a GPU fault.
+use super::denoise::Denoiser;
+use crate::arch::Task;
+use crate::backend::{Backend, Executable, Tensor};
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// The result: the image in [-1, 1] as [1, 3, H, W], its 8-bit RGB pixels, and the final latents.
+pub struct Generated {
+    pub image: Tensor,
+    pub latents: Tensor,
+    pub rgb: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Generated {
+    /// Checks the image and converts it to pixels.
+    pub(crate) fn from_image(image: Tensor, latents: Tensor) -> Result<Self> {
+        check_finite(&image, "the decoded image")?;
+        let rgb = super::image::to_rgb8(&image)?;
+        let (height, width) = (image.shape[2], image.shape[3]);
+        Ok(Self {
+            image,
+            latents,
+            rgb,
+            width,
+            height,
+        })
+    }
+}
+
+pub struct Pipeline<'m> {
+    pub model: &'m Model,
+    pub backend: Box<dyn Backend>,
+}
+
+pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
+    match t.data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite(format!(
+            "{what} holds {} at element {i}",
+            t.data[i]
+        ))),
+    }
+}
+
+pub(crate) fn check_sampling(steps: usize, guidance: f32) -> Result<()> {
+    if steps == 0 || steps > 1000 {
+        return Err(Error::Input(format!(
+            "steps must be in 1..=1000, got {steps}"
+        )));
+    }
+    if !guidance.is_finite() || guidance < 0.0 {
+        return Err(Error::Input(format!(
+            "guidance must be finite and >= 0, got {guidance}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_prompt(prompt: &str) -> Result<()> {
+    if prompt.trim().is_empty() {
+        return Err(Error::Input("the prompt is empty".into()));
+    }
+    Ok(())
+}
+
+/// [1, 3, H, W] -> (H, W), or an error naming what was given.
+pub(crate) fn image_hw(image: &Tensor, what: &str) -> Result<(usize, usize)> {
+    match image.shape[..] {
+        [1, 3, h, w] if image.data.len() == 3 * h * w => Ok((h, w)),
+        _ => Err(Error::Input(format!(
+            "the {what} must have shape [1, 3, H, W], got {:?}",
+            image.shape
+        ))),
+    }
+}
+
+pub(crate) fn first(mut v: Vec<Tensor>) -> Result<Tensor> {
+    if v.is_empty() {
+        return Err(Error::Backend {
+            backend: "pipeline",
+            msg: "graph produced no output".into(),
+        });
+    }
+    Ok(v.swap_remove(0))
+}
+
+impl<'m> Pipeline<'m> {
+    pub fn new(model: &'m Model, backend: Box<dyn Backend>) -> Self {
+        Self { model, backend }
+    }
+
+    /// Latent size for an image size, or a clear error naming the constraint.
+    pub fn latent_size(&self, width: usize, height: usize) -> Result<(usize, usize)> {
+        let f = self.model.config.vae.factor();
+        let m = f * self.model.config.latent_multiple();
+        if width == 0 || height == 0 || width % m != 0 || height % m != 0 {
+            return Err(Error::Input(format!(
+                "image size {width}x{height} must be a positive multiple of {m}"
+            )));
+        }
+        if width > 4096 || height > 4096 {
+            return Err(Error::Input(format!(
+                "image size {width}x{height} exceeds 4096x4096"
+            )));
+        }
+        Ok((height / f, width / f))
+    }
+
+    /// Each pipeline runs one kind of model: the wrong kind would fail deep in the UNet with a
+    /// channel mismatch, so say which command the model needs instead.
+    pub fn require_task(&self, want: Task) -> Result<()> {
+        let have = self.model.config.task;
+        if have == want {
+            return Ok(());
+        }
+        Err(Error::Input(format!(
+            "this model is for task {have}, not {want}: it runs with `{}`",
+            have.command()
+        )))
+    }
+
+    /// Encodes prompts to context [B, L, D].
+    pub fn encode_text(&self, prompts: &[&str]) -> Result<Tensor> {
+        self.encode_text_on(self.backend.as_ref(), prompts)
+    }
+
+    pub(crate) fn encode_text_on(&self, backend: &dyn Backend, prompts: &[&str]) -> Result<Tensor> {
+        let tok = &self.model.tokenizer;
+        let mut ids = Vec::new();
+        for p in prompts {
+            ids.extend(tok.encode(p)?.into_iter().map(|i| i as f32));
+        }
+        let graph = self.model.config.text_graph(prompts.len())?;
+        let mut plan = backend.prepare(&graph, self.model)?;
+        let input = Tensor::new(vec![prompts.len(), tok.max_len()], ids)?;
+        first(plan.run(&[input])?)
+    }
+
+    /// Encodes an image [1, 3, H, W] in [-1, 1] to latents as the sampler sees them: the
+    /// posterior mean (no sampling, so the same image always gives the same latent) times
+    /// latent_scale.
+    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+        self.encode_on(self.backend.as_ref(), image)
+    }
+
+    pub(crate) fn encode_on(&self, backend: &dyn Backend, image: &Tensor) -> Result<Tensor> {
+        let (h, w) = image_hw(image, "image to encode")?;
+        self.latent_size(w, h)?;
+        let graph = self.model.config.encoder_graph(1, h, w)?;
+        let mut plan = backend.prepare(&graph, self.model)?;
+        let moments = first(plan.run(std::slice::from_ref(image))?)?;
+        let z = self.model.config.vae.latent_channels;
+        let s = &moments.shape;
+        if s.len() != 4 || s[1] != 2 * z || moments.data.len() != s.iter().product::<usize>() {
+            return Err(Error::shape(
+                "encode",
+                format!("encoder gave {s:?}, expected [1, {}, h, w]", 2 * z),
+            ));
+        }
+        let n = z * s[2] * s[3];
+        let scale = self.model.config.latent_scale;
+        let mean = moments.data[..n].iter().map(|v| v * scale).collect();
+        Tensor::new(vec![1, z, s[2], s[3]], mean)
+    }
+
+    /// Decodes latents (as sampled, i.e. still multiplied by latent_scale) to an image.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_on(self.backend.as_ref(), latents)
+    }
+
+    pub(crate) fn decode_on(&self, backend: &dyn Backend, latents: &Tensor) -> Result<Tensor> {
+        let s = &latents.shape;
+        let mut plan = self.decoder_on(backend, s[0], s[2], s[3])?;
+        self.decode_with(plan.as_mut(), latents)
+    }
+
+    /// The decoder prepared once for many latents of one size (upscale tiles).
+    pub(crate) fn decoder_on(
+        &self,
+        backend: &dyn Backend,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Box<dyn Executable>> {
+        let graph = self.model.config.decoder_graph(batch, h, w)?;
+        backend.prepare(&graph, self.model)
+    }
+
+    pub(crate) fn decode_with(
+        &self,
+        plan: &mut dyn Executable,
+        latents: &Tensor,
+    ) -> Result<Tensor> {
+        let inv = 1.0 / self.model.config.latent_scale;
+        let z = Tensor::new(
+            latents.shape.clone(),
+            latents.data.iter().map(|v| v * inv).collect(),
+        )?;
+        first(plan.run(&[z])?)
+    }
+
+    /// Encodes the prompts and prepares the UNet for latents of h x w. Classifier-free guidance
+    /// batches [unconditional, conditional] through one UNet call; at scale 1 the
+    /// unconditional half would be multiplied by zero, so it is skipped.
+    pub(crate) fn denoiser(
+        &self,
+        backend: &dyn Backend,
+        prompt: &str,
+        negative_prompt: &str,
+        guidance: f32,
+        (h, w): (usize, usize),
+    ) -> Result<Denoiser> {
+        let cfg_on = guidance != 1.0;
+        let prompts: Vec<&str> = if cfg_on {
+            vec![negative_prompt, prompt]
+        } else {
+            vec![prompt]
+        };
+        let context = self.encode_text_on(backend, &prompts)?;
+        let graph = self.model.config.unet_graph(prompts.len(), h, w)?;
+        let unet = backend.prepare(&graph, self.model)?;
+        let z = self.model.config.vae.latent_channels;
+        Ok(Denoiser::new(
+            unet,
+            context,
+            cfg_on.then_some(guidance),
+            vec![1, z, h, w],
+        ))
+    }
+
+    /// Runs a whole request on the pipeline's backend. With `--backend auto` on a GPU, a fault
+    /// of the GPU backend during the run (device lost, out of memory) reruns the whole request
+    /// on the CPU: same seed, same result; progress starts again from step 1.
+    pub(crate) fn with_fallback<T>(
+        &self,
+        mut run: impl FnMut(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        match run(self.backend.as_ref()) {
+            Err(e) => match self.backend.fallback() {
+                Some((from, fb)) if crate::backend::fallback::is_fault_of(&e, from) => {
+                    log::warn!("{e}; rerunning the request on `{}`", fb.name());
+                    run(fb)
+                }
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }
+}
