@@ -12,7 +12,7 @@ set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-A_SECS=${A_SECS:-130}; B_SECS=${B_SECS:-220}
+A_SECS=${A_SECS:-130}; B_SECS=${B_SECS:-250}
 LOG=$OUT/run.log; exec > >(tee -a "$LOG") 2>&1
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 nv=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -25,13 +25,13 @@ TOK=.devtrain/tokenizer.json
 D="--dataset shapes --image-size 32 --data-seed 0 --dataset-len 20000"
 
 echo "== A: stage 1 continued, GPU and CPU, ${A_SECS}s each ($(el)s)"
-AE="train autoencoder --preset shapes $D --heldout 256 --steps 60000 --decay-start 3201 --batch 32 --lr 5e-4 --warmup 0 --kl-weight 1e-6 --seed 1 --ckpt-every 500 --resume --quiet --max-seconds $A_SECS"
-$H $AE -o $W/gpu/ae.st --log $W/logs/ae-gpu.csv > $W/logs/ae-gpu.out 2>&1 &
+AE="train autoencoder --preset shapes $D --heldout 256 --steps 60000 --decay-start 3201 --lr 5e-4 --warmup 0 --kl-weight 1e-6 --seed 1 --ckpt-every 500 --resume --quiet --max-seconds $A_SECS"
+$H $AE --batch 64 -o $W/gpu/ae.st --log $W/logs/ae-gpu.csv > $W/logs/ae-gpu.out 2>&1 &
 pg=$!
-LDM_TRAIN_DEVICE=cpu RAYON_NUM_THREADS=12 $H $AE -o $W/cpu/ae.st --log $W/logs/ae-cpu.csv > $W/logs/ae-cpu.out 2>&1 &
+LDM_TRAIN_DEVICE=cpu RAYON_NUM_THREADS=12 $H $AE --batch 32 -o $W/cpu/ae.st --log $W/logs/ae-cpu.csv > $W/logs/ae-cpu.out 2>&1 &
 pc=$!
 wait $pg; rg=$?; wait $pc; rc=$?
-echo "A done ($(el)s): gpu rc=$rg cpu rc=$rc"; tail -2 $W/logs/ae-gpu.out $W/logs/ae-cpu.out
+echo "A done ($(el)s): gpu rc=$rg cpu rc=$rc"; tail -n 2 $W/logs/ae-gpu.out $W/logs/ae-cpu.out
 tail -1 $W/logs/ae-gpu.csv; tail -1 $W/logs/ae-cpu.csv
 psnr() { grep -o 'psnr_db=[0-9.]*' "$1" | cut -d= -f2; }
 pg_db=$(psnr $W/logs/ae-gpu.out); pc_db=$(psnr $W/logs/ae-cpu.out)
@@ -53,17 +53,22 @@ for t in txt2img sr inpaint; do
   $H $S2 --preset $p --task $t -o $W/$t.st --log $W/logs/$t.csv > $W/logs/$t.out 2>&1 &
   eval "p_$t=$!"
 done
-# Curve snapshots of txt2img: export whatever checkpoint exists every ~50 s.
-( for k in 1 2 3 4; do sleep 50; [ -f $W/txt2img.st ] || continue
-    s=$(tail -1 $W/logs/txt2img.csv | cut -d, -f1)
-    $H export $W/txt2img.st --dtype q8 -o $W/curve/t2i-step$s.ldm >/dev/null 2>&1 && echo "curve snapshot at step $s ($(el)s)"
-  done ) &
+# Curve snapshots of txt2img: export the latest checkpoint three times during the run and
+# evaluate each on 60 held-out prompts with the (otherwise idle) CPU cores, in the background.
+( for k in 1 2 3; do sleep $(( B_SECS / 5 )); [ -f $W/txt2img.st ] || continue
+    s=$(tail -n 1 $W/logs/txt2img.csv | cut -d, -f1)
+    $H export $W/txt2img.st --dtype q8 -o $W/curve/t2i-step$s.ldm >/dev/null 2>&1 || continue
+    echo "curve snapshot at step $s ($(el)s)"
+    LDM_TRAIN_DEVICE=cpu timeout 150 $H eval --model $W/curve/t2i-step$s.ldm --prompts 60 \
+      --psnr-images 0 --json > $W/logs/curve-step$s.json 2> $W/logs/curve-step$s.err &
+  done; wait ) &
 pcurve=$!
 wait $p_txt2img; echo "txt2img rc=$?"; wait $p_sr; echo "sr rc=$?"; wait $p_inpaint; echo "inpaint rc=$?"
-kill $pcurve 2>/dev/null
+# The last snapshot's evaluation may still run; it has its own timeout.
+wait $pcurve
 echo "== C: export ($(el)s)"
 for t in txt2img sr inpaint; do
-  tail -1 $W/logs/$t.csv; tail -2 $W/logs/$t.out
+  tail -n 1 $W/logs/$t.csv; tail -n 2 $W/logs/$t.out
   $H export $W/$t.st --dtype q8 -o $OUT/$t-q8.ldm
 done
 cp $W/ae.st $OUT/ae.safetensors
