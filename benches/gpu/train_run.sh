@@ -6,7 +6,7 @@
 #      speed baseline, on the CPU at the same time (same budget); the better PSNR is kept;
 #   B. stage 2 for txt2img, sr and inpaint side by side on whichever device A measured faster,
 #      each fitted to the same wall-clock budget (--max-seconds); txt2img checkpoints are
-#      exported along the way for the accuracy-vs-time curve;
+#      exported and evaluated along the way for the accuracy-vs-time curve;
 #   C. q8 exports of the three models, logs and the new autoencoder under $OUT.
 set -u
 T0=$(date +%s)
@@ -73,8 +73,6 @@ for t in txt2img sr inpaint; do
 done
 cp $W/ae.st $OUT/ae.safetensors
 ls $W/curve
-files=($(ls $W/curve))
-[ ${#files[@]} -gt 0 ] && tar cf $OUT/curve1.tar -C $W/curve "${files[@]:0:2}"
-[ ${#files[@]} -gt 2 ] && tar cf $OUT/curve2.tar -C $W/curve "${files[@]:2:2}"
+# Snapshots stay there (11 MB each; their evaluations come back in the logs).
 tar cJf $OUT/logs.tar.xz -C $W logs
 ls -la $OUT; echo "total $(el)s"
