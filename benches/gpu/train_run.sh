@@ -24,6 +24,10 @@ cp .devtrain/ae.safetensors $W/gpu/ae.st; cp .devtrain/ae.safetensors $W/cpu/ae.
 TOK=.devtrain/tokenizer.json
 D="--dataset shapes --image-size 32 --data-seed 0 --dataset-len 20000"
 
+# SKIP_A=1: .devtrain/ae.safetensors is already the stage-1 result; stage 2 goes to the GPU.
+if [ "${SKIP_A:-0}" = 1 ]; then
+  cp .devtrain/ae.safetensors $W/ae.st; dev=gpu
+else
 echo "== A: stage 1 continued, GPU and CPU, ${A_SECS}s each ($(el)s)"
 AE="train autoencoder --preset shapes $D --heldout 256 --steps 60000 --decay-start 3201 --lr 5e-4 --warmup 0 --kl-weight 1e-6 --seed 1 --ckpt-every 500 --resume --quiet --max-seconds $A_SECS"
 $H $AE --batch 64 -o $W/gpu/ae.st --log $W/logs/ae-gpu.csv > $W/logs/ae-gpu.out 2>&1 &
@@ -43,10 +47,13 @@ if [ -n "$pg_db" ] && { [ -z "$pc_db" ] || awk "BEGIN{exit !($pg_db >= $pc_db)}"
 cp $W/$best/ae.st $W/ae.st; echo "autoencoder from $best"
 dev=cpu
 if [ $rg = 0 ] && [ -n "$gi" ] && awk "BEGIN{exit !(${gi:-0} > ${ci:-0})}"; then dev=gpu; fi
+fi
 echo "== B: stage 2 on $dev, ${B_SECS}s each ($(el)s)"
-BATCH=128
+# A GPU step here costs about the same at batch 128 or 512 (per-op overhead dominates), so
+# GPU runs take big batches; BATCH, LR and WARMUP override.
+BATCH=${BATCH:-128}
 if [ $dev = cpu ]; then export LDM_TRAIN_DEVICE=cpu RAYON_NUM_THREADS=5; BATCH=32; fi
-S2="train ldm $D --tokenizer $TOK --autoencoder $W/ae.st --steps 200000 --decay-start 120000 --batch $BATCH --lr 1e-3 --warmup 200 --ema-decay 0.999 --cond-dropout 0.1 --seed 0 --ckpt-every 250 --quiet --max-seconds $B_SECS"
+S2="train ldm $D --tokenizer $TOK --autoencoder $W/ae.st --steps 200000 --decay-start 120000 --batch $BATCH --lr ${LR:-1e-3} --warmup ${WARMUP:-200} --ema-decay 0.999 --cond-dropout 0.1 --seed 0 --ckpt-every 250 --quiet --max-seconds $B_SECS"
 # txt2img gets the wider preset (attribute binding); sr and inpaint lean on their image input.
 for t in txt2img sr inpaint; do
   p=shapes; [ $t = txt2img ] && p=shapes-m

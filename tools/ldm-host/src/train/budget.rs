@@ -14,7 +14,6 @@ pub struct TimeBudget {
     /// Where the decay starts as a fraction of the remaining run (None = no decay).
     decay_frac: Option<f64>,
     measured: bool,
-    fixed: bool,
 }
 
 impl TimeBudget {
@@ -32,7 +31,6 @@ impl TimeBudget {
             max_steps: cfg.total,
             decay_frac,
             measured: false,
-            fixed: false,
         }
     }
 
@@ -45,9 +43,12 @@ impl TimeBudget {
             return;
         }
         // The first window includes kernel compilation on GPUs, so it is short and later
-        // windows (100 steps) replace its estimate.
+        // windows (100 steps) keep replacing its estimate. The schedule's end keeps moving
+        // with the rate: a small bend in the decay costs less than ending early or late (an
+        // early version froze it once the decay began, which froze a GPU run on its first,
+        // compile-slowed estimate and ended it at half its budget).
         let window = if self.measured { 100 } else { 20 };
-        if self.fixed || step < self.mark.1 + window {
+        if step < self.mark.1 + window {
             return;
         }
         let rate = (step - self.mark.1) as f64 / (now - self.mark.0).as_secs_f64().max(1e-9);
@@ -56,9 +57,6 @@ impl TimeBudget {
         cfg.total = total;
         if let Some(f) = self.decay_frac {
             cfg.decay_start = self.first + ((total - self.first) as f64 * f) as u64;
-            // Once the decay runs, moving its end would bend the curve: keep it, and rely on
-            // the deadline check above if the rate drops.
-            self.fixed = step >= cfg.decay_start;
         }
         self.mark = (now, step);
         self.measured = true;
