@@ -187,11 +187,17 @@ fn run_task(args: &EvalArgs) -> Result<bool> {
             args.seed,
         )?)?,
     };
+    let autoencoder_psnr_db = match args.psnr_images {
+        0 => None,
+        n => Some(psnr::autoencoder_psnr(&pipe, n)?),
+    };
     let mut out = serde_json::json!({
         "model": args.model.display().to_string(),
         "task": task.to_string(),
         "backend": pipe.backend.name(),
         "seconds": t0.elapsed().as_secs_f64(),
+        "autoencoder_psnr_db": autoencoder_psnr_db,
+        "psnr_images": args.psnr_images,
     });
     if let (Some(o), Some(r)) = (out.as_object_mut(), report.as_object()) {
         o.extend(r.clone());
