@@ -7,6 +7,9 @@
 //! `LDM_REQUIRE_VULKAN=1`, where a missing device fails them.
 #![cfg(feature = "vulkan")]
 
+#[path = "support/vk.rs"]
+mod vk;
+
 use ldm_edge::arch::init::random_param;
 use ldm_edge::backend::vulkan::{Fault, VulkanBackend, VulkanOptions};
 use ldm_edge::backend::{select, select_auto, AutoOptions, Backend};
@@ -16,24 +19,9 @@ use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
 use ldm_edge::Error;
 use std::path::{Path, PathBuf};
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("LDM_REQUIRE_VULKAN").is_ok_and(|v| v == "1")
-}
 
 fn vulkan(opts: VulkanOptions) -> Option<Box<dyn Backend>> {
-    match VulkanBackend::with_options(opts) {
-        Ok(b) => Some(Box::new(b)),
-        Err(e) if required() => {
-            panic!("Vulkan is required here (CI / LDM_REQUIRE_VULKAN) but unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n*** SKIP: no usable Vulkan device ({e}); pipeline agreement NOT tested ***\n"
-            );
-            None
-        }
-    }
+    vk::vulkan_or_skip(opts, "pipeline agreement")
 }
 
 fn default_model_path() -> PathBuf {
@@ -95,25 +83,11 @@ fn generate(model: &Model, backend: Box<dyn Backend>) -> Vec<f32> {
         .data
 }
 
-/// PSNR in dB of `a` against `b`, both images in [-1, 1] (clamped as the PNG would be).
-fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = (x.clamp(-1.0, 1.0) - y.clamp(-1.0, 1.0)) as f64;
-            d * d
-        })
-        .sum::<f64>()
-        / a.len() as f64;
-    10.0 * (4.0 / mse.max(1e-20)).log10()
-}
 
 fn check(label: &str, model: &Model, vk: Box<dyn Backend>, min_db: f64) {
     let cpu = generate(model, select("cpu").expect("cpu backend"));
     let gpu = generate(model, vk);
-    let db = psnr(&gpu, &cpu);
+    let db = vk::psnr(&gpu, &cpu);
     // A saturated or flat image would make any PSNR meaningless: check the CPU image has content.
     let mean = cpu.iter().map(|v| *v as f64).sum::<f64>() / cpu.len() as f64;
     let std =
@@ -164,7 +138,7 @@ fn default_q8_model_agrees_with_cpu() {
     // `select("vulkan")` is what `ldm generate --backend vulkan` uses.
     let vk = match select("vulkan") {
         Ok(b) => b,
-        Err(e) if !required() => {
+        Err(e) if !vk::required() => {
             eprintln!(
                 "\n*** SKIP: no usable Vulkan device ({e}); pipeline agreement NOT tested ***\n"
             );

@@ -6,32 +6,22 @@
 //! `LDM_REQUIRE_VULKAN=1`, where a missing device fails them.
 #![cfg(feature = "vulkan")]
 
+#[path = "support/vk.rs"]
+mod vk;
+
 #[path = "support/tiny.rs"]
 mod tiny;
 
 use ldm_edge::arch::Task;
-use ldm_edge::backend::vulkan::{Fault, VulkanBackend, VulkanOptions};
+use ldm_edge::backend::vulkan::{Fault, VulkanOptions};
 use ldm_edge::backend::{select, select_auto, AutoOptions, Backend};
 use ldm_edge::model::Model;
 use ldm_edge::pipeline::{Cancel, Generated, Img2Img, Inpaint, Pipeline, Upscale};
 use tiny::{center_mask, temp_dir, test_image, write_tiny};
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("LDM_REQUIRE_VULKAN").is_ok_and(|v| v == "1")
-}
 
 fn vulkan() -> Option<Box<dyn Backend>> {
-    match VulkanBackend::with_options(VulkanOptions::default()) {
-        Ok(b) => Some(Box::new(b)),
-        Err(e) if required() => {
-            panic!("Vulkan is required here (CI / LDM_REQUIRE_VULKAN) but unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIP: no usable Vulkan device ({e}); task pipelines NOT tested ***\n");
-            None
-        }
-    }
+    vk::vulkan_or_skip(VulkanOptions::default(), "task pipelines")
 }
 
 /// `auto` with a software device allowed and `fault` injected into its Vulkan backend.
@@ -49,20 +39,6 @@ fn model(task: Task) -> Model {
     Model::open(&write_tiny(task, &temp_dir("vulkan-tasks"))).expect("tiny model opens")
 }
 
-/// PSNR in dB of `a` against `b`, both images in [-1, 1] (clamped as the PNG would be).
-fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = (x.clamp(-1.0, 1.0) - y.clamp(-1.0, 1.0)) as f64;
-            d * d
-        })
-        .sum::<f64>()
-        / a.len() as f64;
-    10.0 * (4.0 / mse.max(1e-20)).log10()
-}
 
 /// Runs `f` on the CPU and on `vk`, and checks the images agree to `min_db`.
 fn agree(label: &str, vk: Box<dyn Backend>, m: &Model, f: &dyn Fn(&Pipeline) -> Generated) {
@@ -79,7 +55,7 @@ fn agree(label: &str, vk: Box<dyn Backend>, m: &Model, f: &dyn Fn(&Pipeline) -> 
         / cpu.image.data.len() as f64)
         .sqrt();
     assert!(std > 0.01, "{label}: flat CPU image (std {std})");
-    let db = psnr(&gpu.image.data, &cpu.image.data);
+    let db = vk::psnr(&gpu.image.data, &cpu.image.data);
     println!("{label}: vulkan vs cpu {db:.1} dB (need >= 40)");
     assert!(db >= 40.0, "{label}: PSNR {db:.2} dB < 40 dB");
 }

@@ -51,28 +51,9 @@ struct GenerateArgs {
     model: PathBuf,
     #[arg(long, short = 'n', default_value = "")]
     negative_prompt: String,
-    /// Denoising steps [default: the model's].
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Classifier-free guidance scale; 1 disables the unconditional pass [default: the model's].
-    #[arg(long, short = 'g')]
-    guidance: Option<f32>,
-    #[arg(long, short = 's', default_value_t = 0)]
-    seed: u64,
-    /// ddim, ddpm, euler_a or dpmpp_2m [default: the model's].
-    #[arg(long)]
-    sampler: Option<String>,
-    /// DDIM eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    eta: f32,
     /// Image size WxH, e.g. 64x64 [default: the model's native size].
     #[arg(long)]
     size: Option<String>,
-    #[arg(long, short = 'o', default_value = "out.png")]
-    output: PathBuf,
-    /// auto, cpu, vulkan or reference.
-    #[arg(long, default_value = "auto")]
-    backend: String,
     /// Start from this initial noise (.npy, float32, [1, z, h, w]) instead of the seed's.
     #[arg(long)]
     init_noise: Option<PathBuf>,
@@ -86,12 +67,11 @@ struct GenerateArgs {
     /// FILE with `.init.npy` the initial noise.
     #[arg(long)]
     save_latents: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long, short = 'q')]
-    quiet: bool,
+    #[command(flatten)]
+    sample: SampleArgs,
 }
 
-/// Sampling settings shared by `inpaint` and `upscale` (generate keeps its own, older flags).
+/// Sampling settings shared by `generate`, `inpaint` and `upscale`.
 #[derive(clap::Args)]
 struct SampleArgs {
     /// Denoising steps [default: the model's].
@@ -116,6 +96,24 @@ struct SampleArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+}
+
+impl SampleArgs {
+    /// Overrides the model's sampling defaults with what was given on the command line.
+    fn apply(&self, p: &mut Txt2Img) -> Result<()> {
+        p.seed = self.seed;
+        p.eta = self.eta;
+        if let Some(n) = self.steps {
+            p.steps = n;
+        }
+        if let Some(g) = self.guidance {
+            p.guidance = g;
+        }
+        if let Some(name) = &self.sampler {
+            p.sampler = name.parse()?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -252,19 +250,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
         anyhow::bail!("--strength needs --init-image");
     }
     let model = open_model(&a.model, Task::Txt2img)?;
+    let s = &a.sample;
     let mut req = Txt2Img::new(&model, &a.prompt)?;
     req.negative_prompt = a.negative_prompt;
-    req.seed = a.seed;
-    req.eta = a.eta;
-    if let Some(s) = a.steps {
-        req.steps = s;
-    }
-    if let Some(g) = a.guidance {
-        req.guidance = g;
-    }
-    if let Some(s) = &a.sampler {
-        req.sampler = s.parse()?;
-    }
+    s.apply(&mut req)?;
     let init_image = a.init_image.as_deref().map(read_image).transpose()?;
     if let Some(s) = &a.size {
         (req.width, req.height) = parse_size(s)?;
@@ -282,7 +271,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             );
         }
     }
-    let pipe = Pipeline::new(&model, backend::select(&a.backend)?);
+    let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
     let (h, w) = pipe.latent_size(req.width, req.height)?;
     let z = model.config.vae.latent_channels;
     let init = match &a.init_noise {
@@ -293,24 +282,24 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
     let cancel = cancel_on_ctrl_c();
     let out = match init_image {
-        None => with_progress(a.quiet, req.steps, |p| pipe.txt2img(&req, p, &cancel))?,
+        None => with_progress(s.quiet, req.steps, |p| pipe.txt2img(&req, p, &cancel))?,
         Some(image) => {
             let r = Img2Img {
                 params: req.clone(),
                 image,
                 strength: a.strength.unwrap_or(DEFAULT_STRENGTH),
             };
-            with_progress(a.quiet, r.steps_to_run(), |p| pipe.img2img(&r, p, &cancel))?
+            with_progress(s.quiet, r.steps_to_run(), |p| pipe.img2img(&r, p, &cancel))?
         }
     };
-    save(&a.output, &out)?;
+    save(&s.output, &out)?;
     if let Some(p) = &a.save_latents {
         npy::write_f32(p, &out.latents)?;
         npy::write_f32(&p.with_extension("init.npy"), &init)?;
     }
     eprintln!(
         "wrote {} ({}x{}, {} steps of {}, guidance {}, seed {})",
-        a.output.display(),
+        s.output.display(),
         out.width,
         out.height,
         req.steps,
@@ -336,19 +325,8 @@ fn inpaint(a: InpaintArgs) -> Result<()> {
     }
     let s = &a.sample;
     let mut req = Inpaint::new(&model, &a.prompt, image, mask)?;
-    let p = &mut req.params;
-    p.negative_prompt = a.negative_prompt;
-    p.seed = s.seed;
-    p.eta = s.eta;
-    if let Some(n) = s.steps {
-        p.steps = n;
-    }
-    if let Some(g) = s.guidance {
-        p.guidance = g;
-    }
-    if let Some(name) = &s.sampler {
-        p.sampler = name.parse()?;
-    }
+    req.params.negative_prompt = a.negative_prompt;
+    s.apply(&mut req.params)?;
     let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
     let cancel = cancel_on_ctrl_c();
     let out = with_progress(s.quiet, req.params.steps, |pr| {

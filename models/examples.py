@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Regenerates the README's img2img, inpainting and super-resolution examples in models/examples/.
+
+Runs the real CLIs (target/release/ldm and ldm-host, built first) on held-out shapes scenes; Pillow
+only cuts the inputs and lays the results side by side, 4x nearest-neighbour so 32 px is visible.
+Usage: python3 models/examples.py   (needs `pip install pillow`)
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+from PIL import Image, ImageDraw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LDM = os.path.join(ROOT, "target/release/ldm")
+HOST = os.path.join(ROOT, "target/release/ldm-host")
+OUT = os.path.join(ROOT, "models/examples")
+SIZE, GAP, ZOOM = 32, 2, 4
+
+
+def run(*args):
+    print("+", " ".join(args), flush=True)
+    subprocess.run(args, check=True, cwd=ROOT)
+
+
+def tile(grid, k, cols):
+    x, y = GAP + (k % cols) * (SIZE + GAP), GAP + (k // cols) * (SIZE + GAP)
+    return grid.crop((x, y, x + SIZE, y + SIZE))
+
+
+def strip(images, path):
+    """Images of any size, each scaled to 128 px tall by nearest neighbour, 8 px apart."""
+    h = SIZE * ZOOM
+    scaled = [im.convert("RGB").resize((im.width * h // im.height, h), Image.NEAREST) for im in images]
+    w = sum(im.width for im in scaled) + 8 * (len(scaled) - 1)
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    x = 0
+    for im in scaled:
+        canvas.paste(im, (x, 0))
+        x += im.width + 8
+    canvas.save(path)
+    print("wrote", path)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    t = tempfile.mkdtemp()
+    p = lambda n: os.path.join(t, n)
+    # Held-out scenes 0 and 1: "a large red triangle in the top left on a black background" and
+    # "a small red circle above a large orange cross on a white background".
+    run(HOST, "dataset", "preview", "--split", "held-out", "-n", "2", "-o", p("ho.png"))
+    grid = Image.open(p("ho.png")).convert("RGB")
+    scene0, scene1 = tile(grid, 0, 2), tile(grid, 1, 2)
+    scene0.save(p("scene0.png"))
+    scene1.save(p("scene1.png"))
+
+    # img2img with the default text-to-image model.
+    prompt = "a large blue triangle in the top left on a black background"
+    run(LDM, "generate", prompt, "--init-image", p("scene0.png"), "--strength", "0.6", "-o", p("i2i.png"), "-q")
+    strip([scene0, Image.open(p("i2i.png"))], os.path.join(OUT, "img2img.png"))
+
+    # Inpainting: hide the top-left object under a box and ask for something else there.
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 17, 17), fill=255)
+    mask.save(p("mask.png"))
+    model = os.path.join(ROOT, "models/shapes-inpaint-32.ldm")
+    for name, prompt in [
+        ("same", "a large red triangle in the top left on a black background"),
+        ("new", "a large green circle in the top left on a black background"),
+    ]:
+        run(LDM, "inpaint", "--model", model, "--image", p("scene0.png"), "--mask", p("mask.png"), prompt,
+            "-o", p(f"inpaint-{name}.png"), "-q")
+    shown = scene0.copy()
+    shown.paste((128, 128, 128), (0, 0, 18, 18))
+    strip([scene0, shown, Image.open(p("inpaint-same.png")), Image.open(p("inpaint-new.png"))],
+          os.path.join(OUT, "inpaint.png"))
+
+    # 4x super-resolution of an 8x8 box-downsampled scene, against bicubic.
+    low = scene1.reduce(4)
+    low.save(p("low.png"))
+    run(LDM, "upscale", "--model", os.path.join(ROOT, "models/shapes-sr-32.ldm"), p("low.png"), "-o", p("sr.png"), "-q")
+    bicubic = low.resize((SIZE, SIZE), Image.BICUBIC)
+    strip([low, bicubic, Image.open(p("sr.png")), scene1], os.path.join(OUT, "upscale.png"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
