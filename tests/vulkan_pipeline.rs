@@ -19,7 +19,6 @@ use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
 use ldm_edge::Error;
 use std::path::{Path, PathBuf};
 
-
 fn vulkan(opts: VulkanOptions) -> Option<Box<dyn Backend>> {
     vk::vulkan_or_skip(opts, "pipeline agreement")
 }
@@ -82,7 +81,6 @@ fn generate(model: &Model, backend: Box<dyn Backend>) -> Vec<f32> {
         .image
         .data
 }
-
 
 fn check(label: &str, model: &Model, vk: Box<dyn Backend>, min_db: f64) {
     let cpu = generate(model, select("cpu").expect("cpu backend"));

@@ -19,7 +19,6 @@ use ldm_edge::model::Model;
 use ldm_edge::pipeline::{Cancel, Generated, Img2Img, Inpaint, Pipeline, Upscale};
 use tiny::{center_mask, temp_dir, test_image, write_tiny};
 
-
 fn vulkan() -> Option<Box<dyn Backend>> {
     vk::vulkan_or_skip(VulkanOptions::default(), "task pipelines")
 }
@@ -38,7 +37,6 @@ fn auto_with(fault: Fault) -> Option<Box<dyn Backend>> {
 fn model(task: Task) -> Model {
     Model::open(&write_tiny(task, &temp_dir("vulkan-tasks"))).expect("tiny model opens")
 }
-
 
 /// Runs `f` on the CPU and on `vk`, and checks the images agree to `min_db`.
 fn agree(label: &str, vk: Box<dyn Backend>, m: &Model, f: &dyn Fn(&Pipeline) -> Generated) {

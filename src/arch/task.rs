@@ -164,7 +164,10 @@ mod tests {
         // One hole pixel marks its whole latent cell.
         let mut m = vec![0.0; 16];
         m[5] = 1.0;
-        assert_eq!(mask_to_latent(&m, 4, 4, 2).unwrap(), vec![1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            mask_to_latent(&m, 4, 4, 2).unwrap(),
+            vec![1.0, 0.0, 0.0, 0.0]
+        );
         let img = vec![0.5; 3 * 16];
         let mi = masked_image(&img, &m);
         assert_eq!(mi[5], 0.0);

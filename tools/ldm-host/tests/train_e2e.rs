@@ -225,15 +225,18 @@ fn sr_and_inpaint_micro_models_train_export_and_run() {
                 .expect("low-res image");
             let mut req = ldm_edge::pipeline::Upscale::new(&model, lr).expect("request");
             req.steps = 3;
-            pipe.upscale(&req, &mut |_| {}, &cancel).expect("upscale runs")
+            pipe.upscale(&req, &mut |_| {}, &cancel)
+                .expect("upscale runs")
         } else {
-            let img = ldm_edge::pipeline::image::from_rgb8(&[200u8; 3 * 32 * 32], 32, 32)
-                .expect("image");
+            let img =
+                ldm_edge::pipeline::image::from_rgb8(&[200u8; 3 * 32 * 32], 32, 32).expect("image");
             let mask: Vec<f32> = (0..32 * 32).map(|i| ((i % 32) < 16) as u8 as f32).collect();
             let mut req = ldm_edge::pipeline::Inpaint::new(&model, "a red circle", img, mask)
                 .expect("request");
             req.params.steps = 3;
-            let g = pipe.inpaint(&req, &mut |_| {}, &cancel).expect("inpaint runs");
+            let g = pipe
+                .inpaint(&req, &mut |_| {}, &cancel)
+                .expect("inpaint runs");
             // Kept half: exactly the input's pixels.
             for y in 0..32 {
                 for x in 16..32 {

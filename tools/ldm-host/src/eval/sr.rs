@@ -78,7 +78,11 @@ pub fn evaluate(pipe: &Pipeline, n: usize, steps: Option<usize>, seed: u64) -> R
             .upscale(&req, &mut |_| {}, &cancel)
             .with_context(|| format!("upscaling held-out image {i}"))?;
         if (out.width, out.height) != (size, size) {
-            bail!("upscaled to {}x{}, expected {size}x{size}", out.width, out.height);
+            bail!(
+                "upscaled to {}x{}, expected {size}x{size}",
+                out.width,
+                out.height
+            );
         }
         let bc = bicubic(&lr, lo, lo, f)?;
         let (pm, pb) = (psnr_rgb8(&out.rgb, &hr), psnr_rgb8(&bc, &hr));

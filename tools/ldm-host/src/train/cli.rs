@@ -127,6 +127,11 @@ pub enum TrainCmd {
         /// concatenated) or inpaint (mask and masked-image latent concatenated).
         #[arg(long, default_value = "txt2img")]
         task: ldm_edge::arch::Task,
+        /// Start the UNet and text encoder from a stage-2 checkpoint trained on the same
+        /// autoencoder and tokenizer (e.g. inpainting from a text-to-image run); new UNet
+        /// input channels start at zero. Ignored when --resume finds a checkpoint.
+        #[arg(long)]
+        init_from: Option<PathBuf>,
         /// Write a sample grid PNG every N steps (0 = never; txt2img only).
         #[arg(long, default_value_t = 0)]
         sample_every: u64,
@@ -209,6 +214,7 @@ pub fn run_train(
             ema_decay,
             cond_dropout,
             task,
+            init_from,
             sample_every,
             sample_dir,
         } => {
@@ -218,6 +224,7 @@ pub fn run_train(
             let args = LdmArgs {
                 cfg: presets::config(&common.preset, vocab)?,
                 task,
+                init_from,
                 tokenizer_json: tok,
                 autoencoder,
                 steps: common.steps,

@@ -23,6 +23,8 @@ pub struct LdmArgs {
     pub cfg: ModelConfig,
     /// txt2img, or a concatenation-conditioned task (see `ldm_edge::arch::task`).
     pub task: Task,
+    /// Start the UNet and text encoder from this stage-2 checkpoint (see `init_from`).
+    pub init_from: Option<PathBuf>,
     pub tokenizer_json: String,
     pub autoencoder: PathBuf,
     pub steps: u64,
@@ -143,7 +145,11 @@ fn inpaint_cond(
     let mut out = Vec::with_capacity(mean.len() + masks.len() * masks[0].len());
     for (k, m) in masks.iter().enumerate() {
         out.extend_from_slice(m);
-        out.extend(mean[k * per..(k + 1) * per].iter().map(|v| v * cfg.latent_scale));
+        out.extend(
+            mean[k * per..(k + 1) * per]
+                .iter()
+                .map(|v| v * cfg.latent_scale),
+        );
     }
     Ok(out)
 }
@@ -241,6 +247,7 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
         sample_dir: args.sample_dir.clone(),
         log: args.log.clone(),
         out: args.out.clone(),
+        init_from: args.init_from.clone(),
         ..*args
     };
     let tok = TextTokenizer::from_json(
@@ -292,6 +299,9 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
                 .insert(n, BT::from_vec(d, &s, &dev).t.inner());
         }
         eprintln!("resuming {} at step {}", args.out.display(), tr.opt.step);
+    } else if let Some(src) = &args.init_from {
+        let n = init_from(&mut tr, src, &cfg, &args.tokenizer_json)?;
+        eprintln!("started {n} parameters from {}", src.display());
     }
     let mut log = match &args.log {
         Some(p) => Some(CsvLog::open(
@@ -352,13 +362,9 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
                     .flat_map(|&i| lat.lowres[i * per..(i + 1) * per].iter().copied())
                     .collect()
             }
-            Task::Inpaint => inpaint_cond(
-                set,
-                &cfg,
-                &mut tr.vae,
-                &idx,
-                step_seed(args.seed, step, 8),
-            )?,
+            Task::Inpaint => {
+                inpaint_cond(set, &cfg, &mut tr.vae, &idx, step_seed(args.seed, step, 8))?
+            }
         };
         let idt = BT::from_vec(id_batch, &[args.batch, l], &dev);
         let loss = loss(
@@ -422,6 +428,77 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
     Ok(avg.unwrap_or(last))
 }
 
+/// Starts the UNet and text encoder from another stage-2 checkpoint's EMA weights, as
+/// SD-inpainting starts from SD's text-to-image weights. Where this task's UNet input
+/// convolution is wider, the source's kernels keep the latent channels and the new
+/// conditioning channels start at zero, so training begins from the source model exactly.
+fn init_from(
+    tr: &mut Trainer,
+    path: &std::path::Path,
+    cfg: &ModelConfig,
+    tok: &str,
+) -> Result<usize> {
+    let ck = Checkpoint::load(path)?;
+    if ck.meta("kind")? != "ldm" {
+        bail!(
+            "--init-from {} is not a `train ldm` checkpoint",
+            path.display()
+        );
+    }
+    let src: ModelConfig =
+        serde_json::from_str(ck.meta("config")?).context("--init-from checkpoint `config`")?;
+    if src.vae != cfg.vae || src.latent_scale != cfg.latent_scale {
+        bail!(
+            "--init-from {} was trained on another autoencoder (latent scale {} vs {}): pass the \
+             same --autoencoder",
+            path.display(),
+            src.latent_scale,
+            cfg.latent_scale
+        );
+    }
+    if ck.meta("tokenizer")? != tok {
+        bail!("--init-from {} used another tokenizer", path.display());
+    }
+    let (ema, raw) = (ck.group("ema"), ck.group("p"));
+    let conv_in = format!("{UNET}conv_in.weight");
+    let mut n = 0;
+    for (name, shape) in cfg.param_specs()? {
+        if name.starts_with(ldm_edge::arch::VAE) {
+            continue;
+        }
+        let (s, d) = ema
+            .get(&name)
+            .or_else(|| raw.get(&name))
+            .with_context(|| format!("--init-from {} has no `{name}`", path.display()))?;
+        let data = if *s == shape {
+            d.clone()
+        } else if name == conv_in
+            && s.len() == 4
+            && s[0] == shape[0]
+            && s[1] < shape[1]
+            && s[2..] == shape[2..]
+        {
+            widen_input_channels(d, s, &shape)
+        } else {
+            bail!("`{name}` is {s:?} in {}, {shape:?} here", path.display());
+        };
+        tr.store.initial.insert(name, (shape, data));
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A conv kernel [out, in, kh, kw] widened to [out, in', kh, kw] with zeros in the new inputs.
+fn widen_input_channels(d: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
+    let k = from[2] * from[3];
+    let mut out = vec![0.0; to.iter().product()];
+    for o in 0..from[0] {
+        let src = &d[o * from[1] * k..(o + 1) * from[1] * k];
+        out[o * to[1] * k..o * to[1] * k + src.len()].copy_from_slice(src);
+    }
+    out
+}
+
 /// The standard normal quantile for small probabilities (caption dropout threshold), by
 /// bisection on erf; exact enough for a rate.
 fn normal_quantile(p: f32) -> f32 {
@@ -456,5 +533,21 @@ fn libm_erf(x: f64) -> f64 {
         y
     } else {
         -y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::widen_input_channels;
+
+    #[test]
+    fn widened_kernels_keep_the_old_inputs_and_zero_the_new() {
+        // 2 outputs, 1 -> 3 inputs, 1x2 kernels.
+        let d = [1.0, 2.0, 3.0, 4.0];
+        let w = widen_input_channels(&d, &[2, 1, 1, 2], &[2, 3, 1, 2]);
+        assert_eq!(
+            w,
+            vec![1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]
+        );
     }
 }
