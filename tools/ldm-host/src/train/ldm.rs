@@ -136,7 +136,7 @@ fn inpaint_cond(
     let mut masks = Vec::with_capacity(idx.len());
     let mut masked = Vec::with_capacity(imgs.len());
     for (k, img) in imgs.chunks(3 * size * size).enumerate() {
-        let m = super::masks::random_mask(step_seed(seed, k as u64, 9), size);
+        let m = super::masks::random_mask(step_seed(seed, k as u64, 9), size, img);
         masked.extend(task::masked_image(img, &m));
         masks.push(task::mask_to_latent(&m, size, size, f)?);
     }

@@ -1,16 +1,21 @@
-//! Random inpainting masks for training, after SD-inpainting's recipe: a quarter of the masks
-//! hide everything (so the model keeps its text-to-image ability), the rest are rectangles or
-//! thick brush strokes. 1 = hole (to generate), 0 = kept; [size * size] row-major.
+//! Random inpainting masks for training. After SD-inpainting's recipe, a quarter of the masks
+//! hide everything (so the model keeps its text-to-image ability) and others are rectangles or
+//! thick brush strokes. Random masks mostly hide background, though, which teaches a model to
+//! fill any hole with background; so a third hide one whole object: the box around a connected
+//! foreground region (pixels far from the border's color), the way object masks from a
+//! segmenter are used. 1 = hole (to generate), 0 = kept; [size * size] row-major.
 use super::step_seed;
 
-/// A mask for one training image, deterministic in `seed`.
-pub fn random_mask(seed: u64, size: usize) -> Vec<f32> {
+/// A mask for one training image ([3, size, size] in [-1, 1]), deterministic in `seed`.
+pub fn random_mask(seed: u64, size: usize, image: &[f32]) -> Vec<f32> {
     let mut r = Rng(seed);
     let kind = r.unit();
     let mut m = vec![0.0f32; size * size];
     if kind < 0.25 {
         m.fill(1.0);
-    } else if kind < 0.65 {
+    } else if kind < 0.6 && object_box(&mut r, image, size, &mut m) {
+        // `object_box` drew it.
+    } else if kind < 0.8 {
         // A rectangle a quarter to three quarters of the side in each direction.
         let w = r.range(size / 4, size * 3 / 4);
         let h = r.range(size / 4, size * 3 / 4);
@@ -38,6 +43,74 @@ pub fn random_mask(seed: u64, size: usize) -> Vec<f32> {
         }
     }
     m
+}
+
+/// Foreground: farther than this from the background color (in [-1, 1] units, summed over RGB).
+const FG: f32 = 0.3;
+
+/// Marks the box (plus 2 px) around the connected foreground region of a random foreground
+/// pixel. False when the image has no foreground.
+fn object_box(r: &mut Rng, img: &[f32], size: usize, m: &mut [f32]) -> bool {
+    let plane = size * size;
+    if img.len() != 3 * plane || size < 2 {
+        return false;
+    }
+    let px = |i: usize| [img[i], img[plane + i], img[2 * plane + i]];
+    // Background: the border's per-channel median.
+    let border: Vec<usize> = (0..size)
+        .flat_map(|k| [k, (size - 1) * size + k, k * size, k * size + size - 1])
+        .collect();
+    let bg: Vec<f32> = (0..3)
+        .map(|c| {
+            let mut v: Vec<f32> = border.iter().map(|&i| px(i)[c]).collect();
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    let fg: Vec<bool> = (0..plane)
+        .map(|i| {
+            px(i)
+                .iter()
+                .zip(&bg)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                > FG
+        })
+        .collect();
+    let cands: Vec<usize> = (0..plane).filter(|&i| fg[i]).collect();
+    if cands.is_empty() {
+        return false;
+    }
+    let start = cands[((r.unit() * cands.len() as f32) as usize).min(cands.len() - 1)];
+    let (mut x0, mut y0, mut x1, mut y1) = (size, size, 0, 0);
+    let mut seen = vec![false; plane];
+    let mut stack = vec![start];
+    seen[start] = true;
+    while let Some(i) = stack.pop() {
+        let (x, y) = (i % size, i / size);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        let mut push = |j: usize| {
+            if fg[j] && !seen[j] {
+                seen[j] = true;
+                stack.push(j);
+            }
+        };
+        if x > 0 {
+            push(i - 1);
+        }
+        if x + 1 < size {
+            push(i + 1);
+        }
+        if y > 0 {
+            push(i - size);
+        }
+        if y + 1 < size {
+            push(i + size);
+        }
+    }
+    let (x0, y0) = (x0.saturating_sub(2), y0.saturating_sub(2));
+    rect(m, size, x0, y0, x1 + 3 - x0, y1 + 3 - y0);
+    true
 }
 
 /// Sets a w x h rectangle at (x0, y0) to 1 (clipped to the image).
@@ -82,14 +155,41 @@ impl Rng {
 mod tests {
     use super::*;
 
+    /// A gray image with one red 6x4 block at (10, 20).
+    fn scene(size: usize) -> Vec<f32> {
+        let mut img = vec![0.0f32; 3 * size * size];
+        for y in 20..24 {
+            for x in 10..16 {
+                img[y * size + x] = 1.0;
+                img[size * size + y * size + x] = -1.0;
+            }
+        }
+        img
+    }
+
+    #[test]
+    fn object_masks_cover_the_object_with_a_margin() {
+        let size = 32;
+        let img = scene(size);
+        let mut m = vec![0.0; size * size];
+        assert!(object_box(&mut Rng(3), &img, size, &mut m));
+        let on = |x: usize, y: usize| m[y * size + x] == 1.0;
+        assert!(on(8, 18) && on(17, 25) && on(12, 22));
+        assert!(!on(7, 18) && !on(18, 25) && !on(12, 17) && !on(12, 26));
+        // Nothing in front of the background: no object mask.
+        let flat = vec![0.3f32; 3 * size * size];
+        assert!(!object_box(&mut Rng(3), &flat, size, &mut m));
+    }
+
     #[test]
     fn masks_are_binary_deterministic_and_varied() {
         let size = 32;
+        let img = scene(size);
         let mut full = 0;
         let mut partial = 0;
         for s in 0..200 {
-            let m = random_mask(s, size);
-            assert_eq!(m, random_mask(s, size));
+            let m = random_mask(s, size, &img);
+            assert_eq!(m, random_mask(s, size, &img));
             assert!(m.iter().all(|&v| v == 0.0 || v == 1.0));
             let frac = m.iter().sum::<f32>() / m.len() as f32;
             if frac == 1.0 {
