@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates the README's img2img, inpainting and super-resolution examples in models/examples/.
+"""Regenerates the README's pictures: the default model's sample row (models/shapes-32-samples.png)
+and the img2img, inpainting and super-resolution examples in models/examples/.
 
 Runs the real CLIs (target/release/ldm and ldm-host, built first) on held-out shapes scenes; Pillow
 only cuts the inputs and lays the results side by side, 4x nearest-neighbour so 32 px is visible.
@@ -43,10 +44,37 @@ def strip(images, path):
     print("wrote", path)
 
 
+# The README's sample prompts for the default model (seed 0, its default guidance and steps).
+SAMPLE_PROMPTS = [
+    "a red circle",
+    "a large blue square",
+    "a small green triangle",
+    "a yellow diamond on a black background",
+    "a purple cross in the top left",
+    "a large orange circle in the center",
+    "a red square above a blue circle",
+    "a green circle left of a yellow square",
+]
+
+
+def samples(p):
+    images = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        run(LDM, "generate", prompt, "-s", "0", "-o", p(f"sample{i}.png"), "-q")
+        images.append(Image.open(p(f"sample{i}.png")).convert("RGB").resize((96, 96), Image.NEAREST))
+    canvas = Image.new("RGB", (8 * 96 + 7 * 4, 96), (255, 255, 255))
+    for i, im in enumerate(images):
+        canvas.paste(im, (i * 100, 0))
+    path = os.path.join(ROOT, "models/shapes-32-samples.png")
+    canvas.save(path)
+    print("wrote", path)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     t = tempfile.mkdtemp()
     p = lambda n: os.path.join(t, n)
+    samples(p)
     # Held-out scenes 0 and 1: "a large red triangle in the top left on a black background" and
     # "a small red circle above a large orange cross on a white background".
     run(HOST, "dataset", "preview", "--split", "held-out", "-n", "2", "-o", p("ho.png"))
