@@ -19,6 +19,15 @@ pub struct SamplerDefaults {
     pub guidance: f32,
 }
 
+impl SamplerDefaults {
+    /// The stored sampler name as a kind (`Model::open` has already checked that it parses).
+    pub fn kind(&self) -> Result<SamplerKind> {
+        self.sampler
+            .parse()
+            .map_err(|e: crate::sampler::SamplerError| Error::Config(e.to_string()))
+    }
+}
+
 impl Default for SamplerDefaults {
     fn default() -> Self {
         Self {
@@ -55,10 +64,7 @@ impl Model {
         let config: ModelConfig = meta_field(meta, "config")?;
         config.validate()?;
         let sampler: SamplerDefaults = meta_field(meta, "sampler")?;
-        sampler
-            .sampler
-            .parse::<SamplerKind>()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        sampler.kind()?;
         let tok_json = meta
             .get("tokenizer")
             .ok_or_else(|| Error::Config("model header has no `tokenizer`".into()))?;

@@ -6,7 +6,7 @@ use crate::arch::Task;
 use crate::backend::{Backend, Tensor};
 use crate::model::Model;
 use crate::sampler::SamplerKind;
-use crate::{Error, Result};
+use crate::Result;
 
 /// One text-to-image request. `Txt2Img::new` fills the model's defaults. img2img and
 /// inpainting take one of these for their sampling settings.
@@ -35,10 +35,7 @@ impl Txt2Img {
             steps: d.steps,
             guidance: d.guidance,
             seed: 0,
-            sampler: d
-                .sampler
-                .parse()
-                .map_err(|e: crate::sampler::SamplerError| Error::Config(e.to_string()))?,
+            sampler: d.kind()?,
             eta: 0.0,
             width: model.config.image_size,
             height: model.config.image_size,

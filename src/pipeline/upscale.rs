@@ -39,10 +39,7 @@ impl Upscale {
             steps: d.steps,
             guidance: d.guidance,
             seed: 0,
-            sampler: d
-                .sampler
-                .parse()
-                .map_err(|e: crate::sampler::SamplerError| Error::Config(e.to_string()))?,
+            sampler: d.kind()?,
             eta: 0.0,
             overlap: None,
             image,

@@ -32,9 +32,12 @@ pub fn device(autodiff: bool) -> Device {
     }
 }
 
+fn cpu_forced() -> bool {
+    std::env::var("LDM_TRAIN_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"))
+}
+
 fn base_device() -> Device {
-    let want_cpu = std::env::var("LDM_TRAIN_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"));
-    if want_cpu {
+    if cpu_forced() {
         return Device::flex();
     }
     #[cfg(feature = "cuda")]
@@ -47,8 +50,7 @@ fn base_device() -> Device {
 
 /// What `device` trains on, for logs and the recipe.
 pub fn device_name() -> &'static str {
-    let want_cpu = std::env::var("LDM_TRAIN_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"));
-    if want_cpu || !(cfg!(feature = "cuda") || cfg!(feature = "vulkan")) {
+    if cpu_forced() || !(cfg!(feature = "cuda") || cfg!(feature = "vulkan")) {
         "cpu (burn flex)"
     } else if cfg!(feature = "cuda") {
         "cuda (burn cubecl-cuda)"
