@@ -182,6 +182,10 @@ struct ExportArgs {
     /// A JSON file of evaluation figures to store in the provenance.
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Ship the decoder of this `train autoencoder --decoder-only` checkpoint instead of the
+    /// one the model was trained with (its encoder must be the model's, bit for bit).
+    #[arg(long, conflicts_with = "onnx")]
+    decoder: Option<PathBuf>,
     /// Write ONNX files of the model given with -m into this folder instead.
     #[arg(long, requires = "model", conflicts_with = "checkpoint")]
     onnx: Option<PathBuf>,
@@ -213,6 +217,7 @@ fn export(a: ExportArgs) -> Result<()> {
         dtype: a.dtype,
         no_ema: a.no_ema,
         eval: a.eval,
+        decoder: a.decoder,
         output,
     })
 }

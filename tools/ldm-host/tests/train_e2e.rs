@@ -250,3 +250,169 @@ fn sr_and_inpaint_micro_models_train_export_and_run() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tensors of a checkpoint (name -> f32 values) and its metadata.
+fn read_ck(
+    path: &str,
+) -> (
+    std::collections::BTreeMap<String, Vec<f32>>,
+    std::collections::HashMap<String, String>,
+) {
+    let buf = std::fs::read(path).expect("checkpoint reads");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&buf).expect("header");
+    let st = safetensors::SafeTensors::deserialize(&buf).expect("safetensors");
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let d = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (n, d)
+        })
+        .collect();
+    (tensors, header.metadata().clone().unwrap_or_default())
+}
+
+fn ldm_host_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ldm-host"))
+        .args(args)
+        .output()
+        .expect("ldm-host runs");
+    assert!(
+        !out.status.success(),
+        "ldm-host {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
+    let dir = std::env::temp_dir().join(format!("ldm-host-dec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = |n: &str| dir.join(n).display().to_string();
+    let data = [
+        "--dataset",
+        "shapes",
+        "--dataset-len",
+        "64",
+        "--image-size",
+        "32",
+        "--quiet",
+        "--batch",
+        "4",
+        "--heldout",
+        "8",
+    ];
+    let ae = p("ae.safetensors");
+    let mut a = vec!["train", "autoencoder", "--preset", "micro", "--steps", "8"];
+    a.extend(["--lr", "2e-3", "-o", &ae]);
+    a.extend(data);
+    ldm_host(&a);
+    let dec = p("dec.safetensors");
+    let mut d = vec!["train", "autoencoder", "--preset", "micro", "--steps", "8"];
+    d.extend(["--lr", "2e-3", "--seed", "9", "--decoder-only", "-o", &dec]);
+    let no_init = ldm_host_fails(&[&d[..], &data[..]].concat());
+    assert!(
+        no_init.contains("--decoder-only needs --init-from"),
+        "{no_init}"
+    );
+    d.extend(["--init-from", &ae]);
+    d.extend(data);
+    ldm_host(&d);
+
+    let ((t0, m0), (t1, m1)) = (read_ck(&ae), read_ck(&dec));
+    assert_eq!(
+        m0["latent_scale"], m1["latent_scale"],
+        "latent scale carried unchanged"
+    );
+    let (mut enc, mut changed) = (0, 0);
+    for (name, v) in t0.iter().filter(|(n, _)| n.starts_with("p/vae.")) {
+        let path = name.trim_start_matches("p/");
+        if path.starts_with("vae.encoder.") || path.starts_with("vae.quant_conv.") {
+            assert_eq!(v, &t1[name], "{path} is frozen");
+            enc += 1;
+        } else {
+            changed += (v != &t1[name]) as usize;
+        }
+    }
+    assert!(
+        enc > 0 && changed > 0,
+        "{enc} encoder tensors, {changed} decoder tensors changed"
+    );
+
+    let ck = p("ldm.safetensors");
+    let mut l = vec![
+        "train", "ldm", "--preset", "micro", "--steps", "4", "--warmup", "1",
+    ];
+    l.extend(["--autoencoder", &ae, "-o", &ck]);
+    l.extend(&data[..7]);
+    ldm_host(&l);
+    let model = p("swapped.ldm");
+    ldm_host(&[
+        "export",
+        &ck,
+        "--dtype",
+        "f32",
+        "--decoder",
+        &dec,
+        "-o",
+        &model,
+    ]);
+    let m = ldm_edge::model::Model::open(Path::new(&model)).expect("model opens");
+    let name = t1
+        .keys()
+        .find(|n| n.starts_with("p/vae.decoder.") && n.ends_with(".weight"))
+        .expect("a decoder weight");
+    let path = name.trim_start_matches("p/");
+    let shipped = m
+        .file
+        .tensor(path)
+        .expect("decoder tensor in the model")
+        .to_f32();
+    assert_eq!(
+        shipped, t1[name],
+        "the model carries the fine-tuned decoder"
+    );
+
+    // A decoder whose encoder differs (one value changed) would decode another latent space.
+    let mut tensors = read_ck(&dec).0;
+    let enc_name = t1
+        .keys()
+        .find(|n| n.starts_with("p/vae.encoder."))
+        .expect("an encoder tensor")
+        .clone();
+    tensors.get_mut(&enc_name).expect("tensor")[0] += 0.5;
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = {
+        let buf = std::fs::read(&dec).expect("reads");
+        let st = safetensors::SafeTensors::deserialize(&buf).expect("safetensors");
+        st.tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let b = tensors[&n].iter().flat_map(|x| x.to_le_bytes()).collect();
+                (n, b, v.shape().to_vec())
+            })
+            .collect()
+    };
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .expect("view");
+            (n.clone(), v)
+        })
+        .collect();
+    let bad = p("bad-dec.safetensors");
+    std::fs::write(
+        &bad,
+        safetensors::serialize(views, Some(m1)).expect("serializes"),
+    )
+    .expect("writes");
+    let err = ldm_host_fails(&["export", &ck, "--decoder", &bad, "-o", &p("bad.ldm")]);
+    assert!(err.contains("encoder differs"), "{err}");
+    assert!(!dir.join("bad.ldm").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@ use super::checker::judge;
 use super::ssim::psnr_rgb8;
 use crate::dataset::shapes::{held_out_scene, render, Scene};
 use anyhow::{bail, Context, Result};
-use ldm_edge::pipeline::image::from_rgb8;
+use ldm_edge::pipeline::image::{from_rgb8, to_rgb8};
 use ldm_edge::pipeline::{Cancel, Inpaint, Pipeline};
 use serde::Serialize;
 
@@ -29,6 +29,11 @@ pub struct InpaintReport {
     /// Pixels outside the masks that differ from the input (must be 0).
     pub outside_changed_pixels: usize,
     pub mean_mask_fraction: f64,
+    /// The same checks on the original's autoencoder round trip pasted into the hole: what a
+    /// perfect inpainter could score through this autoencoder, so a shortfall can be told
+    /// apart from the autoencoder's and the checker's own limits.
+    pub ceiling_found: usize,
+    pub ceiling_shape_ok: usize,
 }
 
 /// The box mask hiding the scene's first object: its extent plus 2 px, clipped.
@@ -98,6 +103,16 @@ pub fn evaluate(
         }
         psnr_sum += psnr_rgb8(&hole_out, &hole_truth);
         r.mean_mask_fraction += mask.iter().sum::<f32>() as f64 / mask.len() as f64;
+        let round_trip = to_rgb8(&pipe.decode(&pipe.encode(&req.image)?)?)?;
+        let pasted: Vec<u8> = (0..size * size)
+            .flat_map(|i| {
+                let src = if mask[i] >= 0.5 { &round_trip } else { &truth };
+                [src[i * 3], src[i * 3 + 1], src[i * 3 + 2]]
+            })
+            .collect();
+        let c = judge(&scene, &pasted, size);
+        r.ceiling_found += c.whole() as usize;
+        r.ceiling_shape_ok += c.shape.first().copied().unwrap_or(false) as usize;
         let j = judge(&scene, &out.rgb, size);
         r.object_found += j.whole() as usize;
         r.color_ok += j.color.first().copied().unwrap_or(false) as usize;

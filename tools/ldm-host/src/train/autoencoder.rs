@@ -1,12 +1,17 @@
 //! Stage 1, `ldm-host train autoencoder`: the KL autoencoder (f = 4) with an L1 reconstruction
 //! loss and a 1e-6 KL term, AdamW. Reports held-out PSNR and the latent scale (1 / std).
+//!
+//! `--decoder-only` fine-tunes just the decoder of a finished autoencoder, as Stability's
+//! sd-vae-ft-mse did for SD: the encoder stays frozen, so the latent space (and its scale) is
+//! unchanged and every UNet trained on it keeps working with the sharper decoder.
 use super::burn_ops::{BurnOps, BT};
 use super::checkpoint::Checkpoint;
 use super::data::{batch, TrainSet};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::ParamStore;
 use super::runner::{progress, stop_flag, CsvLog};
-use super::{device, gaussian, psnr, step_seed, uniform_indices};
+use super::{device, gaussian, step_seed, uniform_indices};
+use crate::eval::psnr::psnr;
 use anyhow::{bail, Context, Result};
 use burn::tensor::Tensor;
 use ldm_edge::arch::{vae, VaeConfig, VAE};
@@ -33,7 +38,21 @@ pub struct AeArgs {
     pub recipe: String,
     pub quiet: bool,
     pub max_seconds: Option<f64>,
+    /// Start from this finished autoencoder checkpoint (fresh optimizer, step 0).
+    pub init_from: Option<PathBuf>,
+    /// Train the decoder side only (needs `init_from` or a resumed decoder-only run).
+    pub decoder_only: bool,
 }
+
+/// Parameters that produce the latent: frozen by `--decoder-only`. Everything else under
+/// `vae.` (post_quant_conv, decoder) is the decoder side.
+pub fn is_encoder_param(path: &str) -> bool {
+    path.strip_prefix(VAE)
+        .is_some_and(|p| p.starts_with("encoder.") || p.starts_with("quant_conv."))
+}
+
+/// Meta key of a decoder-only run: the latent scale of the frozen encoder, carried unchanged.
+pub const FIXED_SCALE: &str = "fixed_latent_scale";
 
 /// The training loss for one batch: (L1 + kl_weight * KL, L1).
 pub fn loss(
@@ -64,6 +83,34 @@ pub fn loss(
         .sum()
         .mul_scalar(0.5 / b);
     Ok((l1.clone() + kl.mul_scalar(kl_weight), l1))
+}
+
+/// The decoder-only loss: latents sampled from the frozen encoder's posterior (as in full
+/// training, so the decoder sees the spread a UNet's samples have), decoded by the trainable
+/// decoder; L1 only, since the KL term does not depend on the decoder.
+fn decoder_loss(
+    store: &mut ParamStore,
+    encoder: &mut ParamStore,
+    cfg: &VaeConfig,
+    imgs: Vec<f32>,
+    (b, size): (usize, usize),
+    noise: &[f32],
+) -> ldm_edge::Result<Tensor<1>> {
+    let x = BT::from_vec(
+        imgs.clone(),
+        &[b, cfg.in_channels, size, size],
+        &store.device,
+    );
+    let (mean, lv) = encode_moments(encoder, cfg, imgs, b, size)?;
+    let z: Vec<f32> = mean
+        .iter()
+        .zip(&lv)
+        .zip(noise)
+        .map(|((m, l), e)| m + (0.5 * l.clamp(-30.0, 20.0)).exp() * e)
+        .collect();
+    let z = BT::from_vec(z, &latent_shape(cfg, b, size), &store.device);
+    let rec = vae::decode(&mut BurnOps::new(store), cfg, VAE, &z)?;
+    Ok((rec.t - x.t).abs().mean())
 }
 
 fn latent_shape(cfg: &VaeConfig, b: usize, size: usize) -> Vec<usize> {
@@ -112,7 +159,7 @@ pub fn evaluate(
         let dev = frozen.device.clone();
         let z = BT::from_vec(mean, &shape, &dev);
         let rec = vae::decode(&mut BurnOps::new(&mut frozen), cfg, VAE, &z)?.to_vec()?;
-        psnrs.push((psnr(&rec, &imgs), idx.len()));
+        psnrs.push((psnr(&imgs, &rec), idx.len()));
         i += chunk;
     }
     let total: usize = psnrs.iter().map(|p| p.1).sum();
@@ -209,13 +256,60 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
         total: args.steps,
         ..Default::default()
     });
+    let mut fixed_scale = None;
     if args.resume && args.out.exists() {
         let ck = restore(&args.out, &mut store, &mut opt)?;
         if ck.meta("kind")? != "autoencoder" {
             bail!("{} is not an autoencoder checkpoint", args.out.display());
         }
         eprintln!("resuming {} at step {}", args.out.display(), opt.step);
+        fixed_scale = ck.meta.get(FIXED_SCALE).cloned();
+    } else if let Some(src) = &args.init_from {
+        let ck = Checkpoint::load(src)?;
+        if ck.meta("kind")? != "autoencoder" {
+            bail!(
+                "--init-from {} is not an autoencoder checkpoint",
+                src.display()
+            );
+        }
+        let vae: VaeConfig =
+            serde_json::from_str(ck.meta("vae")?).context("--init-from checkpoint `vae`")?;
+        if vae != args.vae {
+            bail!(
+                "--init-from {} has another autoencoder architecture than --preset",
+                src.display()
+            );
+        }
+        store.initial = ck.group("p");
+        store.strict = true;
+        if args.decoder_only {
+            fixed_scale = Some(
+                ck.meta("latent_scale")
+                    .context("--init-from: the autoencoder run did not finish (no latent scale)")?
+                    .to_string(),
+            );
+        }
     }
+    if args.decoder_only && fixed_scale.is_none() {
+        bail!(
+            "--decoder-only needs --init-from a finished autoencoder (or --resume of such a run)"
+        );
+    }
+    // The frozen encoder: the checkpoint's own values, never updated.
+    let mut encoder = ParamStore::new(device(false), false, args.seed);
+    if args.decoder_only {
+        encoder.initial = store
+            .initial
+            .iter()
+            .filter(|(k, _)| is_encoder_param(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        encoder.strict = true;
+    }
+    let fixed: Vec<(&str, String)> = fixed_scale
+        .iter()
+        .map(|s| (FIXED_SCALE, s.clone()))
+        .collect();
     let mut log = match &args.log {
         Some(p) => Some(CsvLog::open(
             p,
@@ -238,10 +332,22 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
         let step = opt.step;
         let idx = uniform_indices(step_seed(args.seed, step, 1), args.batch, n - args.heldout);
         let (imgs, _) = batch(set, &idx)?;
-        let x = BT::from_vec(imgs, &[args.batch, 3, size, size], &dev);
         let nz = latent_shape(&args.vae, args.batch, size).iter().product();
         let noise = gaussian(step_seed(args.seed, step, 2), nz);
-        let (loss, l1) = loss(&mut store, &args.vae, &x, &noise, args.kl_weight)?;
+        let (loss, l1) = if args.decoder_only {
+            let l1 = decoder_loss(
+                &mut store,
+                &mut encoder,
+                &args.vae,
+                imgs,
+                (args.batch, size),
+                &noise,
+            )?;
+            (l1.clone(), l1)
+        } else {
+            let x = BT::from_vec(imgs, &[args.batch, 3, size, size], &dev);
+            loss(&mut store, &args.vae, &x, &noise, args.kl_weight)?
+        };
         let grads = loss.backward();
         let st = opt.step(&mut store, &grads);
         if let Some(b) = budget.as_mut() {
@@ -264,7 +370,7 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
         }
         let stopping = stop.load(Ordering::SeqCst);
         if opt.step % args.ckpt_every == 0 || stopping {
-            save(&store, &opt, args, &[])?;
+            save(&store, &opt, args, &fixed)?;
         }
         if stopping {
             pb.abandon_with_message(format!("interrupted: saved {}", args.out.display()));
@@ -272,16 +378,22 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
         }
     }
     pb.finish();
-    let (p, scale) = evaluate(&store, &args.vae, set, args.heldout, args.seed)?;
+    let (p, measured) = evaluate(&store, &args.vae, set, args.heldout, args.seed)?;
+    // With a frozen encoder the latent space is the one UNets were trained on: its scale is
+    // carried bit for bit, not re-estimated (a fresh estimate differs in the last digits).
+    let scale = match &fixed_scale {
+        Some(s) => s.parse().context("fixed latent scale is not a number")?,
+        None => measured,
+    };
     eprintln!("held-out PSNR {p:.2} dB, latent scale {scale:.5}");
-    save(
-        &store,
-        &opt,
-        args,
-        &[
-            ("psnr", format!("{p:.3}")),
-            ("latent_scale", scale.to_string()),
-        ],
-    )?;
+    let mut meta = vec![
+        ("psnr", format!("{p:.3}")),
+        (
+            "latent_scale",
+            fixed_scale.clone().unwrap_or(scale.to_string()),
+        ),
+    ];
+    meta.extend(fixed.iter().cloned());
+    save(&store, &opt, args, &meta)?;
     Ok((p, scale))
 }

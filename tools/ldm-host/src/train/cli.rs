@@ -101,6 +101,15 @@ pub enum TrainCmd {
         /// Items at the end of the dataset kept out of training for PSNR.
         #[arg(long, default_value_t = 64)]
         heldout: usize,
+        /// Start from a finished autoencoder checkpoint (fresh optimizer, step 0). Ignored
+        /// when --resume finds a checkpoint.
+        #[arg(long)]
+        init_from: Option<PathBuf>,
+        /// Fine-tune only the decoder of --init-from: the encoder and the latent scale stay
+        /// as they are, so models trained on its latents can take the new decoder
+        /// (`export --decoder`).
+        #[arg(long)]
+        decoder_only: bool,
     },
     /// Stage 2: UNet + text encoder on latents of a trained autoencoder checkpoint.
     Ldm {
@@ -160,6 +169,10 @@ pub struct ExportArgs {
     /// A JSON file of evaluation figures to store in the provenance.
     #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// Ship the decoder of this `train autoencoder --decoder-only` checkpoint instead of the
+    /// one the model was trained with (its encoder must be the model's, bit for bit).
+    #[arg(long)]
+    pub decoder: Option<PathBuf>,
     #[arg(long, short = 'o')]
     pub output: PathBuf,
 }
@@ -180,6 +193,8 @@ pub fn run_train(
             kl_weight,
             warmup,
             heldout,
+            init_from,
+            decoder_only,
         } => {
             let set = open_data(&data)?;
             let cfg = presets::config(&common.preset, 64)?;
@@ -200,6 +215,8 @@ pub fn run_train(
                 recipe: recipe(),
                 quiet: common.quiet,
                 max_seconds: common.max_seconds,
+                init_from,
+                decoder_only,
             };
             let (psnr, scale) = autoencoder::train(set.as_ref(), &args)?;
             println!("psnr_db={psnr:.3} latent_scale={scale}");
@@ -253,7 +270,13 @@ pub fn run_train(
 }
 
 pub fn run_export(a: ExportArgs) -> Result<()> {
-    let ck = Checkpoint::load(&a.checkpoint)?;
+    let mut ck = Checkpoint::load(&a.checkpoint)?;
+    if let Some(d) = &a.decoder {
+        let ae = Checkpoint::load(d)?;
+        let n = super::export::swap_decoder(&mut ck, &ae)
+            .with_context(|| format!("cannot use the decoder of {}", d.display()))?;
+        eprintln!("decoder: {n} tensors from {}", d.display());
+    }
     let eval = match &a.eval {
         Some(p) => serde_json::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,

@@ -1,6 +1,7 @@
 //! `ldm-host export`: an `ldm` checkpoint to a `.ldm` model file. The EMA weights are exported
 //! where they exist (they sample better than the raw weights), the raw ones otherwise (the
 //! frozen autoencoder). The recipe and training figures go into the provenance.
+use super::autoencoder::{is_encoder_param, FIXED_SCALE};
 use super::checkpoint::Checkpoint;
 use crate::init::storage_dtype;
 use anyhow::{bail, Context, Result};
@@ -9,6 +10,77 @@ use ldm_edge::format::{DType, ModelWriter};
 use ldm_edge::model::SamplerDefaults;
 use serde_json::json;
 use std::path::Path;
+
+/// Puts the decoder of `ae` (a `train autoencoder --decoder-only` run) into the stage-2
+/// checkpoint `ck`. Only safe when the latent space is unchanged, so the encoder tensors must
+/// equal the ones `ck` was trained with bit for bit, and the latent scale too.
+pub fn swap_decoder(ck: &mut Checkpoint, ae: &Checkpoint) -> Result<usize> {
+    if ae.meta("kind")? != "autoencoder" {
+        bail!("--decoder: not an autoencoder checkpoint");
+    }
+    let cfg: ModelConfig =
+        serde_json::from_str(ck.meta("config")?).context("checkpoint `config`")?;
+    let vae: ldm_edge::arch::VaeConfig =
+        serde_json::from_str(ae.meta("vae")?).context("--decoder checkpoint `vae`")?;
+    // A decoder-only run carries its frozen encoder's scale from the first checkpoint on.
+    let scale: f32 = ae
+        .meta("latent_scale")
+        .or_else(|_| ae.meta(FIXED_SCALE))
+        .context("--decoder: the autoencoder run did not finish")?
+        .parse()
+        .context("--decoder: latent_scale is not a number")?;
+    if vae != cfg.vae || scale != cfg.latent_scale {
+        bail!(
+            "--decoder has another architecture or latent scale ({scale} vs {}) than the model",
+            cfg.latent_scale
+        );
+    }
+    let new = ae.group("p");
+    let mut swapped = 0;
+    for (path, _) in cfg.param_specs()? {
+        if !path.starts_with(ldm_edge::arch::VAE) {
+            continue;
+        }
+        let key = format!("p/{path}");
+        let old = ck
+            .tensors
+            .get(&key)
+            .with_context(|| format!("checkpoint has no tensor `{path}`"))?;
+        let t = new
+            .get(&path)
+            .with_context(|| format!("--decoder has no tensor `{path}`"))?;
+        if t.0 != old.0 {
+            bail!(
+                "--decoder tensor `{path}` is {:?}, the model's {:?}",
+                t.0,
+                old.0
+            );
+        }
+        if is_encoder_param(&path) {
+            if t.1 != old.1 {
+                bail!(
+                    "--decoder's encoder differs from the one the model was trained on (`{path}`): \
+                     only a decoder fine-tuned with `train autoencoder --decoder-only` from this \
+                     model's autoencoder keeps its latent space"
+                );
+            }
+        } else {
+            ck.tensors.insert(key, t.clone());
+            ck.tensors.remove(&format!("ema/{path}"));
+            swapped += 1;
+        }
+    }
+    let recipe = format!(
+        "{}\ndecoder (fine-tuned, encoder frozen): {}",
+        ck.meta("recipe").unwrap_or(""),
+        ae.meta("recipe").unwrap_or("?")
+    );
+    ck.meta.insert("recipe".into(), recipe);
+    if let Ok(p) = ae.meta("psnr") {
+        ck.meta.insert("decoder_psnr".into(), p.to_string());
+    }
+    Ok(swapped)
+}
 
 pub fn to_ldm(
     ck: &Checkpoint,

@@ -81,17 +81,3 @@ pub fn uniform_indices(seed: u64, count: usize, n: usize) -> Vec<usize> {
 pub fn gaussian(seed: u64, n: usize) -> Vec<f32> {
     ldm_edge::sampler::NoiseGen::new(seed).sample(n)
 }
-
-/// PSNR in dB of images in [-1, 1] (peak-to-peak 2).
-pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let mse: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = (x.clamp(-1.0, 1.0) - y.clamp(-1.0, 1.0)) as f64;
-            d * d
-        })
-        .sum::<f64>()
-        / a.len().max(1) as f64;
-    10.0 * (4.0 / mse.max(1e-12)).log10()
-}
