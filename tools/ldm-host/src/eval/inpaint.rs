@@ -128,3 +128,29 @@ pub fn evaluate(
     r.mean_mask_fraction /= n as f64;
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ldm_edge::model::Model;
+
+    /// The shipped inpainting model on 16 cases: the kept pixels are the input's exactly,
+    /// and the decoder's round trip of the hidden object reads right (a blurry decoder, the
+    /// limit this ceiling exposed, would fail here).
+    #[test]
+    fn evaluates_the_shipped_inpainting_model() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/shapes-inpaint-32.ldm");
+        let model = Model::open(&path).unwrap();
+        let pipe = Pipeline::new(&model, ldm_edge::backend::select("cpu").unwrap());
+        let r = evaluate(&pipe, 16, Some(3), None, 0).unwrap();
+        assert_eq!((r.cases, r.steps), (16, 3));
+        assert_eq!(r.outside_changed_pixels, 0);
+        assert!(r.ceiling_found >= 15, "ceiling {}/16", r.ceiling_found);
+        assert!(r.ceiling_shape_ok >= r.ceiling_found);
+        assert!(r.object_found <= r.shape_ok.min(r.color_ok));
+        assert!(r.masked_psnr_db.is_finite() && r.masked_psnr_db > 0.0);
+        assert!(r.mean_mask_fraction > 0.0 && r.mean_mask_fraction < 1.0);
+        assert!(evaluate(&pipe, 0, None, None, 0).is_err());
+    }
+}
