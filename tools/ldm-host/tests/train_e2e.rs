@@ -3,6 +3,14 @@
 use std::path::Path;
 use std::process::Command;
 
+/// A fresh folder for one test's files, unique to this process.
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ldm-host-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    dir
+}
+
 fn ldm_host(args: &[&str]) {
     ldm_host_env(args, &[]);
 }
@@ -41,9 +49,7 @@ fn loss_ends(csv: &Path, k: usize) -> (f64, f64) {
 
 #[test]
 fn micro_model_trains_exports_and_generates() {
-    let dir = std::env::temp_dir().join(format!("ldm-host-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = scratch("e2e");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = [
         "--dataset",
@@ -118,9 +124,7 @@ fn losses(csv: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resumed_run_continues_the_same_loss_curve() {
-    let dir = std::env::temp_dir().join(format!("ldm-host-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = scratch("resume");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = ["--dataset", "random", "--dataset-len", "32", "--quiet"];
     let ae = p("ae.safetensors");
@@ -182,9 +186,7 @@ fn resumed_run_continues_the_same_loss_curve() {
 /// and the exported files run through `ldm`'s upscale and inpaint pipelines.
 #[test]
 fn sr_and_inpaint_micro_models_train_export_and_run() {
-    let dir = std::env::temp_dir().join(format!("ldm-host-tasks-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = scratch("tasks");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = [
         "--dataset",
@@ -290,9 +292,7 @@ fn ldm_host_fails(args: &[&str]) -> String {
 
 #[test]
 fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
-    let dir = std::env::temp_dir().join(format!("ldm-host-dec-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = scratch("dec");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = [
         "--dataset",
@@ -413,6 +413,18 @@ fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
     .expect("writes");
     let err = ldm_host_fails(&["export", &ck, "--decoder", &bad, "-o", &p("bad.ldm")]);
     assert!(err.contains("encoder differs"), "{err}");
+    assert!(!dir.join("bad.ldm").exists());
+    // Checkpoints of the wrong stage are named as such.
+    let err = ldm_host_fails(&["export", &ck, "--decoder", &ck, "-o", &p("bad.ldm")]);
+    assert!(
+        err.contains("--decoder is a `train ldm` checkpoint, not a `train autoencoder` one"),
+        "{err}"
+    );
+    let err = ldm_host_fails(&["export", &dec, "-o", &p("bad.ldm")]);
+    assert!(
+        err.contains("is a `train autoencoder` checkpoint, not a `train ldm` one"),
+        "{err}"
+    );
     assert!(!dir.join("bad.ldm").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -259,19 +259,12 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
     let mut fixed_scale = None;
     if args.resume && args.out.exists() {
         let ck = restore(&args.out, &mut store, &mut opt)?;
-        if ck.meta("kind")? != "autoencoder" {
-            bail!("{} is not an autoencoder checkpoint", args.out.display());
-        }
+        ck.require_kind("autoencoder", &args.out.display().to_string())?;
         eprintln!("resuming {} at step {}", args.out.display(), opt.step);
         fixed_scale = ck.meta.get(FIXED_SCALE).cloned();
     } else if let Some(src) = &args.init_from {
         let ck = Checkpoint::load(src)?;
-        if ck.meta("kind")? != "autoencoder" {
-            bail!(
-                "--init-from {} is not an autoencoder checkpoint",
-                src.display()
-            );
-        }
+        ck.require_kind("autoencoder", &format!("--init-from {}", src.display()))?;
         let vae: VaeConfig =
             serde_json::from_str(ck.meta("vae")?).context("--init-from checkpoint `vae`")?;
         if vae != args.vae {

@@ -30,6 +30,15 @@ impl Checkpoint {
             .collect()
     }
 
+    /// Fails unless `train {kind}` wrote this checkpoint; `what` names it in the error.
+    pub fn require_kind(&self, kind: &str, what: &str) -> Result<()> {
+        let found = self.meta("kind")?;
+        if found != kind {
+            bail!("{what} is a `train {found}` checkpoint, not a `train {kind}` one");
+        }
+        Ok(())
+    }
+
     pub fn meta(&self, key: &str) -> Result<&str> {
         self.meta
             .get(key)

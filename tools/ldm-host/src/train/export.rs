@@ -15,9 +15,7 @@ use std::path::Path;
 /// checkpoint `ck`. Only safe when the latent space is unchanged, so the encoder tensors must
 /// equal the ones `ck` was trained with bit for bit, and the latent scale too.
 pub fn swap_decoder(ck: &mut Checkpoint, ae: &Checkpoint) -> Result<usize> {
-    if ae.meta("kind")? != "autoencoder" {
-        bail!("--decoder: not an autoencoder checkpoint");
-    }
+    ae.require_kind("autoencoder", "--decoder")?;
     let cfg: ModelConfig =
         serde_json::from_str(ck.meta("config")?).context("checkpoint `config`")?;
     let vae: ldm_edge::arch::VaeConfig =
@@ -89,12 +87,8 @@ pub fn to_ldm(
     prefer_ema: bool,
     extra: serde_json::Value,
 ) -> Result<u64> {
-    if ck.meta("kind")? != "ldm" {
-        bail!(
-            "only `train ldm` checkpoints export to a model file (this one is `{}`)",
-            ck.meta("kind")?
-        );
-    }
+    // Only a stage-2 checkpoint holds a whole model (an autoencoder run has no UNet).
+    ck.require_kind("ldm", "the checkpoint to export")?;
     let cfg: ModelConfig =
         serde_json::from_str(ck.meta("config")?).context("checkpoint `config`")?;
     cfg.validate()?;

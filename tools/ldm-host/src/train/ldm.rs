@@ -213,12 +213,7 @@ impl Trainer {
 
 pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
     let ae = Checkpoint::load(&args.autoencoder)?;
-    if ae.meta("kind")? != "autoencoder" {
-        bail!(
-            "{} is not an autoencoder checkpoint",
-            args.autoencoder.display()
-        );
-    }
+    ae.require_kind("autoencoder", &args.autoencoder.display().to_string())?;
     let mut cfg = args.cfg.clone();
     cfg.vae = serde_json::from_str(ae.meta("vae")?).context("autoencoder `vae` config")?;
     cfg.latent_scale = ae
@@ -286,9 +281,7 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
     };
     if args.resume && args.out.exists() {
         let ck = super::autoencoder::restore(&args.out, &mut tr.store, &mut tr.opt)?;
-        if ck.meta("kind")? != "ldm" {
-            bail!("{} is not an ldm checkpoint", args.out.display());
-        }
+        ck.require_kind("ldm", &args.out.display().to_string())?;
         tr.store
             .initial
             .retain(|k, _| !k.starts_with(ldm_edge::arch::VAE));
@@ -439,12 +432,7 @@ fn init_from(
     tok: &str,
 ) -> Result<usize> {
     let ck = Checkpoint::load(path)?;
-    if ck.meta("kind")? != "ldm" {
-        bail!(
-            "--init-from {} is not a `train ldm` checkpoint",
-            path.display()
-        );
-    }
+    ck.require_kind("ldm", &format!("--init-from {}", path.display()))?;
     let src: ModelConfig =
         serde_json::from_str(ck.meta("config")?).context("--init-from checkpoint `config`")?;
     if src.vae != cfg.vae || src.latent_scale != cfg.latent_scale {
