@@ -93,3 +93,29 @@ fn weights_must_match_the_config() {
     ));
     assert!(w.shape("nope").is_none());
 }
+
+#[test]
+fn encoder_params_split_the_autoencoder_from_the_decoder() {
+    // The decoder-only fine-tune freezes exactly what `vae::encode` reads; everything else of
+    // the autoencoder is the decoder's, and nothing is both.
+    for cfg in [ModelConfig::tiny(64), ModelConfig::sd15_shaped(30522)] {
+        let enc = ldm_edge::arch::vae::encoder_params(&cfg.vae, VAE).unwrap();
+        let dec = cfg.decoder_graph(1, 1, 1).unwrap().params();
+        let all: Vec<_> = cfg
+            .param_specs()
+            .unwrap()
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(VAE))
+            .collect();
+        assert!(enc
+            .iter()
+            .all(|(p, _)| p.starts_with("vae.encoder.") || p.starts_with("vae.quant_conv.")));
+        assert!(enc.iter().all(|e| !dec.iter().any(|d| d.0 == e.0)));
+        assert_eq!(enc.len() + dec.len(), all.len());
+        assert_eq!(
+            count(&enc, VAE) + count(&dec, VAE),
+            count(&all, VAE),
+            "encoder + decoder = the whole autoencoder"
+        );
+    }
+}

@@ -147,14 +147,7 @@ impl ModelConfig {
 
     /// The encoder graph: `image` [batch, 3, H, W] -> moments [batch, 2z, H/f, W/f].
     pub fn encoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
-        let mut t = Tracer::new();
-        let x = t.input(
-            "image",
-            &[batch, self.vae.in_channels, h, w],
-            ValueType::F32,
-        );
-        let y = vae::encode(&mut t, &self.vae, VAE, &x)?;
-        Ok(t.finish(&[y]))
+        vae::encoder_graph(&self.vae, VAE, batch, h, w)
     }
 
     /// The text encoder graph: `input_ids` [batch, max_position_embeddings] -> hidden states.
@@ -172,8 +165,7 @@ impl ModelConfig {
         let m = self.latent_multiple();
         let mut out = self.text_graph(1)?.params();
         out.extend(self.unet_graph(1, m, m)?.params());
-        let f = self.vae.factor();
-        out.extend(self.encoder_graph(1, f, f)?.params());
+        out.extend(vae::encoder_params(&self.vae, VAE)?);
         out.extend(self.decoder_graph(1, 1, 1)?.params());
         let mut seen = std::collections::HashSet::new();
         out.retain(|(p, _)| seen.insert(p.clone()));

@@ -1,6 +1,7 @@
 //! The KL autoencoder (diffusers `AutoencoderKL`), written once over `Ops`.
 use super::config::VaeConfig;
 use super::nn::{self, Path};
+use crate::graph::{Graph, Tracer, ValueType};
 use crate::ops::Ops;
 use crate::Result;
 
@@ -58,6 +59,27 @@ pub fn encode<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, x: &O::T) -> Res
     let z2 = 2 * cfg.latent_channels;
     let h = nn::conv(o, &p.sub("conv_out"), &h, c, z2, 3, 1, 1)?;
     nn::conv(o, &root.sub("quant_conv"), &h, z2, z2, 1, 1, 0)
+}
+
+/// The encoder traced to a graph: `image` [batch, in, h, w] -> moments [batch, 2z, h/f, w/f].
+pub fn encoder_graph(
+    cfg: &VaeConfig,
+    prefix: &str,
+    batch: usize,
+    h: usize,
+    w: usize,
+) -> Result<Graph> {
+    let mut t = Tracer::new();
+    let x = t.input("image", &[batch, cfg.in_channels, h, w], ValueType::F32);
+    let y = encode(&mut t, cfg, prefix, &x)?;
+    Ok(t.finish(&[y]))
+}
+
+/// The parameters `encode` reads, traced from it so no hand-kept list can drift from the code:
+/// what a decoder-only fine-tune must leave untouched to keep the latent space.
+pub fn encoder_params(cfg: &VaeConfig, prefix: &str) -> Result<Vec<(String, Vec<usize>)>> {
+    let f = cfg.factor();
+    Ok(encoder_graph(cfg, prefix, 1, f, f)?.params())
 }
 
 /// Latent [B, z, h, w] (already divided by the latent scale factor) -> image [B, out, h*f, w*f].

@@ -323,6 +323,11 @@ fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
     d.extend(["--init-from", &ae]);
     d.extend(data);
     ldm_host(&d);
+    // Resuming it as a full run would move the encoder under a carried-over latent scale.
+    let mut r = vec!["train", "autoencoder", "--preset", "micro", "--steps", "10"];
+    r.extend(["--resume", "-o", &dec]);
+    let err = ldm_host_fails(&[&r[..], &data[..]].concat());
+    assert!(err.contains("is a --decoder-only run"), "{err}");
 
     let ((t0, m0), (t1, m1)) = (read_ck(&ae), read_ck(&dec));
     assert_eq!(

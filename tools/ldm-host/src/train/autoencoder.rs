@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Tensor;
 use ldm_edge::arch::{vae, VaeConfig, VAE};
 use ldm_edge::ops::Ops;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -44,11 +45,19 @@ pub struct AeArgs {
     pub decoder_only: bool,
 }
 
-/// Parameters that produce the latent: frozen by `--decoder-only`. Everything else under
-/// `vae.` (post_quant_conv, decoder) is the decoder side.
-pub fn is_encoder_param(path: &str) -> bool {
-    path.strip_prefix(VAE)
-        .is_some_and(|p| p.starts_with("encoder.") || p.starts_with("quant_conv."))
+/// The names of the parameters that produce the latent (traced from the architecture's
+/// encoder): frozen by `--decoder-only`. Every other `vae.` parameter is the decoder side.
+pub fn encoder_param_names(cfg: &VaeConfig) -> ldm_edge::Result<HashSet<String>> {
+    Ok(vae::encoder_params(cfg, VAE)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// One draw from the posterior N(mean, exp(logvar)), logvar clamped as in the LDM code so
+/// exp() stays finite.
+pub fn posterior_sample(mean: f32, logvar: f32, eps: f32) -> f32 {
+    mean + (0.5 * logvar.clamp(-30.0, 20.0)).exp() * eps
 }
 
 /// Meta key of a decoder-only run: the latent scale of the frozen encoder, carried unchanged.
@@ -106,7 +115,7 @@ fn decoder_loss(
         .iter()
         .zip(&lv)
         .zip(noise)
-        .map(|((m, l), e)| m + (0.5 * l.clamp(-30.0, 20.0)).exp() * e)
+        .map(|((&m, &l), &e)| posterior_sample(m, l, e))
         .collect();
     let z = BT::from_vec(z, &latent_shape(cfg, b, size), &store.device);
     let rec = vae::decode(&mut BurnOps::new(store), cfg, VAE, &z)?;
@@ -176,7 +185,7 @@ pub fn evaluate(
             mean.iter()
                 .zip(&lv)
                 .zip(&eps)
-                .map(|((m, l), e)| m + (0.5 * l.clamp(-30.0, 20.0)).exp() * e),
+                .map(|((&m, &l), &e)| posterior_sample(m, l, e)),
         );
     }
     let mu = zs.iter().map(|&v| v as f64).sum::<f64>() / zs.len().max(1) as f64;
@@ -262,6 +271,12 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
         ck.require_kind("autoencoder", &args.out.display().to_string())?;
         eprintln!("resuming {} at step {}", args.out.display(), opt.step);
         fixed_scale = ck.meta.get(FIXED_SCALE).cloned();
+        if fixed_scale.is_some() && !args.decoder_only {
+            bail!(
+                "{} is a --decoder-only run: resume it with --decoder-only",
+                args.out.display()
+            );
+        }
     } else if let Some(src) = &args.init_from {
         let ck = Checkpoint::load(src)?;
         ck.require_kind("autoencoder", &format!("--init-from {}", src.display()))?;
@@ -291,10 +306,11 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
     // The frozen encoder: the checkpoint's own values, never updated.
     let mut encoder = ParamStore::new(device(false), false, args.seed);
     if args.decoder_only {
+        let names = encoder_param_names(&args.vae)?;
         encoder.initial = store
             .initial
             .iter()
-            .filter(|(k, _)| is_encoder_param(k))
+            .filter(|(k, _)| names.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         encoder.strict = true;
@@ -374,19 +390,11 @@ pub fn train(set: &dyn TrainSet, args: &AeArgs) -> Result<(f64, f32)> {
     let (p, measured) = evaluate(&store, &args.vae, set, args.heldout, args.seed)?;
     // With a frozen encoder the latent space is the one UNets were trained on: its scale is
     // carried bit for bit, not re-estimated (a fresh estimate differs in the last digits).
-    let scale = match &fixed_scale {
-        Some(s) => s.parse().context("fixed latent scale is not a number")?,
-        None => measured,
-    };
+    let scale_text = fixed_scale.unwrap_or_else(|| measured.to_string());
+    let scale: f32 = scale_text.parse().context("latent scale is not a number")?;
     eprintln!("held-out PSNR {p:.2} dB, latent scale {scale:.5}");
-    let mut meta = vec![
-        ("psnr", format!("{p:.3}")),
-        (
-            "latent_scale",
-            fixed_scale.clone().unwrap_or(scale.to_string()),
-        ),
-    ];
-    meta.extend(fixed.iter().cloned());
+    let mut meta = vec![("psnr", format!("{p:.3}")), ("latent_scale", scale_text)];
+    meta.extend(fixed);
     save(&store, &opt, args, &meta)?;
     Ok((p, scale))
 }

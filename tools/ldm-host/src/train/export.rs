@@ -1,7 +1,7 @@
 //! `ldm-host export`: an `ldm` checkpoint to a `.ldm` model file. The EMA weights are exported
 //! where they exist (they sample better than the raw weights), the raw ones otherwise (the
 //! frozen autoencoder). The recipe and training figures go into the provenance.
-use super::autoencoder::{is_encoder_param, FIXED_SCALE};
+use super::autoencoder::{encoder_param_names, FIXED_SCALE};
 use super::checkpoint::Checkpoint;
 use crate::init::storage_dtype;
 use anyhow::{bail, Context, Result};
@@ -34,6 +34,7 @@ pub fn swap_decoder(ck: &mut Checkpoint, ae: &Checkpoint) -> Result<usize> {
         );
     }
     let new = ae.group("p");
+    let encoder = encoder_param_names(&cfg.vae)?;
     let mut swapped = 0;
     for (path, _) in cfg.param_specs()? {
         if !path.starts_with(ldm_edge::arch::VAE) {
@@ -54,7 +55,7 @@ pub fn swap_decoder(ck: &mut Checkpoint, ae: &Checkpoint) -> Result<usize> {
                 old.0
             );
         }
-        if is_encoder_param(&path) {
+        if encoder.contains(&path) {
             if t.1 != old.1 {
                 bail!(
                     "--decoder's encoder differs from the one the model was trained on (`{path}`): \

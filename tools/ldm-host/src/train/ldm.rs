@@ -1,7 +1,7 @@
 //! Stage 2, `ldm-host train ldm`: the UNet and the text encoder trained jointly with the
 //! epsilon objective on latents of the frozen autoencoder; 10% empty captions so classifier-free
 //! guidance works; AdamW with warmup and clipping; EMA; resumable checkpoints; sample grids.
-use super::autoencoder::encode_moments;
+use super::autoencoder::{encode_moments, posterior_sample};
 use super::burn_ops::{BurnOps, BT};
 use super::checkpoint::Checkpoint;
 use super::data::{batch, TrainSet};
@@ -334,8 +334,8 @@ pub fn train(set: &dyn TrainSet, args: &LdmArgs) -> Result<f32> {
             id_batch.extend_from_slice(if dropped { &empty } else { &ids[i] });
             for j in 0..lat.per {
                 let q = i * lat.per + j;
-                let sd = (0.5 * lat.logvar[q].clamp(-30.0, 20.0)).exp();
-                x0.push((lat.mean[q] + sd * eps_z[k * lat.per + j]) * cfg.latent_scale);
+                let z = posterior_sample(lat.mean[q], lat.logvar[q], eps_z[k * lat.per + j]);
+                x0.push(z * cfg.latent_scale);
             }
         }
         let ts: Vec<f32> = uniform_indices(
