@@ -89,8 +89,9 @@ impl Pipeline<'_> {
     }
 }
 
-/// The generated image inside the hole, the input outside it.
-fn composite(generated: &Tensor, input: &Tensor, mask: &[f32]) -> Result<Tensor> {
+/// The generated image inside the hole (`mask` > 0, binary as the pipeline makes it), the
+/// input outside it: how every inpainted output is assembled, and so how evaluations paste.
+pub fn composite(generated: &Tensor, input: &Tensor, mask: &[f32]) -> Result<Tensor> {
     if generated.shape != input.shape {
         return Err(Error::shape(
             "inpaint",
@@ -101,6 +102,12 @@ fn composite(generated: &Tensor, input: &Tensor, mask: &[f32]) -> Result<Tensor>
         ));
     }
     let hw = mask.len();
+    if hw == 0 || hw * input.shape[..2].iter().product::<usize>() != input.data.len() {
+        return Err(Error::Input(format!(
+            "a mask of {hw} pixels does not fit an image of shape {:?}",
+            input.shape
+        )));
+    }
     let data = generated
         .data
         .iter()

@@ -9,6 +9,7 @@ use super::ssim::psnr_rgb8;
 use crate::dataset::shapes::{held_out_scene, render, Scene};
 use anyhow::{bail, Context, Result};
 use ldm_edge::pipeline::image::{from_rgb8, to_rgb8};
+use ldm_edge::pipeline::inpaint::composite;
 use ldm_edge::pipeline::{Cancel, Inpaint, Pipeline};
 use serde::Serialize;
 
@@ -103,13 +104,8 @@ pub fn evaluate(
         }
         psnr_sum += psnr_rgb8(&hole_out, &hole_truth);
         r.mean_mask_fraction += mask.iter().sum::<f32>() as f64 / mask.len() as f64;
-        let round_trip = to_rgb8(&pipe.decode(&pipe.encode(&req.image)?)?)?;
-        let pasted: Vec<u8> = (0..size * size)
-            .flat_map(|i| {
-                let src = if mask[i] >= 0.5 { &round_trip } else { &truth };
-                [src[i * 3], src[i * 3 + 1], src[i * 3 + 2]]
-            })
-            .collect();
+        let round_trip = pipe.decode(&pipe.encode(&req.image)?)?;
+        let pasted = to_rgb8(&composite(&round_trip, &req.image, &mask)?)?;
         let c = judge(&scene, &pasted, size);
         r.ceiling_found += c.whole() as usize;
         r.ceiling_shape_ok += c.shape.first().copied().unwrap_or(false) as usize;
