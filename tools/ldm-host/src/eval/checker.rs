@@ -63,7 +63,7 @@ fn nearest<T: Copy>(items: &[T], rgb: impl Fn(T) -> [u8; 3], c: [f32; 3]) -> T {
 
 /// Per-channel median of the border pixels: objects never cover much of the border, so this is
 /// the background even when an object touches an edge.
-fn border_background(px: &[[f32; 3]], size: usize) -> [f32; 3] {
+pub(crate) fn border_background(px: &[[f32; 3]], size: usize) -> [f32; 3] {
     let mut border = Vec::with_capacity(4 * size);
     for i in 0..size {
         border.push(px[i]);
@@ -81,7 +81,7 @@ fn border_background(px: &[[f32; 3]], size: usize) -> [f32; 3] {
 }
 
 /// 8-connected components of `fg`, each a list of pixel indices.
-fn components(fg: &[bool], size: usize) -> Vec<Vec<usize>> {
+pub(crate) fn components(fg: &[bool], size: usize) -> Vec<Vec<usize>> {
     let mut seen = vec![false; fg.len()];
     let mut out = Vec::new();
     for start in 0..fg.len() {

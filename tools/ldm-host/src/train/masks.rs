@@ -5,6 +5,7 @@
 //! foreground region (pixels far from the border's color), the way object masks from a
 //! segmenter are used. 1 = hole (to generate), 0 = kept; [size * size] row-major.
 use super::step_seed;
+use crate::eval::checker::{border_background, components};
 
 /// A mask for one training image ([3, size, size] in [-1, 1]), deterministic in `seed`.
 pub fn random_mask(seed: u64, size: usize, image: &[f32]) -> Vec<f32> {
@@ -49,64 +50,39 @@ pub fn random_mask(seed: u64, size: usize, image: &[f32]) -> Vec<f32> {
 const FG: f32 = 0.3;
 
 /// Marks the box (plus 2 px) around the connected foreground region of a random foreground
-/// pixel. False when the image has no foreground.
+/// pixel, found as the shapes checker finds objects (border-median background, connected
+/// components). False when the image has no foreground.
 fn object_box(r: &mut Rng, img: &[f32], size: usize, m: &mut [f32]) -> bool {
     let plane = size * size;
     if img.len() != 3 * plane || size < 2 {
         return false;
     }
-    let px = |i: usize| [img[i], img[plane + i], img[2 * plane + i]];
-    // Background: the border's per-channel median.
-    let border: Vec<usize> = (0..size)
-        .flat_map(|k| [k, (size - 1) * size + k, k * size, k * size + size - 1])
+    let px: Vec<[f32; 3]> = (0..plane)
+        .map(|i| [img[i], img[plane + i], img[2 * plane + i]])
         .collect();
-    let bg: Vec<f32> = (0..3)
-        .map(|c| {
-            let mut v: Vec<f32> = border.iter().map(|&i| px(i)[c]).collect();
-            v.sort_by(f32::total_cmp);
-            v[v.len() / 2]
-        })
+    let bg = border_background(&px, size);
+    let fg: Vec<bool> = px
+        .iter()
+        .map(|p| p.iter().zip(&bg).map(|(a, b)| (a - b).abs()).sum::<f32>() > FG)
         .collect();
-    let fg: Vec<bool> = (0..plane)
-        .map(|i| {
-            px(i)
-                .iter()
-                .zip(&bg)
-                .map(|(a, b)| (a - b).abs())
-                .sum::<f32>()
-                > FG
-        })
-        .collect();
-    let cands: Vec<usize> = (0..plane).filter(|&i| fg[i]).collect();
-    if cands.is_empty() {
+    let n_fg = fg.iter().filter(|&&f| f).count();
+    if n_fg == 0 {
         return false;
     }
-    let start = cands[((r.unit() * cands.len() as f32) as usize).min(cands.len() - 1)];
+    let pick = ((r.unit() * n_fg as f32) as usize).min(n_fg - 1);
+    let Some(start) = (0..plane).filter(|&i| fg[i]).nth(pick) else {
+        return false;
+    };
+    let Some(comp) = components(&fg, size)
+        .into_iter()
+        .find(|c| c.contains(&start))
+    else {
+        return false;
+    };
     let (mut x0, mut y0, mut x1, mut y1) = (size, size, 0, 0);
-    let mut seen = vec![false; plane];
-    let mut stack = vec![start];
-    seen[start] = true;
-    while let Some(i) = stack.pop() {
+    for &i in &comp {
         let (x, y) = (i % size, i / size);
         (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
-        let mut push = |j: usize| {
-            if fg[j] && !seen[j] {
-                seen[j] = true;
-                stack.push(j);
-            }
-        };
-        if x > 0 {
-            push(i - 1);
-        }
-        if x + 1 < size {
-            push(i + 1);
-        }
-        if y > 0 {
-            push(i - size);
-        }
-        if y + 1 < size {
-            push(i + size);
-        }
     }
     let (x0, y0) = (x0.saturating_sub(2), y0.saturating_sub(2));
     rect(m, size, x0, y0, x1 + 3 - x0, y1 + 3 - y0);
