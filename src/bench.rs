@@ -16,6 +16,8 @@ pub struct BenchReport {
     pub load_ms: f64,
     pub unet_prepare_ms: f64,
     pub latent: [usize; 2],
+    /// UNet batch: 1, or 2 for one classifier-free-guidance call ([uncond, cond]).
+    pub batch: usize,
     pub unet_ms_per_eval: f64,
     pub unet_gflop: f64,
     pub unet_gflops: f64,
@@ -65,6 +67,7 @@ pub fn run(
     path: &Path,
     backend: Box<dyn Backend>,
     latent: usize,
+    batch: usize,
     iters: usize,
     skip_decoder: bool,
     profile: bool,
@@ -79,6 +82,9 @@ pub fn run(
             "latent size {latent} must be a positive multiple of {m}"
         )));
     }
+    if batch == 0 {
+        return Err(crate::Error::Input("batch must be at least 1".into()));
+    }
 
     let tg = cfg.text_graph(1)?;
     let mut text = backend.prepare(&tg, &model)?;
@@ -89,14 +95,14 @@ pub fn run(
     let text_t = time(iters, || text.run(std::slice::from_ref(&ids)).map(drop))?;
     drop(text);
 
-    let ug = cfg.unet_graph(1, latent, latent)?;
+    let ug = cfg.unet_graph(batch, latent, latent)?;
     let t1 = Instant::now();
     let mut unet = backend.prepare(&ug, &model)?;
     let prep = t1.elapsed();
-    let x = Tensor::zeros(&[1, cfg.unet.in_channels, latent, latent]);
-    let t = Tensor::new(vec![1], vec![500.0])?;
+    let x = Tensor::zeros(&[batch, cfg.unet.in_channels, latent, latent]);
+    let t = Tensor::new(vec![batch], vec![500.0; batch])?;
     let ctx = Tensor::zeros(&[
-        1,
+        batch,
         cfg.text_encoder.max_position_embeddings,
         cfg.unet.cross_attention_dim,
     ]);
@@ -134,6 +140,7 @@ pub fn run(
         load_ms: ms(load),
         unet_prepare_ms: ms(prep),
         latent: [latent, latent],
+        batch,
         unet_ms_per_eval: ms(unet_t),
         unet_gflop: gflop,
         unet_gflops: gflop / unet_t.as_secs_f64(),

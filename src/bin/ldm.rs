@@ -163,6 +163,9 @@ struct BenchArgs {
     /// Latent side length (32 = 256 px images at f = 8).
     #[arg(long, default_value_t = 32)]
     latent: usize,
+    /// UNet batch (2 = one classifier-free-guidance call, [uncond, cond]).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Timed UNet evaluations (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -451,6 +454,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         &a.model,
         backend::select(&a.backend)?,
         a.latent,
+        a.batch,
         a.iters,
         a.skip_decoder,
         a.profile,
@@ -465,8 +469,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     println!("load (map+check) {:.2} ms", r.load_ms);
     println!("unet prepare     {:.0} ms", r.unet_prepare_ms);
     println!(
-        "unet eval        {:.1} ms at {}x{} latents, batch 1 ({:.1} GFLOP, {:.1} GFLOP/s)",
-        r.unet_ms_per_eval, r.latent[0], r.latent[1], r.unet_gflop, r.unet_gflops
+        "unet eval        {:.1} ms at {}x{} latents, batch {} ({:.1} GFLOP, {:.1} GFLOP/s)",
+        r.unet_ms_per_eval, r.latent[0], r.latent[1], r.batch, r.unet_gflop, r.unet_gflops
     );
     println!("text encoder     {:.1} ms", r.text_encoder_ms);
     println!("decoder          {:.1} ms", r.decoder_ms);

@@ -7,7 +7,13 @@ recorded outputs (tests/parity/fixtures/<name>/ref). Not run by CI (needs onnxru
 
 `import --onnx` exports the text encoder and UNet at batch 2 and the decoder at batch 1, at the
 fixture's latent size, which are the shapes of the recorded inputs. Exits non-zero above 1e-4.
+
+    python tests/parity/check_onnx.py /tmp/onnx-ext sd1 --same-as /tmp/onnx-sd1
+
+also runs the models of a second folder on the same inputs and requires identical outputs: how
+tests/onnx_export.rs checks an `export --onnx --external-data` folder against the inline one.
 """
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +24,13 @@ import onnxruntime as ort
 TOL = 1e-4
 
 
-def main(onnx_dir, name):
+def run(onnx_dir, comp, feeds):
+    sess = ort.InferenceSession(str(Path(onnx_dir) / f"{comp}.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(["output"], feeds)
+    return out
+
+
+def main(onnx_dir, name, same_as=None):
     ref = Path(__file__).resolve().parent / "fixtures" / name / "ref"
     inputs = json.loads((ref / "inputs.json").read_text())
     load = lambda f: np.load(ref / f)
@@ -36,13 +48,25 @@ def main(onnx_dir, name):
     }
     worst = 0.0
     for comp, (feeds, want) in cases.items():
-        sess = ort.InferenceSession(str(Path(onnx_dir) / f"{comp}.onnx"), providers=["CPUExecutionProvider"])
-        (out,) = sess.run(["output"], feeds)
+        out = run(onnx_dir, comp, feeds)
         err = float(np.abs(out - load(want)).max())
         worst = max(worst, err)
         print(f"{name} {comp}: onnxruntime {ort.__version__} vs diffusers max abs error {err:.2e}")
+        if same_as is not None:
+            # Same graph, same weights, same runtime: only where the weights are stored differs,
+            # so any difference at all is a storage bug.
+            other = run(same_as, comp, feeds)
+            diff = float(np.abs(out - other).max())
+            print(f"{name} {comp}: {onnx_dir} vs {same_as} max abs difference {diff:.2e}")
+            if diff != 0.0:
+                worst = float("inf")
     sys.exit(0 if worst <= TOL else 1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("onnx_dir")
+    ap.add_argument("name")
+    ap.add_argument("--same-as", help="a second export folder whose outputs must be identical")
+    a = ap.parse_args()
+    main(a.onnx_dir, a.name, a.same_as)

@@ -53,6 +53,45 @@ pub struct ExportArgs {
     /// Latent side in pixels; default: the model's image size / the VAE factor.
     #[arg(long)]
     pub latent_size: Option<usize>,
+    /// Store the weights as ONNX external data (`<name>.onnx.data`, page-aligned) even when
+    /// the model would fit protobuf's 2 GiB limit; over it, external data is used anyway.
+    #[arg(long)]
+    pub external_data: bool,
+    /// Which graphs to write (comma-separated; all three by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub components: Vec<Component>,
+}
+
+/// One exported graph.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Component {
+    /// text_encoder.onnx (named like its file, so `text_encoder`, not clap's `text-encoder`)
+    #[value(name = "text_encoder", alias = "text-encoder")]
+    TextEncoder,
+    /// unet.onnx
+    Unet,
+    /// decoder.onnx (batch 1)
+    Decoder,
+}
+
+impl Component {
+    pub const ALL: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Decoder];
+
+    fn file_stem(self) -> &'static str {
+        match self {
+            Component::TextEncoder => "text_encoder",
+            Component::Unet => "unet",
+            Component::Decoder => "decoder",
+        }
+    }
+}
+
+/// How to export: graph shapes, where weights go, and which graphs.
+struct ExportOpts {
+    batch: usize,
+    side: usize,
+    external_data: bool,
+    components: Vec<Component>,
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -85,7 +124,13 @@ pub fn import(a: ImportArgs) -> Result<()> {
     if let Some(dir) = a.onnx {
         let cfg = &imp.config;
         let side = cfg.image_size / cfg.vae.factor();
-        export(&a.output, &dir, 2, side)?;
+        let opts = ExportOpts {
+            batch: 2,
+            side,
+            external_data: false,
+            components: Component::ALL.to_vec(),
+        };
+        export(&a.output, &dir, &opts)?;
     }
     Ok(())
 }
@@ -96,23 +141,50 @@ pub fn export_cmd(a: ExportArgs) -> Result<()> {
         .latent_size
         .unwrap_or(m.config.image_size / m.config.vae.factor());
     drop(m);
-    export(&a.model, &a.onnx, a.batch, side)
+    let components = if a.components.is_empty() {
+        Component::ALL.to_vec()
+    } else {
+        a.components
+    };
+    let opts = ExportOpts {
+        batch: a.batch,
+        side,
+        external_data: a.external_data,
+        components,
+    };
+    export(&a.model, &a.onnx, &opts)
 }
 
-fn export(model: &Path, dir: &Path, batch: usize, side: usize) -> Result<()> {
+fn export(model: &Path, dir: &Path, o: &ExportOpts) -> Result<()> {
+    if o.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let m = Model::open(model).with_context(|| format!("opening {}", model.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let c = &m.config;
-    for (name, graph) in [
-        ("text_encoder", c.text_graph(batch)?),
-        ("unet", c.unet_graph(batch, side, side)?),
-        ("decoder", c.decoder_graph(1, side, side)?),
-    ] {
-        let bytes = ldm_edge::backend::cpu::to_onnx(&graph, &m)
-            .with_context(|| format!("exporting {name}"))?;
+    for &comp in &o.components {
+        let name = comp.file_stem();
+        let graph = match comp {
+            Component::TextEncoder => c.text_graph(o.batch)?,
+            Component::Unet => c.unet_graph(o.batch, o.side, o.side)?,
+            Component::Decoder => c.decoder_graph(1, o.side, o.side)?,
+        };
         let path = dir.join(format!("{name}.onnx"));
-        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+        // One graph's weights at a time: the lowered model is dropped as soon as it is written.
+        let w = ldm_edge::backend::cpu::to_onnx(&graph, &m)
+            .and_then(|onnx| onnx.write(&path, o.external_data))
+            .with_context(|| format!("exporting {name} to {}", path.display()))?;
+        match &w.data {
+            Some(d) => eprintln!(
+                "wrote {} ({} bytes) + {} ({} bytes, {} tensors)",
+                w.path.display(),
+                w.onnx_bytes,
+                d.path.display(),
+                d.bytes,
+                d.tensors
+            ),
+            None => eprintln!("wrote {} ({} bytes)", w.path.display(), w.onnx_bytes),
+        }
     }
     Ok(())
 }

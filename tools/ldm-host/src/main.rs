@@ -198,6 +198,13 @@ struct ExportArgs {
     /// ONNX: latent side; default: the model's image size / the VAE factor.
     #[arg(long)]
     latent_size: Option<usize>,
+    /// ONNX: store weights as external data (`<name>.onnx.data`, 4 KiB-aligned offsets) even
+    /// under protobuf's 2 GiB limit; models over it use external data regardless.
+    #[arg(long, requires = "onnx")]
+    external_data: bool,
+    /// ONNX: export only these graphs (comma-separated; default: all three).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "onnx")]
+    components: Vec<import::Component>,
 }
 
 fn export(a: ExportArgs) -> Result<()> {
@@ -207,6 +214,8 @@ fn export(a: ExportArgs) -> Result<()> {
             onnx,
             batch: a.batch,
             latent_size: a.latent_size,
+            external_data: a.external_data,
+            components: a.components,
         });
     }
     let (Some(checkpoint), Some(output)) = (a.checkpoint, a.output) else {
