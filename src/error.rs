@@ -28,6 +28,9 @@ pub enum Error {
     Input(String),
     #[error("cancelled")]
     Cancelled,
+    /// A request that cannot run inside the memory budget, refused before any work.
+    #[error("out of memory budget: {0}")]
+    Memory(String),
     #[error("numerical failure: {0}")]
     NonFinite(String),
     #[error("i/o error on {path}: {source}")]

@@ -139,4 +139,12 @@ impl WeightSource for Model {
             .tensor(path)
             .map(|t| (t.dtype(), std::borrow::Cow::Borrowed(t.bytes)))
     }
+    fn load_shared(
+        &self,
+        path: &str,
+    ) -> Option<(crate::format::DType, crate::format::SharedBytes)> {
+        self.file
+            .tensor_shared(path)
+            .map(|(info, bytes)| (info.dtype, bytes))
+    }
 }

@@ -3,9 +3,11 @@
 //! ncnn's `test_layer`: each op is checked alone, so a failure names the op that is wrong.
 //!
 //! Run with `cargo test --release --test conformance -- --nocapture` to see one line per case.
-use ldm_edge::backend::cpu::CpuBackend;
+use ldm_edge::backend::cpu::{CpuBackend, CpuExpandedBackend};
 use ldm_edge::backend::reference::ReferenceBackend;
-use ldm_edge::backend::{Backend, Tensor};
+use ldm_edge::backend::{Backend, Tensor, WeightSource};
+use ldm_edge::format::quant::{dequantize_q4, dequantize_q8, quantize_q4, quantize_q8};
+use ldm_edge::format::{DType, SharedBytes};
 use ldm_edge::graph::{Graph, NodeId, Tracer, ValueType};
 use ldm_edge::ops::Ops;
 use ldm_edge::Result;
@@ -128,25 +130,87 @@ fn max_rel_err(a: &Tensor, r: &Tensor) -> f64 {
     diff / scale
 }
 
-/// Builds one case, runs it on both backends and returns the error found.
+/// Weights as a model file stores them in `dtype`: the compact CPU kernels read the stored
+/// bytes (`load_shared`), while `load_f32` gives every other reader, the reference included,
+/// the same values dequantized. So a kernel is checked on exactly the weights it was handed.
+struct Stored<'a> {
+    dtype: DType,
+    inner: &'a HashMap<String, Tensor>,
+}
+
+impl Stored<'_> {
+    fn bytes(&self, x: &[f32]) -> Vec<u8> {
+        match self.dtype {
+            DType::Q8 => quantize_q8(x),
+            DType::Q4 => quantize_q4(x),
+            DType::F16 => x
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            DType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+impl WeightSource for Stored<'_> {
+    fn shape(&self, path: &str) -> Option<Vec<usize>> {
+        self.inner.shape(path)
+    }
+    fn load_f32(&self, path: &str) -> Result<Vec<f32>> {
+        let x = self.inner.load_f32(path)?;
+        let b = self.bytes(&x);
+        Ok(match self.dtype {
+            DType::Q8 => dequantize_q8(&b, x.len()),
+            DType::Q4 => dequantize_q4(&b, x.len()),
+            DType::F16 => x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect(),
+            DType::F32 => x,
+        })
+    }
+    fn load_shared(&self, path: &str) -> Option<(DType, SharedBytes)> {
+        let x = self.inner.load_f32(path).ok()?;
+        Some((self.dtype, SharedBytes::from_vec(self.bytes(&x))))
+    }
+}
+
+/// Builds one case and runs it on every CPU configuration and on the reference: compact
+/// kernels on f32 (in-memory), f16, q8 and q4 weights, and tract with expanded weights.
+/// Returns the largest error found.
 fn check(op: &str, desc: &str, seed: u64, build: impl FnOnce(&mut Case) -> Result<NodeId>) -> f64 {
     let mut c = Case::new(seed);
     let out = build(&mut c).unwrap_or_else(|e| panic!("{op} {desc}: building failed: {e}"));
     let graph: Graph = c.t.finish(&[out]);
-    let run = |b: &dyn Backend| {
+    let run = |b: &dyn Backend, w: &dyn WeightSource, what: &str| {
         let mut exe = b
-            .prepare(&graph, &c.weights)
-            .unwrap_or_else(|e| panic!("{op} {desc}: {} prepare: {e}", b.name()));
+            .prepare(&graph, w)
+            .unwrap_or_else(|e| panic!("{op} {desc}: {what} prepare: {e}"));
         exe.run(&c.inputs)
-            .unwrap_or_else(|e| panic!("{op} {desc}: {} run: {e}", b.name()))
+            .unwrap_or_else(|e| panic!("{op} {desc}: {what} run: {e}"))
     };
-    let r = run(&ReferenceBackend);
-    let a = run(&CpuBackend);
-    let err = max_rel_err(&a[0], &r[0]);
     let tol = tolerance(op);
-    let verdict = if err <= tol { "ok" } else { "FAIL" };
-    println!("{op:<20} {desc:<44} max rel err {err:.2e} (tol {tol:.0e}) {verdict}");
-    err
+    let mut worst = 0f64;
+    let mut line = String::new();
+    let r = run(&ReferenceBackend, &c.weights, "reference");
+    for (what, b) in [
+        ("cpu", &CpuBackend as &dyn Backend),
+        ("cpu-expanded", &CpuExpandedBackend),
+    ] {
+        let err = max_rel_err(&run(b, &c.weights, what)[0], &r[0]);
+        line += &format!(" {what} {err:.1e}");
+        worst = worst.max(err);
+    }
+    for dtype in [DType::F16, DType::Q8, DType::Q4] {
+        let w = Stored {
+            dtype,
+            inner: &c.weights,
+        };
+        let r = run(&ReferenceBackend, &w, "reference");
+        let err = max_rel_err(&run(&CpuBackend, &w, dtype.name())[0], &r[0]);
+        line += &format!(" {} {err:.1e}", dtype.name());
+        worst = worst.max(err);
+    }
+    let verdict = if worst <= tol { "ok" } else { "FAIL" };
+    println!("{op:<20} {desc:<44}{line} (tol {tol:.0e}) {verdict}");
+    worst
 }
 
 /// Runs every case of one op and fails after printing them all if any is out of tolerance.
@@ -197,6 +261,11 @@ fn conv2d() {
             "x[1,8,5,5] w[6,8,1,1] s1 p0 bias" => |c| conv(c, &[1, 8, 5, 5], &[6, 8, 1, 1], true, 1, [0; 4]),
             "x[2,3,7,5] w[2,3,3,2] s1 p[0,1,2,0] nobias" => |c| conv(c, &[2, 3, 7, 5], &[2, 3, 3, 2], false, 1, [0, 1, 2, 0]),
             "x[1,32,16,16] w[32,32,3,3] s1 p1 bias" => |c| conv(c, &[1, 32, 16, 16], &[32, 32, 3, 3], true, 1, [1; 4]),
+            // Compact kernel limits: im2col split into chunks (K*P > 4M values), and a weight
+            // streamed in several panels (> 2M values), with rows that straddle q8 blocks.
+            "x[2,130,66,66] w[3,130,3,3] s1 p1 (im2col chunks)" => |c| conv(c, &[2, 130, 66, 66], &[3, 130, 3, 3], true, 1, [1; 4]),
+            "x[1,290,3,3] w[850,290,3,3] s1 p1 (panels)" => |c| conv(c, &[1, 290, 3, 3], &[850, 290, 3, 3], true, 1, [1; 4]),
+            "x[1,300,4,5] w[7000,300,1,1] s1 p0 (panels)" => |c| conv(c, &[1, 300, 4, 5], &[7000, 300, 1, 1], false, 1, [0; 4]),
         ],
     );
 }
@@ -218,6 +287,8 @@ fn linear_() {
             "x[2,77,16] w[24,16] nobias" => |c| linear(c, &[2, 77, 16], 24, false),
             "x[1,3,5] w[5,5] bias" => |c| linear(c, &[1, 3, 5], 5, true),
             "x[2,9,320] w[640,320] bias" => |c| linear(c, &[2, 9, 320], 640, true),
+            "x[3,1000] w[2500,1000] bias (panels, odd rows)" => |c| linear(c, &[3, 1000], 2500, true),
+            "x[1,4,33] w[65,33] nobias (rows straddle blocks)" => |c| linear(c, &[1, 4, 33], 65, false),
         ],
     );
 }
@@ -351,6 +422,9 @@ fn attention_() {
             "q=kv[1,5,8] h1 causal" => |c| attention(c, [1, 5, 8], 5, 8, 1, true),
             "q[1,4,8] kv[1,6,8] h4 causal" => |c| attention(c, [1, 4, 8], 6, 8, 4, true),
             "q[2,64,40] kv[2,64,40] h8" => |c| attention(c, [2, 64, 40], 64, 40, 8, false),
+            // Several query blocks per head (64K scores per block).
+            "q[1,300,16] kv[1,1000,16] h2 (blocks)" => |c| attention(c, [1, 300, 16], 1000, 16, 2, false),
+            "q=kv[1,700,8] h1 causal (blocks)" => |c| attention(c, [1, 700, 8], 700, 8, 1, true),
         ],
     );
 }
@@ -499,17 +573,16 @@ fn edge_graphs() {
         .unwrap()
         .run(&c.inputs)
         .unwrap();
-    let a = CpuBackend
-        .prepare(&g, &c.weights)
-        .unwrap()
-        .run(&c.inputs)
-        .unwrap();
-    assert_eq!(a.len(), r.len());
-    let err = a
-        .iter()
-        .zip(&r)
-        .map(|(a, r)| max_rel_err(a, r))
-        .fold(0.0, f64::max);
+    let mut err = 0f64;
+    for b in [&CpuBackend as &dyn Backend, &CpuExpandedBackend] {
+        let a = b.prepare(&g, &c.weights).unwrap().run(&c.inputs).unwrap();
+        assert_eq!(a.len(), r.len());
+        err = a
+            .iter()
+            .zip(&r)
+            .map(|(a, r)| max_rel_err(a, r))
+            .fold(err, f64::max);
+    }
     println!(
         "edge_graph           7 outputs (input, weight, duplicate, ...)     max rel err {err:.2e}"
     );

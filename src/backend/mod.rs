@@ -52,6 +52,15 @@ pub trait WeightSource {
     fn load_raw(&self, _path: &str) -> Option<(crate::format::DType, std::borrow::Cow<'_, [u8]>)> {
         None
     }
+    /// The stored bytes of a weight as a view that outlives `self` (the model file's mapping,
+    /// reference-counted), for plans that keep reading weights in their stored dtype instead of
+    /// holding a converted copy. Default: not available.
+    fn load_shared(
+        &self,
+        _path: &str,
+    ) -> Option<(crate::format::DType, crate::format::SharedBytes)> {
+        None
+    }
 }
 
 impl WeightSource for HashMap<String, Tensor> {
@@ -142,6 +151,7 @@ pub fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<()> {
 pub fn select(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "cpu" => Ok(Box::new(cpu::CpuBackend)),
+        "cpu-expanded" => Ok(Box::new(cpu::CpuExpandedBackend)),
         "reference" => Ok(Box::new(reference::ReferenceBackend)),
         "auto" => Ok(select_auto(&AutoOptions::from_env())),
         #[cfg(feature = "vulkan")]
@@ -154,7 +164,7 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
             msg: "this build has no Vulkan backend (built without the `vulkan` feature)".into(),
         }),
         other => Err(crate::Error::Input(format!(
-            "unknown backend `{other}` (expected auto, cpu, vulkan or reference)"
+            "unknown backend `{other}` (expected auto, cpu, cpu-expanded, vulkan or reference)"
         ))),
     }
 }

@@ -14,7 +14,7 @@ mod strict_json;
 pub mod writer;
 
 pub use dtype::DType;
-pub use reader::{ModelFile, TensorInfo, TensorView};
+pub use reader::{ModelFile, SharedBytes, TensorInfo, TensorView};
 pub use writer::{ModelWriter, WriteReport};
 
 /// File magic, the first 8 bytes of every `.ldm` file.

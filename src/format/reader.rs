@@ -79,6 +79,42 @@ enum Storage {
     Owned(Vec<u8>),
 }
 
+/// A tensor's bytes that keep the file alive: a reference-counted view into the mapping, so a
+/// prepared backend plan can read weights straight from the page cache for as long as it lives
+/// without borrowing the [`ModelFile`] or copying anything.
+#[derive(Clone)]
+pub struct SharedBytes {
+    storage: std::sync::Arc<Storage>,
+    start: usize,
+    len: usize,
+}
+
+impl SharedBytes {
+    /// Bytes owned by this value alone (weights that come from no file).
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        let len = v.len();
+        Self {
+            storage: std::sync::Arc::new(Storage::Owned(v)),
+            start: 0,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // In bounds by construction: `ModelFile::tensor_shared` checked the range.
+        &self.storage.bytes()[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes at {})", self.len, self.start)
+    }
+}
+
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
@@ -91,7 +127,7 @@ impl Storage {
 /// A validated `.ldm` file, memory-mapped (or owned, with [`ModelFile::from_bytes`]).
 pub struct ModelFile {
     path: PathBuf,
-    storage: Storage,
+    storage: std::sync::Arc<Storage>,
     meta: Value,
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
@@ -137,7 +173,7 @@ impl ModelFile {
         let v = validate(storage.bytes())?;
         Ok(ModelFile {
             path,
-            storage,
+            storage: std::sync::Arc::new(storage),
             meta: v.meta,
             tensors: v.tensors,
             index: v.index,
@@ -164,6 +200,39 @@ impl ModelFile {
         let end = start.checked_add(usize::try_from(info.len).ok()?)?;
         let bytes = self.storage.bytes().get(start..end)?;
         Some(TensorView { info, bytes })
+    }
+
+    /// Looks a tensor up by name and returns its bytes as a view that keeps the mapping alive
+    /// (see [`SharedBytes`]), with its table entry.
+    pub fn tensor_shared(&self, name: &str) -> Option<(&TensorInfo, SharedBytes)> {
+        let info = self.tensors.get(*self.index.get(name)?)?;
+        let start = usize::try_from(self.data_offset.checked_add(info.offset)?).ok()?;
+        let len = usize::try_from(info.len).ok()?;
+        let end = start.checked_add(len)?;
+        self.storage.bytes().get(start..end)?;
+        let bytes = SharedBytes {
+            storage: self.storage.clone(),
+            start,
+            len,
+        };
+        Some((info, bytes))
+    }
+
+    /// Drops this process's resident pages of the mapping (they stay in the page cache, and
+    /// the next read faults them back in). A pipeline calls this between stages so only the
+    /// running stage's weights count in its resident memory. No-op for in-memory files.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Storage::Mapped(m) = &*self.storage {
+            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops
+            // page-table entries: every later read sees the same file bytes again. No view
+            // into the mapping is invalidated.
+            let r =
+                unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, m.len()) };
+            if let Err(e) = r {
+                log::debug!("madvise(DONTNEED) on the model mapping failed: {e}");
+            }
+        }
     }
 
     /// Absolute file offset of the data section (a multiple of 64).

@@ -1,5 +1,6 @@
 //! Graph IR, shape inference and the tracer that records architectures into the IR.
 pub mod ir;
+pub mod memory;
 pub mod shape;
 pub mod tracer;
 

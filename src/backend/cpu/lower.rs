@@ -4,12 +4,14 @@
 //! activations and attention are decomposed rather than mapped onto newer fused operators, and
 //! the 2x upsampling is a reshape + broadcast rather than `Resize`, whose many modes are the
 //! part of ONNX importers most often subtly wrong.
+use super::compact::{CompactOp, CompactWeight, Kernel};
 use super::onnx::{attr_int, attr_ints, dims, ProtoBuilder};
 use crate::backend::reference::kernels::timestep_freqs;
 use crate::backend::WeightSource;
 use crate::graph::shape::numel;
 use crate::graph::{Graph, NodeId, Op, ValueType};
 use crate::{Error, Result};
+use std::sync::Arc;
 use tract_onnx::pb::ModelProto;
 
 /// ONNX `Cast` targets.
@@ -27,9 +29,30 @@ fn err(msg: String) -> Error {
     }
 }
 
-/// Builds the ONNX model of `graph`, reading every weight once from `weights`.
+/// How the lowering treats the weights of linear, conv and embedding nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightMode {
+    /// Every weight becomes an f32 initializer: plain ONNX, what `export --onnx` writes and
+    /// what tract packs for its own kernels.
+    Expanded,
+    /// Weight-bearing nodes and attention become compact nodes that read the stored bytes
+    /// (`compact`); the proto holds only small tensors (norms, biases).
+    Compact,
+}
+
+/// Builds the plain ONNX model of `graph`, reading every weight once from `weights`.
 pub fn lower(graph: &Graph, weights: &dyn WeightSource) -> Result<ModelProto> {
-    let mut l = Lowerer::new(graph);
+    Ok(lower_with(graph, weights, WeightMode::Expanded)?.0)
+}
+
+/// Builds the ONNX model of `graph` for the CPU plan; in compact mode also returns the compact
+/// ops its `LdmCompact` nodes stand for, by slot.
+pub fn lower_with(
+    graph: &Graph,
+    weights: &dyn WeightSource,
+    mode: WeightMode,
+) -> Result<(ModelProto, Vec<CompactOp>)> {
+    let mut l = Lowerer::new(graph, mode);
     for id in 0..graph.nodes.len() {
         l.lower_node(id, weights)?;
     }
@@ -40,7 +63,7 @@ pub fn lower(graph: &Graph, weights: &dyn WeightSource) -> Result<ModelProto> {
         let name = l.b.node("Identity", &[&v], vec![]);
         l.b.output(&name, &graph.nodes[o].shape);
     }
-    Ok(l.b.finish())
+    Ok((l.b.finish(), l.compact_ops))
 }
 
 /// How a weight is read: as stored, and/or transposed (the `[in, out]` right operand of MatMul
@@ -49,13 +72,23 @@ pub fn lower(graph: &Graph, weights: &dyn WeightSource) -> Result<ModelProto> {
 struct ParamUse {
     plain: bool,
     transposed: bool,
+    /// Read in its stored dtype by a compact node.
+    compact: bool,
 }
 
-fn param_uses(g: &Graph) -> Vec<ParamUse> {
+fn param_uses(g: &Graph, mode: WeightMode) -> Vec<ParamUse> {
     let mut uses = vec![ParamUse::default(); g.nodes.len()];
     for n in &g.nodes {
         for (slot, &i) in n.inputs.iter().enumerate() {
-            if matches!(n.op, Op::Linear) && slot == 1 {
+            let param = matches!(g.nodes[i].op, Op::Param { .. });
+            let weight_slot = match n.op {
+                Op::Linear | Op::Conv2d { .. } => slot == 1,
+                Op::Embedding => slot == 0,
+                _ => false,
+            };
+            if mode == WeightMode::Compact && param && weight_slot {
+                uses[i].compact = true;
+            } else if matches!(n.op, Op::Linear) && slot == 1 {
                 uses[i].transposed = true;
             } else {
                 uses[i].plain = true;
@@ -81,7 +114,11 @@ fn transpose2d(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 struct Lowerer<'g> {
     g: &'g Graph,
     b: ProtoBuilder,
+    mode: WeightMode,
     uses: Vec<ParamUse>,
+    /// The stored-dtype weight of each `Param` read by compact nodes.
+    compact_w: Vec<Option<Arc<CompactWeight>>>,
+    compact_ops: Vec<CompactOp>,
     /// The f32 ONNX value of each IR node, once made.
     f32s: Vec<Option<String>>,
     /// The int64 ONNX value of each IR node (token-id inputs, or casts made for `Gather`).
@@ -91,12 +128,15 @@ struct Lowerer<'g> {
 }
 
 impl<'g> Lowerer<'g> {
-    fn new(g: &'g Graph) -> Self {
+    fn new(g: &'g Graph, mode: WeightMode) -> Self {
         let n = g.nodes.len();
         Self {
             g,
             b: ProtoBuilder::default(),
-            uses: param_uses(g),
+            mode,
+            uses: param_uses(g, mode),
+            compact_w: vec![None; n],
+            compact_ops: Vec::new(),
             f32s: vec![None; n],
             i64s: vec![None; n],
             transposed: vec![None; n],
@@ -148,6 +188,10 @@ impl<'g> Lowerer<'g> {
             return self.param(id, path, weights);
         }
         let ins = node.inputs.clone();
+        if let Some(out) = self.compact_node(id)? {
+            self.f32s[id] = Some(out);
+            return Ok(());
+        }
         let x = |l: &mut Self, j: usize| l.f32_of(ins[j]);
         let out = match &node.op {
             Op::Input { .. } | Op::Param { .. } => {
@@ -244,9 +288,84 @@ impl<'g> Lowerer<'g> {
         Ok(())
     }
 
+    /// In compact mode, lowers a weight-bearing node (or attention) to an `LdmCompact` node;
+    /// `None` when the node is lowered to plain ONNX.
+    fn compact_node(&mut self, id: NodeId) -> Result<Option<String>> {
+        if self.mode != WeightMode::Compact {
+            return Ok(None);
+        }
+        let node = &self.g.nodes[id];
+        let ins = &node.inputs;
+        let weight_at = |slot: usize| ins.get(slot).and_then(|&i| self.compact_w[i].clone());
+        let (kernel, args) = match node.op {
+            Op::Linear => match weight_at(1) {
+                Some(w) => (
+                    Kernel::Linear(w),
+                    [&ins[..1], ins.get(2..).unwrap_or(&[])].concat(),
+                ),
+                None => return Ok(None),
+            },
+            Op::Conv2d { stride, pads } => match weight_at(1) {
+                Some(weight) => (
+                    Kernel::Conv {
+                        weight,
+                        stride,
+                        pads,
+                    },
+                    [&ins[..1], ins.get(2..).unwrap_or(&[])].concat(),
+                ),
+                None => return Ok(None),
+            },
+            Op::Embedding => match weight_at(0) {
+                Some(w) => (Kernel::Embedding(w), vec![]),
+                None => return Ok(None),
+            },
+            Op::Attention { heads, causal } => (Kernel::Attention { heads, causal }, ins.clone()),
+            _ => return Ok(None),
+        };
+        let mut names = Vec::with_capacity(args.len());
+        if matches!(kernel, Kernel::Embedding(_)) {
+            names.push(self.i64_of(ins[1])?);
+        }
+        for a in args {
+            names.push(self.f32_of(a)?);
+        }
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let slot = self.compact_ops.len();
+        self.compact_ops.push(CompactOp {
+            slot,
+            kernel,
+            out_shape: node.shape.clone(),
+        });
+        let attrs = vec![attr_int("slot", slot as i64)];
+        Ok(Some(self.b.node(
+            super::compact::ops::OP_TYPE,
+            &refs,
+            attrs,
+        )))
+    }
+
     /// Loads a weight once and emits the initializer(s) its readers need.
     fn param(&mut self, id: NodeId, path: &str, weights: &dyn WeightSource) -> Result<()> {
         let shape = self.shape(id);
+        let use_ = self.uses[id];
+        if use_.compact {
+            let w = match weights.load_shared(path) {
+                Some((dtype, bytes)) => CompactWeight::new(dtype, shape, bytes)?,
+                None => CompactWeight::from_f32(shape, &weights.load_f32(path)?)?,
+            };
+            if w.numel() != numel(shape) {
+                return Err(err(format!(
+                    "weight `{path}` holds {} values, its shape {shape:?} needs {}",
+                    w.numel(),
+                    numel(shape)
+                )));
+            }
+            self.compact_w[id] = Some(Arc::new(w));
+            if !use_.plain && !use_.transposed {
+                return Ok(());
+            }
+        }
         let data = weights.load_f32(path)?;
         if data.len() != numel(shape) {
             return Err(err(format!(
@@ -255,7 +374,6 @@ impl<'g> Lowerer<'g> {
                 numel(shape)
             )));
         }
-        let use_ = self.uses[id];
         if use_.transposed && shape.len() == 2 {
             let t = transpose2d(&data, shape[0], shape[1]);
             self.transposed[id] = Some(self.b.const_f32(&[shape[1], shape[0]], t));

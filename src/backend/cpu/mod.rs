@@ -1,19 +1,32 @@
 //! The CPU backend: the IR is lowered to an in-memory ONNX model (`lower.rs`), which tract
-//! imports, optimizes and runs (`plan.rs`). Weights are dequantized to f32 at load: tract's f16
-//! kernels are far slower than its f32 ones on x86.
+//! imports, optimizes and runs (`plan.rs`).
+//!
+//! Two ways to hold the weights:
+//! - [`CpuBackend`] (`--backend cpu`, the default): linear, conv and embedding weights stay in
+//!   their stored dtype in the model file's mapping and are widened a panel at a time inside
+//!   the compact kernels ([`compact`]); attention never holds its score matrix. Memory is the
+//!   mapped file plus activations.
+//! - [`CpuExpandedBackend`] (`--backend cpu-expanded`): every weight is widened to f32 and
+//!   packed by tract at load, as before; for boards with RAM to spare.
+pub mod compact;
 mod export;
 mod lower;
 mod onnx;
 mod plan;
 
 pub use export::to_onnx;
+pub use lower::WeightMode;
 
 use super::{check_weights, Backend, Executable, WeightSource};
 use crate::graph::Graph;
 use crate::{Error, Result};
 use std::sync::Once;
 
+/// The CPU backend with weights kept in their stored dtype (see the module doc).
 pub struct CpuBackend;
+
+/// The CPU backend with every weight widened to f32 and packed by tract at load.
+pub struct CpuExpandedBackend;
 
 /// Maps a tract error to the crate's, keeping tract's whole cause chain (`{:#}`).
 fn tract_err(what: &'static str) -> impl Fn(tract_onnx::prelude::TractError) -> Error {
@@ -47,10 +60,28 @@ impl Backend for CpuBackend {
     }
 
     fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>> {
-        init_threads();
-        check_weights(graph, weights)?;
-        let proto = lower::lower(graph, weights)?;
-        let model = plan::build(proto)?;
-        Ok(Box::new(plan::CpuPlan::new(graph, model)))
+        prepare(graph, weights, WeightMode::Compact)
     }
+}
+
+impl Backend for CpuExpandedBackend {
+    fn name(&self) -> &'static str {
+        "cpu-expanded"
+    }
+
+    fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>> {
+        prepare(graph, weights, WeightMode::Expanded)
+    }
+}
+
+fn prepare(
+    graph: &Graph,
+    weights: &dyn WeightSource,
+    mode: WeightMode,
+) -> Result<Box<dyn Executable>> {
+    init_threads();
+    check_weights(graph, weights)?;
+    let (proto, compact) = lower::lower_with(graph, weights, mode)?;
+    let model = plan::build(proto, compact)?;
+    Ok(Box::new(plan::CpuPlan::new(graph, model)))
 }

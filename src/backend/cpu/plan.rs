@@ -7,15 +7,19 @@ use crate::{Error, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{
-    tvec, Framework, InferenceModelExt, IntoRunnable, TValue, TVec, TypedRunnableModel,
+    tvec, InferenceModelExt, IntoRunnable, TValue, TVec, TypedRunnableModel,
 };
 
-/// Parses `proto` and optimizes it. The proto is consumed so its copy of the weights is freed
-/// as soon as tract holds its own. `examples/cpu_memory.rs` measures the cost: preparing peaks
-/// near 2.3x the f32 weights (proto, tract's import, its packed copy), the plan keeps ~1.2x.
-pub fn build(proto: ModelProto) -> Result<std::sync::Arc<TypedRunnableModel>> {
-    let model = tract_onnx::onnx()
-        .model_for_proto_model(&proto)
+/// Parses `proto` (its `LdmCompact` nodes resolved from `compact`) and optimizes it. The
+/// proto is consumed so any weights it holds are freed as soon as tract holds its own. With
+/// expanded weights `examples/cpu_memory.rs` measures the cost: preparing peaks near 2.3x the
+/// f32 weights (proto, tract's import, its packed copy), the plan keeps ~1.2x. With compact
+/// weights the proto holds only norms and biases.
+pub fn build(
+    proto: ModelProto,
+    compact: Vec<super::compact::CompactOp>,
+) -> Result<std::sync::Arc<TypedRunnableModel>> {
+    let model = super::compact::ops::import(&proto, compact)
         .map_err(tract_err("importing the lowered ONNX model"))?;
     drop(proto);
     model

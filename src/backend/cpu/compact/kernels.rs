@@ -1,0 +1,396 @@
+//! The CPU kernels that read weights in their stored dtype: linear, conv2d, embedding, and an
+//! attention that never holds the whole score matrix.
+//!
+//! Weights are widened to f32 a panel of output rows at a time (at most [`PANEL`] values), so
+//! the f32 copy of any weight is bounded and short-lived; the products run on the `gemm`
+//! crate's f32 kernels. Convolutions are im2col + GEMM over chunks of output positions (at
+//! most [`COLS`] values of im2col at once), so a 512 px decoder layer never builds its
+//! gigabyte-sized column matrix.
+use super::weight::CompactWeight;
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Largest f32 weight panel: 8 MiB. A weight that fits is widened once per call; larger ones
+/// (the deep UNet levels, where activations are small) are streamed panel by panel.
+const PANEL: usize = 2 << 20;
+/// Largest im2col chunk: 16 MiB.
+const COLS: usize = 4 << 20;
+/// Attention rows per task are chosen so one task's scores take about 256 KiB (L2).
+const SCORES: usize = 64 << 10;
+
+thread_local! {
+    /// Reused panel and im2col buffers: allocating and zeroing them per call would cost
+    /// page faults on every layer of every step.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// A strided matrix operand: pointer, row stride, column stride (in elements).
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst[m x n] = (dst if accumulate) + s * lhs[m x k] rhs[k x n]`.
+///
+/// # Safety
+/// Every operand must address valid memory for its extent; `dst` must not alias the others.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, isize, isize),
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    s: f32,
+    par: Parallelism,
+) {
+    // gemm's convention: dst = alpha * dst + beta * lhs * rhs, strides given column first.
+    gemm::gemm(
+        m, n, k, dst.0, dst.2, dst.1, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
+        1.0, s, false, false, false, par,
+    )
+}
+
+/// Rows of a weight viewed as `[rows, cols]` that fit one panel (at least one).
+fn panel_rows(rows: usize, cols: usize) -> usize {
+    (PANEL / cols.max(1)).clamp(1, rows.max(1))
+}
+
+/// `out[m, n] = x[m, k] w[n, k]^T (+ bias[n])`.
+pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (n, k) = (w.shape[0], w.shape[1]);
+    debug_assert!(x.len() == m * k && out.len() == m * n);
+    match bias {
+        Some(b) => out.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)),
+        None => out.fill(0.0),
+    }
+    let rows = panel_rows(n, k);
+    SCRATCH.with(|s| {
+        let panel = &mut s.borrow_mut().0;
+        let panel = grow(panel, rows * k);
+        for n0 in (0..n).step_by(rows) {
+            let nb = rows.min(n - n0);
+            w.widen_into(n0 * k, &mut panel[..nb * k]);
+            // SAFETY: x is [m, k], the panel [nb, k] read transposed, dst the columns
+            // n0..n0+nb of out [m, n]; all in bounds and distinct.
+            unsafe {
+                matmul(
+                    m,
+                    nb,
+                    k,
+                    (out.as_mut_ptr().add(n0), n as isize, 1),
+                    true,
+                    Mat {
+                        ptr: x.as_ptr(),
+                        rs: k as isize,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: panel.as_ptr(),
+                        rs: 1,
+                        cs: k as isize,
+                    },
+                    1.0,
+                    threads(),
+                )
+            }
+        }
+    });
+}
+
+/// Geometry of one convolution, NCHW.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    /// top, left, bottom, right
+    pub pads: [usize; 4],
+}
+
+impl ConvShape {
+    pub fn out_hw(&self) -> (usize, usize) {
+        let ho = (self.h + self.pads[0] + self.pads[2] - self.kh) / self.stride + 1;
+        let wo = (self.w + self.pads[1] + self.pads[3] - self.kw) / self.stride + 1;
+        (ho, wo)
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pads == [0; 4]
+    }
+}
+
+/// Fills `cols[K, pc]` with the im2col columns of output positions `p0 .. p0 + pc`.
+fn im2col(x: &[f32], g: &ConvShape, wo: usize, p0: usize, pc: usize, cols: &mut [f32]) {
+    let (kh, kw) = (g.kh, g.kw);
+    cols.par_chunks_mut(pc).enumerate().for_each(|(kk, row)| {
+        let (ci, ky, kx) = (kk / (kh * kw), kk / kw % kh, kk % kw);
+        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+        for (j, v) in row.iter_mut().enumerate() {
+            let p = p0 + j;
+            let iy = (p / wo * g.stride + ky) as isize - g.pads[0] as isize;
+            let ix = (p % wo * g.stride + kx) as isize - g.pads[1] as isize;
+            *v = if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                plane[iy as usize * g.w + ix as usize]
+            } else {
+                0.0
+            };
+        }
+    });
+}
+
+/// `out[B, O, Ho, Wo] = conv(x[B, C, H, W], w[O, C, kh, kw]) (+ bias[O])`.
+pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (ho, wo) = g.out_hw();
+    let p = ho * wo;
+    let kdim = g.c * g.kh * g.kw;
+    for (b, ob) in out.chunks_exact_mut(g.o * p).enumerate().take(g.batch) {
+        match bias {
+            Some(bias) => ob
+                .chunks_exact_mut(p)
+                .zip(bias)
+                .for_each(|(r, &v)| r.fill(v)),
+            None => ob.fill(0.0),
+        }
+        let xb = &x[b * g.c * g.h * g.w..][..g.c * g.h * g.w];
+        let rows = panel_rows(g.o, kdim);
+        let chunk = if g.pointwise() {
+            p
+        } else {
+            (COLS / kdim).clamp(1, p)
+        };
+        SCRATCH.with(|s| {
+            let (panel, cols) = &mut *s.borrow_mut();
+            let panel = grow(panel, rows * kdim);
+            let whole = rows >= g.o;
+            if whole {
+                w.widen_into(0, &mut panel[..g.o * kdim]);
+            }
+            let cols = if g.pointwise() {
+                &mut cols[..0]
+            } else {
+                grow(cols, kdim * chunk)
+            };
+            for p0 in (0..p).step_by(chunk) {
+                let pc = chunk.min(p - p0);
+                let rhs = if g.pointwise() {
+                    Mat {
+                        ptr: xb[p0..].as_ptr(),
+                        rs: p as isize,
+                        cs: 1,
+                    }
+                } else {
+                    im2col(xb, g, wo, p0, pc, &mut cols[..kdim * pc]);
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: pc as isize,
+                        cs: 1,
+                    }
+                };
+                for o0 in (0..g.o).step_by(rows) {
+                    let nb = rows.min(g.o - o0);
+                    if !whole {
+                        w.widen_into(o0 * kdim, &mut panel[..nb * kdim]);
+                    }
+                    let lhs = if whole {
+                        panel[o0 * kdim..].as_ptr()
+                    } else {
+                        panel.as_ptr()
+                    };
+                    // SAFETY: lhs is nb rows of the widened weight [.., kdim]; rhs is
+                    // [kdim, pc] (im2col, or x itself for a pointwise conv); dst is rows
+                    // o0.. and columns p0.. of this batch item's [O, P] output.
+                    unsafe {
+                        matmul(
+                            nb,
+                            pc,
+                            kdim,
+                            (ob.as_mut_ptr().add(o0 * p + p0), p as isize, 1),
+                            true,
+                            Mat {
+                                ptr: lhs,
+                                rs: kdim as isize,
+                                cs: 1,
+                            },
+                            rhs,
+                            1.0,
+                            threads(),
+                        )
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Rows `ids` of `table [V, D]`, widened. Ids were checked against V by the caller.
+pub fn embedding(table: &CompactWeight, ids: &[usize], out: &mut [f32]) {
+    let d = table.shape[1];
+    for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
+        table.widen_into(id * d, row);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint regions of one output buffer that outlives them.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// softmax(q k^T / sqrt(d)) v per head, on `[B, L, heads * d]` tensors, computed a block of
+/// query rows at a time: the scores of one block (about 256 KiB) are all that is held, never
+/// the `[B, heads, Lq, Lk]` matrix (8 x 4096 x 4096 f32 = 512 MiB per image for SD at 64x64).
+/// Exact: each row's softmax sees all of its keys.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    qs: &[usize],
+    k: &[f32],
+    ks: &[usize],
+    v: &[f32],
+    vs: &[usize],
+    heads: usize,
+    causal: bool,
+    out: &mut [f32],
+) {
+    let (bsz, lq, c) = (qs[0], qs[1], qs[2]);
+    let (lk, cv) = (ks[1], vs[2]);
+    let (d, dv) = (c / heads, cv / heads);
+    let scale = 1.0 / (d as f32).sqrt();
+    let rows = (SCORES / lk.max(1)).clamp(1, lq.max(1));
+    let tasks: Vec<(usize, usize, usize)> = (0..bsz)
+        .flat_map(|b| (0..heads).flat_map(move |h| (0..lq).step_by(rows).map(move |r| (b, h, r))))
+        .collect();
+    let dst = SendPtr(out.as_mut_ptr());
+    tasks
+        .par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(b, h, r0)| {
+            let nr = rows.min(lq - r0);
+            let s = grow(scores, nr * lk);
+            let dst = dst;
+            // SAFETY: q rows r0..r0+nr of head h, k and v all rows of head h (strided views of
+            // the [B, L, heads*d] inputs); the scores are this task's own; the output block (rows
+            // r0.., columns h*dv..) is written by this task alone.
+            unsafe {
+                matmul(
+                    nr,
+                    lk,
+                    d,
+                    (s.as_mut_ptr(), lk as isize, 1),
+                    false,
+                    Mat {
+                        ptr: q.as_ptr().add((b * lq + r0) * c + h * d),
+                        rs: c as isize,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: k.as_ptr().add(b * lk * c + h * d),
+                        rs: 1,
+                        cs: c as isize,
+                    },
+                    scale,
+                    Parallelism::None,
+                );
+            }
+            for (i, row) in s.chunks_exact_mut(lk).enumerate() {
+                // Causal: query r0+i sees keys 0..=r0+i.
+                let seen = if causal { (r0 + i + 1).min(lk) } else { lk };
+                let (live, masked) = row.split_at_mut(seen);
+                masked.fill(0.0);
+                let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in live.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+            }
+            unsafe {
+                matmul(
+                    nr,
+                    dv,
+                    lk,
+                    (dst.0.add((b * lq + r0) * cv + h * dv), cv as isize, 1),
+                    false,
+                    Mat {
+                        ptr: s.as_ptr(),
+                        rs: lk as isize,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: v.as_ptr().add(b * lk * cv + h * dv),
+                        rs: cv as isize,
+                        cs: 1,
+                    },
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+        });
+}
+
+/// Working memory one node holds on top of its inputs and output while it runs on the compact
+/// CPU plan: kernel scratch for the compact ops, and the temporaries of the plain-ONNX
+/// decompositions tract runs for the rest (a norm is mean, difference, square, variance and
+/// quotient over the whole tensor). For the memory planner.
+pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -> u64 {
+    use crate::graph::Op;
+    let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
+    let out = numel(&node.shape);
+    let input = |i: usize| {
+        node.inputs
+            .get(i)
+            .map_or(0, |&j| numel(&graph.nodes[j].shape))
+    };
+    let threads = rayon::current_num_threads().max(1) as u64;
+    let values = match node.op {
+        Op::Linear => {
+            let w = &graph.nodes[node.inputs[1]].shape;
+            numel(w).min(PANEL as u64)
+        }
+        Op::Conv2d { .. } => {
+            let w = &graph.nodes[node.inputs[1]].shape;
+            let k = numel(&w[1..]);
+            let p = numel(&node.shape[2..]);
+            numel(w).min(PANEL as u64) + (k * p).min(COLS as u64)
+        }
+        Op::Attention { .. } => {
+            let lk = graph.nodes[node.inputs[1]]
+                .shape
+                .get(1)
+                .copied()
+                .unwrap_or(1) as u64;
+            threads * (SCORES as u64).max(lk)
+        }
+        // mean/var reductions are small; difference, its square and the quotient are full.
+        Op::GroupNorm { .. } | Op::LayerNorm { .. } => 3 * input(0),
+        // sigmoid (or erf) of x, then the product.
+        Op::Silu | Op::Gelu => out,
+        _ => 0,
+    };
+    4 * values
+}

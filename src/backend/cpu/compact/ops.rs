@@ -1,0 +1,265 @@
+//! The compact kernels as one tract op, so tract still schedules, frees and runs the whole
+//! graph while the weight-bearing nodes read their weights from the mapping.
+//!
+//! The lowering emits a node of type [`OP_TYPE`] whose only attribute is a slot number; the
+//! op itself (kernel, weight, output shape) waits in a table that [`import`] makes visible to
+//! tract's ONNX parser for the duration of the import. The weights therefore never pass
+//! through the proto, and every node is whole from the moment tract creates it.
+use super::kernels::{self, ConvShape};
+use super::weight::CompactWeight;
+use std::cell::RefCell;
+use std::sync::Arc;
+use tract_onnx::pb::{ModelProto, NodeProto};
+use tract_onnx::prelude::{Framework, InferenceModel};
+use tract_onnx::tract_hir::internal::*;
+
+/// The ONNX op type of a compact node. Only our own lowering emits it; such protos are never
+/// written out (`export --onnx` lowers with plain ONNX ops).
+pub const OP_TYPE: &str = "LdmCompact";
+
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// inputs: x [.., K], [bias]; weight [N, K]
+    Linear(Arc<CompactWeight>),
+    /// inputs: x [B, C, H, W], [bias]; weight [O, C, kh, kw]
+    Conv {
+        weight: Arc<CompactWeight>,
+        stride: usize,
+        pads: [usize; 4],
+    },
+    /// inputs: ids (int64); table [V, D]
+    Embedding(Arc<CompactWeight>),
+    /// inputs: q, k, v
+    Attention { heads: usize, causal: bool },
+}
+
+#[derive(Clone, Debug)]
+pub struct CompactOp {
+    /// Unique per lowered node, so tract never merges two of them.
+    pub slot: usize,
+    pub kernel: Kernel,
+    pub out_shape: Vec<usize>,
+}
+
+impl PartialEq for CompactOp {
+    fn eq(&self, other: &Self) -> bool {
+        self.slot == other.slot && self.out_shape == other.out_shape
+    }
+}
+
+impl Eq for CompactOp {}
+
+impl Op for CompactOp {
+    fn name(&self) -> StaticName {
+        match self.kernel {
+            Kernel::Linear(_) => "LdmLinear",
+            Kernel::Conv { .. } => "LdmConv",
+            Kernel::Embedding(_) => "LdmEmbedding",
+            Kernel::Attention { .. } => "LdmAttention",
+        }
+        .into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(match &self.kernel {
+            Kernel::Linear(w) | Kernel::Conv { weight: w, .. } | Kernel::Embedding(w) => {
+                vec![format!("weight {w:?}")]
+            }
+            Kernel::Attention { heads, causal } => vec![format!("heads {heads} causal {causal}")],
+        })
+    }
+
+    op_as_typed_op!();
+}
+
+fn f32s(t: &TValue) -> TractResult<&[f32]> {
+    t.try_as_plain_ram()?.as_slice::<f32>()
+}
+
+fn dims(t: &TValue, rank: usize, what: &str) -> TractResult<Vec<usize>> {
+    let s = t.shape().to_vec();
+    ensure!(
+        s.len() == rank,
+        "{what}: expected rank {rank}, got shape {s:?}"
+    );
+    Ok(s)
+}
+
+impl CompactOp {
+    fn bias<'a>(&self, inputs: &'a [TValue], n: usize) -> TractResult<Option<&'a [f32]>> {
+        match inputs.get(1) {
+            None => Ok(None),
+            Some(b) => {
+                let b = f32s(b)?;
+                ensure!(b.len() == n, "bias of {} values for {n} outputs", b.len());
+                Ok(Some(b))
+            }
+        }
+    }
+
+    fn compute(&self, inputs: &[TValue], out: &mut [f32]) -> TractResult<()> {
+        match &self.kernel {
+            Kernel::Linear(w) => {
+                let (n, k) = (w.shape[0], w.shape[1]);
+                let x = f32s(&inputs[0])?;
+                let m = x.len() / k.max(1);
+                ensure!(
+                    m * k == x.len() && m * n == out.len(),
+                    "linear [{n}, {k}] on an input of {} values",
+                    x.len()
+                );
+                kernels::linear(x, m, w, self.bias(inputs, n)?, out);
+            }
+            Kernel::Conv {
+                weight,
+                stride,
+                pads,
+            } => {
+                let xs = dims(&inputs[0], 4, "conv input")?;
+                let ws = &weight.shape;
+                ensure!(ws[1] == xs[1], "conv weight {ws:?} on input {xs:?}");
+                let g = ConvShape {
+                    batch: xs[0],
+                    c: xs[1],
+                    h: xs[2],
+                    w: xs[3],
+                    o: ws[0],
+                    kh: ws[2],
+                    kw: ws[3],
+                    stride: *stride,
+                    pads: *pads,
+                };
+                let (ho, wo) = g.out_hw();
+                ensure!(
+                    self.out_shape == [g.batch, g.o, ho, wo],
+                    "conv output {:?}, expected {:?}",
+                    [g.batch, g.o, ho, wo],
+                    self.out_shape
+                );
+                kernels::conv2d(f32s(&inputs[0])?, &g, weight, self.bias(inputs, g.o)?, out);
+            }
+            Kernel::Embedding(table) => {
+                let (v, d) = (table.shape[0], table.shape[1]);
+                let ids = inputs[0].try_as_plain_ram()?.as_slice::<i64>()?;
+                ensure!(
+                    ids.len() * d == out.len(),
+                    "{} ids for {:?}",
+                    ids.len(),
+                    self.out_shape
+                );
+                let ids = ids
+                    .iter()
+                    .map(|&i| match usize::try_from(i) {
+                        Ok(i) if i < v => Ok(i),
+                        _ => bail!("token id {i} is outside the vocabulary of {v}"),
+                    })
+                    .collect::<TractResult<Vec<usize>>>()?;
+                kernels::embedding(table, &ids, out);
+            }
+            Kernel::Attention { heads, causal } => {
+                let qs = dims(&inputs[0], 3, "attention q")?;
+                let ks = dims(&inputs[1], 3, "attention k")?;
+                let vs = dims(&inputs[2], 3, "attention v")?;
+                ensure!(
+                    qs[2] % heads == 0
+                        && vs[2] % heads == 0
+                        && ks[2] == qs[2]
+                        && ks[..2] == vs[..2]
+                        && ks[0] == qs[0]
+                        && self.out_shape == [qs[0], qs[1], vs[2]],
+                    "attention on q {qs:?}, k {ks:?}, v {vs:?} with {heads} heads"
+                );
+                let (q, k, v) = (f32s(&inputs[0])?, f32s(&inputs[1])?, f32s(&inputs[2])?);
+                kernels::attention(q, &qs, k, &ks, v, &vs, *heads, *causal, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EvalOp for CompactOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let n: usize = self.out_shape.iter().product();
+        let mut out = vec![0f32; n];
+        self.compute(&inputs, &mut out)?;
+        let t = tract_ndarray::ArrayD::from_shape_vec(self.out_shape.clone(), out)?.into_tensor();
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for CompactOp {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&self.out_shape)))
+    }
+
+    as_op!();
+}
+
+/// The inference-time face of a [`CompactOp`]: states the output type and shape, then wires
+/// the op itself into the typed model.
+#[derive(Clone, Debug)]
+struct CompactNode(CompactOp);
+
+impl Expansion for CompactNode {
+    fn name(&self) -> StaticName {
+        Op::name(&self.0)
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        _inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        let shape: TVec<TDim> = self.0.out_shape.iter().map(|&d| d.to_dim()).collect();
+        s.equals(&outputs[0].shape, ShapeFactoid::from(shape))
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, self.0.clone(), inputs)
+    }
+}
+
+thread_local! {
+    /// The ops of the proto being imported, by slot (see the module doc).
+    static PENDING: RefCell<Vec<CompactOp>> = const { RefCell::new(Vec::new()) };
+}
+
+fn build_node(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let slot: i64 = node.get_attr("slot")?;
+    let op = PENDING
+        .with(|p| {
+            usize::try_from(slot)
+                .ok()
+                .and_then(|s| p.borrow().get(s).cloned())
+        })
+        .ok_or_else(|| format_err!("{OP_TYPE} node `{}`: no op in slot {slot}", node.name))?;
+    Ok((expand(CompactNode(op)), vec![]))
+}
+
+/// Imports `proto` with its compact nodes resolved from `ops` (indexed by slot).
+pub fn import(proto: &ModelProto, ops: Vec<CompactOp>) -> TractResult<InferenceModel> {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            PENDING.with(|p| p.borrow_mut().clear());
+        }
+    }
+    let mut fw = tract_onnx::onnx();
+    fw.op_register.insert(OP_TYPE, build_node);
+    PENDING.with(|p| *p.borrow_mut() = ops);
+    let _clear = Clear;
+    fw.model_for_proto_model(proto)
+}
