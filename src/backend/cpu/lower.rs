@@ -321,6 +321,11 @@ impl<'g> Lowerer<'g> {
                 None => return Ok(None),
             },
             Op::Attention { heads, causal } => (Kernel::Attention { heads, causal }, ins.clone()),
+            // Norms and SiLU have no big weights, but tract's decompositions of them hold
+            // full-size temporaries: at 512 px they set the decoder's peak.
+            Op::GroupNorm { groups, eps } => (Kernel::GroupNorm { groups, eps }, ins.clone()),
+            Op::LayerNorm { eps } => (Kernel::LayerNorm { eps }, ins.clone()),
+            Op::Silu => (Kernel::Silu, ins.clone()),
             _ => return Ok(None),
         };
         let mut names = Vec::with_capacity(args.len());

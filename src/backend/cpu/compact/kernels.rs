@@ -353,19 +353,81 @@ pub fn attention(
         });
 }
 
+/// Mean and biased variance in f64, two passes (the values may be far from zero).
+fn moments(x: &[f32]) -> (f32, f32) {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, var as f32)
+}
+
+/// GroupNorm of `x [N, C, ...]` with per-channel affine, written straight into `out`: tract's
+/// decomposition (mean, difference, square, variance, quotient) holds three full-size
+/// temporaries, which at the top of a 512 px decoder are 128 MiB each.
+pub fn group_norm(
+    x: &[f32],
+    shape: &[usize],
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+    eps: f32,
+    out: &mut [f32],
+) {
+    let c = shape[1];
+    let spatial: usize = shape[2..].iter().product();
+    let cg = c / groups;
+    let len = cg * spatial;
+    out.par_chunks_mut(len.max(1))
+        .zip(x.par_chunks(len.max(1)))
+        .enumerate()
+        .for_each(|(i, (o, xi))| {
+            let g = i % groups;
+            let (mean, var) = moments(xi);
+            let inv = 1.0 / (var + eps).sqrt();
+            for (ci, (o, xi)) in o.chunks_mut(spatial).zip(xi.chunks(spatial)).enumerate() {
+                let ch = g * cg + ci;
+                let (a, b) = (gamma[ch] * inv, beta[ch]);
+                for (o, &v) in o.iter_mut().zip(xi) {
+                    *o = (v - mean) * a + b;
+                }
+            }
+        });
+}
+
+/// LayerNorm over the last axis (`d` values per row), same reason as [`group_norm`].
+pub fn layer_norm(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let rows = (4096 / d.max(1)).max(1);
+    out.par_chunks_mut(rows * d)
+        .zip(x.par_chunks(rows * d))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                let (mean, var) = moments(x);
+                let inv = 1.0 / (var + eps).sqrt();
+                for j in 0..x.len() {
+                    o[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
+                }
+            }
+        });
+}
+
+/// `x * sigmoid(x)` in one pass (tract's Sigmoid + Mul holds the sigmoid as a temporary).
+pub fn silu(x: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = v / (1.0 + (-v).exp());
+            }
+        });
+}
+
 /// Working memory one node holds on top of its inputs and output while it runs on the compact
 /// CPU plan: kernel scratch for the compact ops, and the temporaries of the plain-ONNX
-/// decompositions tract runs for the rest (a norm is mean, difference, square, variance and
-/// quotient over the whole tensor). For the memory planner.
+/// decompositions tract runs for the rest. For the memory planner.
 pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -> u64 {
     use crate::graph::Op;
     let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
     let out = numel(&node.shape);
-    let input = |i: usize| {
-        node.inputs
-            .get(i)
-            .map_or(0, |&j| numel(&graph.nodes[j].shape))
-    };
     let threads = rayon::current_num_threads().max(1) as u64;
     let values = match node.op {
         Op::Linear => {
@@ -386,10 +448,8 @@ pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -
                 .unwrap_or(1) as u64;
             threads * (SCORES as u64).max(lk)
         }
-        // mean/var reductions are small; difference, its square and the quotient are full.
-        Op::GroupNorm { .. } | Op::LayerNorm { .. } => 3 * input(0),
-        // sigmoid (or erf) of x, then the product.
-        Op::Silu | Op::Gelu => out,
+        // Erf of x, then the products (tract's decomposition).
+        Op::Gelu => 2 * out,
         _ => 0,
     };
     4 * values

@@ -31,6 +31,12 @@ pub enum Kernel {
     Embedding(Arc<CompactWeight>),
     /// inputs: q, k, v
     Attention { heads: usize, causal: bool },
+    /// inputs: x [N, C, ...], gamma [C], beta [C]
+    GroupNorm { groups: usize, eps: f32 },
+    /// inputs: x [.., D], gamma [D], beta [D]
+    LayerNorm { eps: f32 },
+    /// inputs: x
+    Silu,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +62,9 @@ impl Op for CompactOp {
             Kernel::Conv { .. } => "LdmConv",
             Kernel::Embedding(_) => "LdmEmbedding",
             Kernel::Attention { .. } => "LdmAttention",
+            Kernel::GroupNorm { .. } => "LdmGroupNorm",
+            Kernel::LayerNorm { .. } => "LdmLayerNorm",
+            Kernel::Silu => "LdmSilu",
         }
         .into()
     }
@@ -66,6 +75,9 @@ impl Op for CompactOp {
                 vec![format!("weight {w:?}")]
             }
             Kernel::Attention { heads, causal } => vec![format!("heads {heads} causal {causal}")],
+            Kernel::GroupNorm { groups, eps } => vec![format!("groups {groups} eps {eps}")],
+            Kernel::LayerNorm { eps } => vec![format!("eps {eps}")],
+            Kernel::Silu => vec![],
         })
     }
 
@@ -171,6 +183,34 @@ impl CompactOp {
                 );
                 let (q, k, v) = (f32s(&inputs[0])?, f32s(&inputs[1])?, f32s(&inputs[2])?);
                 kernels::attention(q, &qs, k, &ks, v, &vs, *heads, *causal, out);
+            }
+            Kernel::GroupNorm { groups, eps } => {
+                let xs = inputs[0].shape().to_vec();
+                let (x, g, b) = (f32s(&inputs[0])?, f32s(&inputs[1])?, f32s(&inputs[2])?);
+                ensure!(
+                    xs.len() >= 2
+                        && xs[1] % groups == 0
+                        && g.len() == xs[1]
+                        && b.len() == xs[1]
+                        && x.len() == out.len(),
+                    "group norm of {groups} groups on {xs:?}"
+                );
+                kernels::group_norm(x, &xs, g, b, *groups, *eps, out);
+            }
+            Kernel::LayerNorm { eps } => {
+                let xs = inputs[0].shape().to_vec();
+                let (x, g, b) = (f32s(&inputs[0])?, f32s(&inputs[1])?, f32s(&inputs[2])?);
+                let d = xs.last().copied().unwrap_or(0);
+                ensure!(
+                    d > 0 && g.len() == d && b.len() == d && x.len() == out.len(),
+                    "layer norm on {xs:?}"
+                );
+                kernels::layer_norm(x, d, g, b, *eps, out);
+            }
+            Kernel::Silu => {
+                let x = f32s(&inputs[0])?;
+                ensure!(x.len() == out.len(), "silu on {} values", x.len());
+                kernels::silu(x, out);
             }
         }
         Ok(())
