@@ -26,9 +26,15 @@ fn mid_block<O: Ops>(o: &mut O, p: &Path, x: &O::T, c: usize, g: usize) -> Resul
 /// Image [B, in, H, W] in [-1, 1] -> posterior moments [B, 2z, H/f, W/f] (mean, then logvar),
 /// after `quant_conv`. Parameters under `prefix` (normally `vae.`).
 pub fn encode<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, x: &O::T) -> Result<O::T> {
+    let h = encode_local(o, cfg, prefix, x)?;
+    encode_global(o, cfg, prefix, &h)
+}
+
+/// The encoder up to its mid block: each output pixel sees a bounded neighbourhood (apart from
+/// GroupNorm statistics), so a tiled encode runs it in tiles. -> [B, C, H/f, W/f].
+pub fn encode_local<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, x: &O::T) -> Result<O::T> {
     cfg.validate()?;
-    let root = Path::root(prefix);
-    let p = root.sub("encoder");
+    let p = Path::root(prefix).sub("encoder");
     let boc = &cfg.block_out_channels;
     let g = cfg.norm_num_groups;
     let mut h = nn::conv(o, &p.sub("conv_in"), x, cfg.in_channels, boc[0], 3, 1, 1)?;
@@ -53,7 +59,17 @@ pub fn encode<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, x: &O::T) -> Res
             )?;
         }
     }
-    h = mid_block(o, &p.sub("mid_block"), &h, c, g)?;
+    Ok(h)
+}
+
+/// The rest of the encoder, at latent resolution: the mid block, whose attention sees every
+/// position, and the output convolutions. `encode` is `encode_local` then this.
+pub fn encode_global<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, h: &O::T) -> Result<O::T> {
+    let root = Path::root(prefix);
+    let p = root.sub("encoder");
+    let g = cfg.norm_num_groups;
+    let c = *cfg.block_out_channels.last().unwrap_or(&0);
+    let h = mid_block(o, &p.sub("mid_block"), h, c, g)?;
     let h = nn::group_norm(o, &p.sub("conv_norm_out"), &h, c, g, EPS)?;
     let h = o.silu(&h)?;
     let z2 = 2 * cfg.latent_channels;
@@ -84,16 +100,33 @@ pub fn encoder_params(cfg: &VaeConfig, prefix: &str) -> Result<Vec<(String, Vec<
 
 /// Latent [B, z, h, w] (already divided by the latent scale factor) -> image [B, out, h*f, w*f].
 pub fn decode<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, z: &O::T) -> Result<O::T> {
+    let h = decode_global(o, cfg, prefix, z)?;
+    decode_local(o, cfg, prefix, &h)
+}
+
+/// The decoder up to and with its mid block, at latent resolution: the mid block's attention
+/// sees every position. -> [B, C, h, w]. `decode` is this then `decode_local`.
+pub fn decode_global<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, z: &O::T) -> Result<O::T> {
     cfg.validate()?;
     let root = Path::root(prefix);
     let p = root.sub("decoder");
     let zc = cfg.latent_channels;
+    let c = *cfg.block_out_channels.last().unwrap_or(&0);
+    let z = nn::conv(o, &root.sub("post_quant_conv"), z, zc, zc, 1, 1, 0)?;
+    let h = nn::conv(o, &p.sub("conv_in"), &z, zc, c, 3, 1, 1)?;
+    mid_block(o, &p.sub("mid_block"), &h, c, cfg.norm_num_groups)
+}
+
+/// The rest of the decoder, the upsampling blocks: each output pixel sees a bounded
+/// neighbourhood (apart from GroupNorm statistics), so a tiled decode runs it in tiles.
+/// [B, C, h, w] -> [B, out, h*f, w*f].
+pub fn decode_local<O: Ops>(o: &mut O, cfg: &VaeConfig, prefix: &str, h: &O::T) -> Result<O::T> {
+    cfg.validate()?;
+    let p = Path::root(prefix).sub("decoder");
     let g = cfg.norm_num_groups;
     let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
-    let z = nn::conv(o, &root.sub("post_quant_conv"), z, zc, zc, 1, 1, 0)?;
     let mut c = rev[0];
-    let mut h = nn::conv(o, &p.sub("conv_in"), &z, zc, c, 3, 1, 1)?;
-    h = mid_block(o, &p.sub("mid_block"), &h, c, g)?;
+    let mut h = h.clone();
     for (i, &cout) in rev.iter().enumerate() {
         let bp = p.sub("up_blocks").sub(i);
         for j in 0..=cfg.layers_per_block {

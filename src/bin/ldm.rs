@@ -7,8 +7,10 @@ use ldm_edge::backend;
 use ldm_edge::backend::Tensor;
 use ldm_edge::model::Model;
 use ldm_edge::pipeline::image::{load_mask, load_rgb, save_png};
+use ldm_edge::pipeline::memory::parse_bytes;
 use ldm_edge::pipeline::{
-    Cancel, Generated, Img2Img, Inpaint, Pipeline, Progress, Txt2Img, Upscale, DEFAULT_STRENGTH,
+    Cancel, Generated, Img2Img, Inpaint, Pipeline, Progress, Txt2Img, Upscale, VaeTiling,
+    DEFAULT_STRENGTH,
 };
 use ldm_edge::sampler::NoiseGen;
 use ldm_edge::{npy, Error};
@@ -96,6 +98,18 @@ struct SampleArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Run the autoencoder in overlapping tiles of N latent pixels (N x f image pixels), so a
+    /// large image's decode is not the memory peak; 0 = whole image.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    vae_tile: usize,
+    /// Overlap of neighbouring VAE tiles in latent pixels [default: a quarter tile].
+    #[arg(long, value_name = "M")]
+    vae_overlap: Option<usize>,
+    /// Host memory the request may use (2G, 1500M, ...): VAE tiling is chosen to fit, or the
+    /// request is refused before any work, naming what it needs [default: the cgroup's
+    /// memory.max when one is set, else no limit].
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
 }
 
 impl SampleArgs {
@@ -113,6 +127,28 @@ impl SampleArgs {
             p.sampler = name.parse()?;
         }
         Ok(())
+    }
+
+    /// The autoencoder tiling asked for, checked before any work starts.
+    fn vae_tiling(&self) -> Result<Option<VaeTiling>> {
+        if self.vae_tile == 0 {
+            if self.vae_overlap.is_some() {
+                anyhow::bail!("--vae-overlap needs --vae-tile");
+            }
+            return Ok(None);
+        }
+        let overlap = self.vae_overlap.unwrap_or(self.vae_tile / 4);
+        Ok(Some(VaeTiling::new(self.vae_tile, overlap)?))
+    }
+
+    /// The pipeline for these flags: backend, VAE tiling and memory budget.
+    fn pipeline<'m>(&self, model: &'m Model) -> Result<Pipeline<'m>> {
+        let mut pipe =
+            Pipeline::new(model, backend::select(&self.backend)?).with_vae_tiling(self.vae_tiling()?);
+        if let Some(m) = &self.max_memory {
+            pipe = pipe.with_memory_budget(Some(parse_bytes(m)?));
+        }
+        Ok(pipe)
     }
 }
 
@@ -274,7 +310,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             );
         }
     }
-    let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
+    let pipe = s.pipeline(&model)?;
     let (h, w) = pipe.latent_size(req.width, req.height)?;
     let z = model.config.vae.latent_channels;
     let init = match &a.init_noise {
@@ -301,14 +337,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
         npy::write_f32(&p.with_extension("init.npy"), &init)?;
     }
     eprintln!(
-        "wrote {} ({}x{}, {} steps of {}, guidance {}, seed {})",
+        "wrote {} ({}x{}, {} steps of {}, guidance {}, seed {}; peak RSS {:.0} MiB)",
         s.output.display(),
         out.width,
         out.height,
         req.steps,
         req.sampler,
         req.guidance,
-        req.seed
+        req.seed,
+        ldm_edge::bench::peak_rss_mb()
     );
     Ok(())
 }
@@ -330,7 +367,7 @@ fn inpaint(a: InpaintArgs) -> Result<()> {
     let mut req = Inpaint::new(&model, &a.prompt, image, mask)?;
     req.params.negative_prompt = a.negative_prompt;
     s.apply(&mut req.params)?;
-    let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
+    let pipe = s.pipeline(&model)?;
     let cancel = cancel_on_ctrl_c();
     let out = with_progress(s.quiet, req.params.steps, |pr| {
         pipe.inpaint(&req, pr, &cancel)
@@ -353,6 +390,10 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
     let model = open_model(&a.model, Task::Sr)?;
     let image = read_image(&a.input)?;
     let s = &a.sample;
+    if s.vae_tile != 0 || s.vae_overlap.is_some() {
+        // Each upscale tile is decoded on its own already, at the model's native size.
+        anyhow::bail!("--vae-tile does not apply to upscale: it decodes tile by tile already");
+    }
     let mut req = Upscale::new(&model, image)?;
     req.prompt = a.prompt;
     req.negative_prompt = a.negative_prompt;
@@ -368,7 +409,7 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
     if let Some(name) = &s.sampler {
         req.sampler = name.parse()?;
     }
-    let pipe = Pipeline::new(&model, backend::select(&s.backend)?);
+    let pipe = s.pipeline(&model)?;
     let tiles = pipe.tile_layout(&req)?.count();
     let cancel = cancel_on_ctrl_c();
     let out = with_progress(s.quiet, tiles * req.steps, |pr| {

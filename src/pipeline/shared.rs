@@ -1,6 +1,7 @@
 //! The stages every pipeline shares: text encoding, the autoencoder both ways, size and task
 //! checks, and the CPU rerun after a GPU fault.
 use super::denoise::Denoiser;
+use super::vae_tiles::VaeTiling;
 use crate::arch::Task;
 use crate::backend::{Backend, Executable, Tensor};
 use crate::model::Model;
@@ -34,6 +35,14 @@ impl Generated {
 pub struct Pipeline<'m> {
     pub model: &'m Model,
     pub backend: Box<dyn Backend>,
+    /// Run the autoencoder in overlapping tiles when a latent is larger than one tile, so a
+    /// large image's decode is not the memory peak; None (the default) runs it whole.
+    pub vae_tiling: Option<VaeTiling>,
+    /// Host memory a request may use. With a budget, each request is planned before any
+    /// work ([`Pipeline::plan_memory`]): VAE tiling is chosen to fit, or the request is
+    /// refused with [`Error::Memory`]. `Pipeline::new` takes the cgroup's `memory.max` when
+    /// the process runs under one, so a request is refused rather than killed.
+    pub memory_budget: Option<u64>,
 }
 
 pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
@@ -67,6 +76,17 @@ pub(crate) fn check_prompt(prompt: &str) -> Result<()> {
     Ok(())
 }
 
+/// Latents [B, z, h, w] -> (B, h, w), or an error naming what was given.
+pub(crate) fn latent_dims(latents: &Tensor, z: usize) -> Result<(usize, usize, usize)> {
+    match latents.shape[..] {
+        [b, c, h, w] if c == z && latents.data.len() == b * c * h * w => Ok((b, h, w)),
+        _ => Err(Error::Input(format!(
+            "latents must have shape [B, {z}, h, w], got {:?}",
+            latents.shape
+        ))),
+    }
+}
+
 /// [1, 3, H, W] -> (H, W), or an error naming what was given.
 pub(crate) fn image_hw(image: &Tensor, what: &str) -> Result<(usize, usize)> {
     match image.shape[..] {
@@ -90,7 +110,24 @@ pub(crate) fn first(mut v: Vec<Tensor>) -> Result<Tensor> {
 
 impl<'m> Pipeline<'m> {
     pub fn new(model: &'m Model, backend: Box<dyn Backend>) -> Self {
-        Self { model, backend }
+        Self {
+            model,
+            backend,
+            vae_tiling: None,
+            memory_budget: super::memory::cgroup_limit(),
+        }
+    }
+
+    /// Sets (or with None removes) the memory budget, in bytes.
+    pub fn with_memory_budget(mut self, bytes: Option<u64>) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Sets (or with None clears) the autoencoder tiling; checked when the autoencoder runs.
+    pub fn with_vae_tiling(mut self, t: Option<VaeTiling>) -> Self {
+        self.vae_tiling = t;
+        self
     }
 
     /// Latent size for an image size, or a clear error naming the constraint.
@@ -149,10 +186,18 @@ impl<'m> Pipeline<'m> {
 
     pub(crate) fn encode_on(&self, backend: &dyn Backend, image: &Tensor) -> Result<Tensor> {
         let (h, w) = image_hw(image, "image to encode")?;
-        self.latent_size(w, h)?;
+        let (lh, lw) = self.latent_size(w, h)?;
+        if let Some(t) = self.vae_tiles_for(lh, lw)? {
+            return self.encode_tiled_on(backend, image, t);
+        }
         let graph = self.model.config.encoder_graph(1, h, w)?;
         let mut plan = backend.prepare(&graph, self.model)?;
         let moments = first(plan.run(std::slice::from_ref(image))?)?;
+        self.posterior_mean(&moments)
+    }
+
+    /// Encoder moments [1, 2z, h, w] -> the mean times latent_scale, [1, z, h, w].
+    pub(crate) fn posterior_mean(&self, moments: &Tensor) -> Result<Tensor> {
         let z = self.model.config.vae.latent_channels;
         let s = &moments.shape;
         if s.len() != 4 || s[1] != 2 * z || moments.data.len() != s.iter().product::<usize>() {
@@ -173,8 +218,11 @@ impl<'m> Pipeline<'m> {
     }
 
     pub(crate) fn decode_on(&self, backend: &dyn Backend, latents: &Tensor) -> Result<Tensor> {
-        let s = &latents.shape;
-        let mut plan = self.decoder_on(backend, s[0], s[2], s[3])?;
+        let (b, h, w) = latent_dims(latents, self.model.config.vae.latent_channels)?;
+        if let Some(t) = self.vae_tiles_for(h, w)? {
+            return self.decode_tiled_on(backend, latents, t);
+        }
+        let mut plan = self.decoder_on(backend, b, h, w)?;
         self.decode_with(plan.as_mut(), latents)
     }
 
@@ -221,6 +269,8 @@ impl<'m> Pipeline<'m> {
             vec![prompt]
         };
         let context = self.encode_text_on(backend, &prompts)?;
+        // The text encoder's weights are done with: only the UNet's stay resident.
+        self.model.file.release_pages();
         let graph = self.model.config.unet_graph(prompts.len(), h, w)?;
         let unet = backend.prepare(&graph, self.model)?;
         let z = self.model.config.vae.latent_channels;

@@ -1,4 +1,5 @@
-//! Tiling for upscaling: where tiles go along an axis and how overlapping tiles are blended.
+//! Tiling for upscaling and for the autoencoder ([`super::VaeTiling`]): where tiles go along an
+//! axis and how overlapping tiles are blended.
 use crate::backend::Tensor;
 
 /// Tile origins along an axis of `len` pixels for tiles of `tile` pixels that overlap by at
@@ -20,7 +21,20 @@ pub fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
 /// by their sum at each position so the tiles covering any pixel weigh 1 in total. Where a
 /// single tile covers a pixel its weight is exactly 1, so its value passes through unchanged.
 pub fn blend_weights(starts: &[usize], tile: usize) -> Vec<Vec<f32>> {
+    blend_weights_inset(starts, tile, 0)
+}
+
+/// [`blend_weights`] with each ramp moved `inset` pixels in from the tile's edge: a tile's
+/// `inset` pixels next to a neighbour get weight 0, so its own border, where its convolutions
+/// saw padding instead of the neighbour's pixels, never reaches the output. The inset is capped
+/// so each ramp keeps at least one pixel.
+pub fn blend_weights_inset(starts: &[usize], tile: usize, inset: usize) -> Vec<Vec<f32>> {
     let n = starts.len();
+    // The ramp across an overlap of l pixels, inset by m (< l / 2) on both sides.
+    let ramp = |pos: f32, l: usize| {
+        let m = inset.min(l.saturating_sub(1) / 2) as f32;
+        ((pos - m) / (l as f32 - 2.0 * m)).clamp(0.0, 1.0)
+    };
     let raw: Vec<Vec<f32>> = (0..n)
         .map(|i| {
             let s = starts[i];
@@ -28,12 +42,10 @@ pub fn blend_weights(starts: &[usize], tile: usize) -> Vec<Vec<f32>> {
                 .map(|o| {
                     let mut w = 1.0f32;
                     if i > 0 && starts[i - 1] + tile > s {
-                        let l = (starts[i - 1] + tile - s) as f32;
-                        w = w.min((o as f32 + 0.5) / l);
+                        w = w.min(ramp(o as f32 + 0.5, starts[i - 1] + tile - s));
                     }
                     if i + 1 < n && s + tile > starts[i + 1] {
-                        let r = (s + tile - starts[i + 1]) as f32;
-                        w = w.min((tile as f32 - o as f32 - 0.5) / r);
+                        w = w.min(ramp((tile - o) as f32 - 0.5, s + tile - starts[i + 1]));
                     }
                     w
                 })
@@ -111,6 +123,12 @@ impl Canvas {
         }
     }
 
+    /// The whole canvas as a tensor of `shape` (which must hold c * h * w values), moved rather
+    /// than copied: at 512 px and more the canvas is the largest buffer of a tiled decode.
+    pub(crate) fn into_tensor(self, shape: Vec<usize>) -> crate::Result<Tensor> {
+        Tensor::new(shape, self.data)
+    }
+
     /// The top-left h x w of the canvas as a [1, c, h, w] tensor.
     pub(crate) fn crop(&self, h: usize, w: usize) -> crate::Result<Tensor> {
         let mut out = Vec::with_capacity(self.c * h * w);
@@ -173,6 +191,40 @@ mod tests {
         assert_eq!(w[0][4..], [0.875, 0.625, 0.375, 0.125]);
         assert_eq!(w[1][..4], [0.125, 0.375, 0.625, 0.875]);
         assert_eq!(&w[1][4..], &[1.0; 4]);
+    }
+
+    #[test]
+    fn inset_ramps_skip_the_tile_borders_and_still_sum_to_one() {
+        for len in 9..60 {
+            for ov in 0..8 {
+                for inset in 0..5 {
+                    let starts = tile_starts(len, 8, ov);
+                    let mut sum = vec![0.0f32; len];
+                    for (i, row) in blend_weights_inset(&starts, 8, inset).iter().enumerate() {
+                        for (o, v) in row.iter().enumerate() {
+                            assert!((0.0..=1.0).contains(v));
+                            sum[starts[i] + o] += v;
+                        }
+                    }
+                    let bad = sum.iter().position(|s| (s - 1.0).abs() > 1e-6);
+                    assert!(bad.is_none(), "len {len} ov {ov} inset {inset}: {sum:?}");
+                }
+            }
+        }
+        // Two tiles overlapping by 8 with an inset of 2: 2 pixels of each border are unused,
+        // the ramp crosses the middle 4.
+        let w = blend_weights_inset(&[0, 8], 16, 2);
+        assert_eq!(&w[1][..2], &[0.0; 2]);
+        assert_eq!(w[1][2..6], [0.125, 0.375, 0.625, 0.875]);
+        assert_eq!(&w[0][14..], &[0.0; 2]);
+        // Inset 0 is blend_weights; an inset too large for the overlap is capped so the ramp
+        // keeps at least a pixel (here 2 of the overlap's 4).
+        assert_eq!(
+            blend_weights_inset(&[0, 4], 8, 0),
+            blend_weights(&[0, 4], 8)
+        );
+        let w = blend_weights_inset(&[0, 4], 8, 9);
+        assert_eq!(w[1][..4], [0.0, 0.25, 0.75, 1.0]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Text-to-image: prompt -> text encoder -> the denoising loop from pure noise -> decoder.
 use super::denoise::{Sampling, Start};
+use super::memory::MemoryRequest;
 use super::progress::{Cancel, Progress, Steps};
 use super::shared::{check_prompt, check_sampling, Generated, Pipeline};
 use crate::arch::Task;
@@ -83,17 +84,33 @@ impl Pipeline<'_> {
         check_prompt(&req.prompt)?;
         check_sampling(req.steps, req.guidance)?;
         let hw = self.latent_size(req.width, req.height)?;
-        let mut den =
-            self.denoiser(backend, &req.prompt, &req.negative_prompt, req.guidance, hw)?;
-        let latents = den.run(
-            &req.sampling(),
-            &self.model.sampler.schedule,
-            start,
-            cond,
-            steps,
-            cancel,
-        )?;
-        let image = self.decode_on(backend, &latents)?;
+        // Before any work: refuse what cannot fit, choose VAE tiling that does.
+        let plan = self.plan_memory(&MemoryRequest {
+            width: req.width,
+            height: req.height,
+            cfg: req.guidance != 1.0,
+            // img2img and inpainting encode their image before this point.
+            encode: false,
+        })?;
+        log::info!("memory plan:\n{plan}");
+        let latents = {
+            let mut den =
+                self.denoiser(backend, &req.prompt, &req.negative_prompt, req.guidance, hw)?;
+            den.run(
+                &req.sampling(),
+                &self.model.sampler.schedule,
+                start,
+                cond,
+                steps,
+                cancel,
+            )?
+            // The UNet plan is dropped here, before the decoder is prepared.
+        };
+        self.model.file.release_pages();
+        let image = match plan.vae_tiling {
+            Some(t) => self.decode_tiled_on(backend, &latents, &t)?,
+            None => self.decode_on(backend, &latents)?,
+        };
         Generated::from_image(image, latents)
     }
 }

@@ -1,0 +1,351 @@
+//! The memory planner: before a request does any work, predict the peak host memory of each
+//! stage (text encoder, UNet, decoder, encoder) from the graphs the request will run and the
+//! plan's own buffers, choose VAE tiling to fit a budget, or refuse with what it would need.
+//!
+//! The model of memory (measured against peak RSS in the README):
+//! - **base**: the process as it is when planning (binary, libraries, model header, tokenizer),
+//!   read from `/proc/self/statm`;
+//! - **weights**: the stage's tensors as the backend holds them. The compact CPU plan reads
+//!   them from the mapping in their stored dtype, and the pipeline drops a stage's mapped
+//!   pages when the stage ends ([`crate::model::Model::release_pages`]), so only one stage's
+//!   weights are resident at a time. The expanded CPU plan holds f32 copies and peaks at about
+//!   2.3x them while tract packs;
+//! - **activations**: [`graph::memory::activation_peak`] of the stage's graph with the CPU
+//!   kernels' scratch and decomposition temporaries ([`transient_bytes`]).
+use super::shared::Pipeline;
+use super::vae_tiles::VaeTiling;
+use crate::backend::cpu::compact::kernels::transient_bytes;
+use crate::graph::{memory, Graph};
+use crate::{Error, Result};
+use std::fmt;
+
+/// What is alive during one stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageMemory {
+    pub stage: &'static str,
+    pub weights: u64,
+    pub activations: u64,
+}
+
+impl StageMemory {
+    pub fn total(&self) -> u64 {
+        self.weights + self.activations
+    }
+}
+
+/// The predicted memory of one request and the choices made for it.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    pub base: u64,
+    pub stages: Vec<StageMemory>,
+    /// The decoder (and encoder) tiling the plan uses; `None` = whole.
+    pub vae_tiling: Option<VaeTiling>,
+    pub budget: Option<u64>,
+}
+
+impl MemoryPlan {
+    /// Predicted peak: the base plus the largest stage.
+    pub fn peak(&self) -> u64 {
+        self.base
+            + self
+                .stages
+                .iter()
+                .map(StageMemory::total)
+                .max()
+                .unwrap_or(0)
+    }
+
+    fn worst(&self) -> Option<&StageMemory> {
+        self.stages.iter().max_by_key(|s| s.total())
+    }
+
+    pub fn fits(&self) -> bool {
+        self.budget.is_none_or(|b| self.peak() <= b)
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<14} {:>10} {:>12} {:>10}",
+            "stage", "weights", "activations", "total"
+        )?;
+        writeln!(
+            f,
+            "{:<14} {:>10} {:>12} {:>10}",
+            "(process)",
+            "",
+            "",
+            mib(self.base)
+        )?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "{:<14} {:>10} {:>12} {:>10}",
+                s.stage,
+                mib(s.weights),
+                mib(s.activations),
+                mib(s.total())
+            )?;
+        }
+        let tiling = match self.vae_tiling {
+            Some(t) => format!("tiles of {} latent px, overlap {}", t.tile, t.overlap),
+            None => "whole".into(),
+        };
+        write!(f, "predicted peak {}; VAE {tiling}", mib(self.peak()))?;
+        if let Some(b) = self.budget {
+            write!(f, "; budget {}", mib(b))?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes as MiB with one decimal, the unit every memory figure is printed in.
+pub fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// Parses a memory size: a byte count, or a number with K, M, G or T (powers of 1024; `KiB`,
+/// `MB`, `g` and the like are accepted too).
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        Error::Input(format!(
+            "`{s}` is not a memory size (try 2G, 1500M or 512MiB)"
+        ))
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// The memory limit of this process's cgroup, when one is set (v2 `memory.max`, or v1
+/// `memory.limit_in_bytes` where the memory controller is still on v1): under such a limit the
+/// kernel kills a process that goes over, so the planner refuses up front instead. The tightest
+/// limit on the way up the hierarchy counts.
+pub fn cgroup_limit() -> Option<u64> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut limit: Option<u64> = None;
+    for line in cg.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
+        let (root, file) = match controllers {
+            "" => ("/sys/fs/cgroup", "memory.max"),
+            c if c.split(',').any(|c| c == "memory") => {
+                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+            }
+            _ => continue,
+        };
+        let root = std::path::Path::new(root);
+        let mut dir = root.join(rel.trim_start_matches('/'));
+        loop {
+            let v = std::fs::read_to_string(dir.join(file)).ok();
+            // v1 spells "no limit" as a huge number (PAGE_COUNTER_MAX pages), v2 as `max`.
+            if let Some(n) = v
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&n| n < 1 << 60)
+            {
+                limit = Some(limit.map_or(n, |l| l.min(n)));
+            }
+            if dir == root || !dir.pop() {
+                break;
+            }
+        }
+    }
+    limit
+}
+
+/// Resident bytes of this process now (Linux; 0 elsewhere).
+pub fn current_rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// One request's shape, as far as memory is concerned.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryRequest {
+    pub width: usize,
+    pub height: usize,
+    /// Classifier-free guidance on: the UNet runs a batch of two.
+    pub cfg: bool,
+    /// The request encodes an image first (img2img, inpainting).
+    pub encode: bool,
+}
+
+/// Tile sizes tried, largest first, when the whole decode does not fit.
+const TILES: [usize; 6] = [64, 48, 32, 24, 16, 8];
+
+impl Pipeline<'_> {
+    fn stage(&self, stage: &'static str, graph: &Graph, extra: u64) -> StageMemory {
+        let expanded = self.backend.name() != "cpu";
+        let weights = memory::weight_bytes(graph, |p| {
+            self.model.file.tensor(p).map_or(0, |t| {
+                if expanded {
+                    // f32 copies, packed by tract while it prepares (2.3x measured).
+                    (t.numel() as u64 * 4) * 23 / 10
+                } else {
+                    t.bytes.len() as u64
+                }
+            })
+        });
+        StageMemory {
+            stage,
+            weights,
+            activations: memory::activation_peak(graph, transient_bytes) + extra,
+        }
+    }
+
+    fn plan_with(&self, r: &MemoryRequest, tiling: Option<VaeTiling>) -> Result<MemoryPlan> {
+        let (h, w) = self.latent_size(r.width, r.height)?;
+        let cfg = &self.model.config;
+        let batch = if r.cfg { 2 } else { 1 };
+        let f = cfg.vae.factor();
+        let image = 4 * 3 * (r.width * r.height) as u64;
+        let mut stages = vec![self.stage("text encoder", &cfg.text_graph(batch)?, 0)];
+        let (th, tw) = match tiling {
+            Some(t) if t.splits(h, w) => (t.tile.min(h), t.tile.min(w)),
+            _ => (h, w),
+        };
+        let tiled = (th, tw) != (h, w);
+        if r.encode {
+            // The input image, and while tiled the blended latent and its weights.
+            let extra = image + if tiled { 3 * image } else { 0 };
+            stages.push(self.stage("encoder", &cfg.encoder_graph(1, th * f, tw * f)?, extra));
+        }
+        stages.push(self.stage("unet", &cfg.unet_graph(batch, h, w)?, 0));
+        // Tiled: the output image and its blending weights live beside each tile.
+        let extra = if tiled { 2 * image } else { 0 };
+        stages.push(self.stage("decoder", &cfg.decoder_graph(1, th, tw)?, extra));
+        Ok(MemoryPlan {
+            base: current_rss(),
+            stages,
+            vae_tiling: tiling.filter(|t| t.splits(h, w)),
+            budget: self.memory_budget,
+        })
+    }
+
+    /// Plans a request's memory: with no budget, the pipeline's own tiling; with one, that
+    /// tiling if it fits, else the largest tile that fits, else an [`Error::Memory`] that
+    /// states the need and the smallest change that would fit. Runs no model.
+    pub fn plan_memory(&self, r: &MemoryRequest) -> Result<MemoryPlan> {
+        let plan = self.plan_with(r, self.vae_tiling)?;
+        let Some(budget) = self.memory_budget else {
+            return Ok(plan);
+        };
+        if plan.fits() {
+            return Ok(plan);
+        }
+        if self.vae_tiling.is_none() {
+            for t in TILES {
+                let tiling = VaeTiling::with_default_overlap(t)?;
+                let p = self.plan_with(r, Some(tiling))?;
+                if p.fits() {
+                    log::info!("memory: VAE tiles of {t} latent px to fit {}", mib(budget));
+                    return Ok(p);
+                }
+            }
+        }
+        let smallest = self.plan_with(r, Some(VaeTiling::with_default_overlap(8)?))?;
+        let worst = smallest.worst().cloned();
+        let mut msg = format!(
+            "{}x{} needs about {} but the budget is {}",
+            r.width,
+            r.height,
+            mib(smallest.peak()),
+            mib(budget)
+        );
+        if let Some(w) = worst {
+            msg += &format!(
+                " (the {} stage: {} of weights + {} of activations, on top of {} for the process)",
+                w.stage,
+                mib(w.weights),
+                mib(w.activations),
+                mib(smallest.base)
+            );
+        }
+        msg += &self.what_would_fit(r, budget)?;
+        Err(Error::Memory(msg))
+    }
+
+    /// The smallest changes that would fit: a smaller image, or 4-bit weights.
+    fn what_would_fit(&self, r: &MemoryRequest, budget: u64) -> Result<String> {
+        let tiles = Some(VaeTiling::with_default_overlap(8)?);
+        let m = self.model.config.vae.factor() * self.model.config.latent_multiple();
+        let mut hints = Vec::new();
+        let (mut w, mut h) = (r.width, r.height);
+        while w > m && h > m {
+            (w, h) = (w - m, h - m);
+            let p = self.plan_with(
+                &MemoryRequest {
+                    width: w,
+                    height: h,
+                    ..*r
+                },
+                tiles,
+            )?;
+            if p.fits() {
+                hints.push(format!("--size {w}x{h}"));
+                break;
+            }
+        }
+        // q4 stores 18 bytes per 32 weights where q8 stores 34.
+        let p = self.plan_with(r, tiles)?;
+        let q4 = |s: &StageMemory| s.activations + s.weights * 18 / 34;
+        if self.backend.name() == "cpu"
+            && p.base + p.stages.iter().map(q4).max().unwrap_or(0) <= budget
+        {
+            hints.push("a q4 model (`ldm-host quantize`/`import --dtype q4`)".into());
+        }
+        if !r.cfg {
+            // nothing smaller to drop
+        } else {
+            let p1 = self.plan_with(&MemoryRequest { cfg: false, ..*r }, tiles)?;
+            if p1.fits() {
+                hints.push("--guidance 1 (no unconditional batch)".into());
+            }
+        }
+        Ok(if hints.is_empty() {
+            "; nothing smaller fits: raise --max-memory".into()
+        } else {
+            format!("; would fit with {}", hints.join(", or "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1500M").unwrap(), 1500 << 20);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        for bad in ["", "G", "2X", "-1G", "0", "1e999G", "two"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}

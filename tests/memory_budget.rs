@@ -1,0 +1,140 @@
+//! The memory budget and the compact CPU weights, on the shipped default model:
+//! - a budget too small is refused before any work, with an error that states the need;
+//! - a budget that the whole decode misses but a tiled one meets gets tiling, and runs;
+//! - `--max-memory` on the CLI refuses without writing an image;
+//! - the compact CPU plan (weights read in their stored q8) makes the same image as the
+//!   expanded one (weights widened to f32 inside tract).
+use ldm_edge::backend::{self, Tensor};
+use ldm_edge::model::Model;
+use ldm_edge::pipeline::memory::MemoryRequest;
+use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
+use ldm_edge::Error;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn model() -> Model {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shapes-32.ldm");
+    Model::open(&p).unwrap()
+}
+
+fn psnr(a: &Tensor, b: &Tensor) -> f64 {
+    // Images in [-1, 1]: peak-to-peak 2.
+    let mse = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.data.len() as f64;
+    10.0 * (4.0 / mse.max(1e-20)).log10()
+}
+
+fn request(m: &Model, size: usize) -> Txt2Img {
+    let mut r = Txt2Img::new(m, "a red circle above a blue square").unwrap();
+    r.steps = 2;
+    r.width = size;
+    r.height = size;
+    r
+}
+
+#[test]
+fn a_budget_too_small_is_refused_before_any_work() {
+    let m = model();
+    let pipe = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(Some(1 << 20));
+    let mut steps = 0;
+    let e = pipe
+        .txt2img(&request(&m, 32), &mut |_| steps += 1, &Cancel::new())
+        .err()
+        .expect("a 1 MiB budget was accepted");
+    println!("{e}");
+    assert!(matches!(e, Error::Memory(_)), "{e}");
+    assert_eq!(steps, 0, "work started before the refusal");
+    let msg = e.to_string();
+    assert!(msg.contains("needs about") && msg.contains("MiB"), "{msg}");
+}
+
+#[test]
+fn the_planner_tiles_the_decoder_to_fit() {
+    let m = model();
+    let size = 256; // latent 64x64 at f = 4
+    let r = MemoryRequest {
+        width: size,
+        height: size,
+        cfg: true,
+        encode: false,
+    };
+    let open = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(None);
+    let whole = open.plan_memory(&r).unwrap();
+    println!("{whole}");
+    let dec = whole.stages.iter().find(|s| s.stage == "decoder").unwrap();
+    let others = whole
+        .stages
+        .iter()
+        .filter(|s| s.stage != "decoder")
+        .map(|s| s.total())
+        .max()
+        .unwrap();
+    assert!(
+        dec.total() > others,
+        "the whole decode should be the peak at {size} px"
+    );
+    // A budget between the rest and the whole decode: tiling must be chosen.
+    let budget = whole.base + (dec.total() + others) / 2;
+    let pipe = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(Some(budget));
+    let plan = pipe.plan_memory(&r).unwrap();
+    println!("{plan}");
+    assert!(plan.vae_tiling.is_some() && plan.peak() <= budget);
+    let out = pipe
+        .txt2img(&request(&m, size), &mut |_| {}, &Cancel::new())
+        .unwrap();
+    assert_eq!((out.width, out.height), (size, size));
+}
+
+#[test]
+fn max_memory_on_the_cli_refuses_and_writes_nothing() {
+    let out = std::env::temp_dir().join(format!("ldm-budget-{}.png", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_ldm"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["generate", "a red circle", "-q", "--max-memory", "1M", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    println!("{err}");
+    assert!(!o.status.success());
+    assert!(err.contains("out of memory budget"), "{err}");
+    assert!(!out.exists(), "an image was written");
+    let o = Command::new(env!("CARGO_BIN_EXE_ldm"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "generate",
+            "a red circle",
+            "-q",
+            "--max-memory",
+            "lots",
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a memory size"));
+}
+
+/// The shipped model is q8: the compact plan reads those bytes directly, the expanded plan
+/// widens them to f32 first. Same seed, same image (issue #11: within 40 dB).
+#[test]
+fn compact_weights_make_the_same_image_as_expanded() {
+    let m = model();
+    let mut images = Vec::new();
+    for b in ["cpu", "cpu-expanded"] {
+        let pipe = Pipeline::new(&m, backend::select(b).unwrap());
+        let mut r = request(&m, 32);
+        r.steps = 8;
+        let out = pipe.txt2img(&r, &mut |_| {}, &Cancel::new()).unwrap();
+        images.push(out.image);
+    }
+    let p = psnr(&images[0], &images[1]);
+    println!("compact vs expanded: PSNR {p:.1} dB");
+    assert!(p >= 40.0, "PSNR {p:.1} dB");
+}
