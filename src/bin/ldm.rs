@@ -143,8 +143,8 @@ impl SampleArgs {
 
     /// The pipeline for these flags: backend, VAE tiling and memory budget.
     fn pipeline<'m>(&self, model: &'m Model) -> Result<Pipeline<'m>> {
-        let mut pipe =
-            Pipeline::new(model, backend::select(&self.backend)?).with_vae_tiling(self.vae_tiling()?);
+        let mut pipe = Pipeline::new(model, backend::select(&self.backend)?)
+            .with_vae_tiling(self.vae_tiling()?);
         if let Some(m) = &self.max_memory {
             pipe = pipe.with_memory_budget(Some(parse_bytes(m)?));
         }
