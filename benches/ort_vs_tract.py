@@ -15,6 +15,11 @@ Both get zeros for the sample and context and t = 500 for every batch element, a
 does. Peak RSS is each child's ru_maxrss, measured the same way for both; the two never run at
 the same time. GFLOP counts are `ldm bench`'s (2 x the graph's multiply-adds).
 
+On a shared machine (other people's builds), each measurement waits for the other processes to
+go idle (--quiet-wait), samples how many cores they kept busy during its timed part (/proc/stat
+minus the child's own CPU time), and is redone (--retries) when that exceeds a quarter core; the
+least contended attempt is kept, and rows that stayed contended are starred.
+
 Results: a table on stdout and JSON in benches/results/ort-vs-tract-<date>[-<label>].json.
 """
 import argparse
@@ -27,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,30 +68,66 @@ def wait_quiet(max_wait_s, log):
         print(f"  waiting: other processes use {others:.1f} cores", file=log, flush=True)
 
 
+def child_cpu_s(pid):
+    """CPU seconds process pid (all its threads) has used so far; None once it is gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 0, utime and stime fields 11 and 12.
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_measured(cmd, log):
-    """Runs cmd; returns (stdout, peak RSS in MiB of that process alone, seconds, the cores other
-    processes kept busy meanwhile on average).
+    """Runs cmd; returns (stdout, peak RSS in MiB of that process alone, seconds, samples).
     os.wait4 gives the child's own rusage, where RUSAGE_CHILDREN would be the maximum over every
-    child so far (the ldm bench run and the ORT run must not share one figure). The last figure
-    says whether the run was contended: busy CPU time of the whole machine minus the child's."""
+    child so far (the ldm bench run and the ORT run must not share one figure). samples are
+    (time, busy CPU seconds of the whole machine, CPU seconds of the child) twice a second, for
+    `others_busy`: whether other processes competed for the cores while it ran."""
     t0 = time.monotonic()
-    b0 = busy_cpu_s()
+    samples = []
+    stop = threading.Event()
     with tempfile.TemporaryFile() as out:
         print("+ " + shlex.join(str(c) for c in cmd), file=log, flush=True)
         p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=log)
+
+        def sample():
+            while not stop.is_set():
+                m, c = busy_cpu_s(), child_cpu_s(p.pid)
+                if m is not None and c is not None:
+                    samples.append((time.monotonic(), m, c))
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, ru = os.wait4(p.pid, 0)
+        stop.set()
+        sampler.join()
         # Recorded so Popen never waits on the already-reaped pid.
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode()
     if p.returncode != 0:
         raise SystemExit(f"command failed ({p.returncode}): {shlex.join(str(c) for c in cmd)}")
-    wall = time.monotonic() - t0
-    others = None
-    if b0 is not None:
-        others = max(0.0, (busy_cpu_s() - b0 - ru.ru_utime - ru.ru_stime) / wall)
+    m = busy_cpu_s()
+    if m is not None:
+        samples.append((time.monotonic(), m, ru.ru_utime + ru.ru_stime))
     # ru_maxrss is in KiB on Linux.
-    return text, ru.ru_maxrss / 1024.0, wall, others
+    return text, ru.ru_maxrss / 1024.0, time.monotonic() - t0, samples
+
+
+def others_busy(samples, tail_s):
+    """Cores other processes kept busy, on average, over the last tail_s seconds of a run (its
+    timed part: the warm-up and timed evaluations come last in both children). None without
+    /proc."""
+    if len(samples) < 2:
+        return None
+    end = samples[-1]
+    first = next((x for x in samples if x[0] >= end[0] - tail_s), samples[0])
+    if first is end:
+        first = samples[-2]
+    dt = end[0] - first[0]
+    return max(0.0, ((end[1] - first[1]) - (end[2] - first[2])) / dt)
 
 
 def contended(others):
@@ -136,8 +178,10 @@ def export_unet(a, model, side, batch, log):
     """Exports (or reuses) the UNet of this shape; returns the .onnx path."""
     d = Path(a.work) / "onnx" / f"{Path(model).stem}-b{batch}-l{side}"
     onnx = d / "unet.onnx"
-    st = Path(model).stat()
-    stamp = {"model": str(Path(model).resolve()), "size": st.st_size, "mtime": st.st_mtime}
+    st, tool = Path(model).stat(), Path(a.ldm_host).stat()
+    # Redone when the model or the exporter changes (the copy keeps the build's mtime).
+    stamp = {"model": str(Path(model).resolve()), "size": st.st_size, "mtime": st.st_mtime,
+             "ldm_host": [tool.st_size, tool.st_mtime]}
     stamp_file = d / "stamp.json"
     if onnx.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         print(f"  reusing {onnx}", file=sys.stderr)
@@ -170,7 +214,10 @@ def main():
     ap.add_argument("--backends", default="cpu",
                     help="comma-separated `ldm bench --backend` values to time against onnxruntime "
                     "(e.g. cpu,cpu-expanded); onnxruntime runs once per shape")
-    ap.add_argument("--iters", type=int, default=2, help="timed evaluations after one warm-up")
+    ap.add_argument("--iters", type=int,
+                    help="timed evaluations after one warm-up, of which the median is reported "
+                    "[default: 5 when every latent is at most 32, else 2: an SD-1.5 64x64 eval "
+                    "takes ~20 s on 2 cores]")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="onnxruntime intra-op threads (tract uses one per core)")
     ap.add_argument("--work", default=str(ROOT / "target" / "ort-bench"),
@@ -182,6 +229,9 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=600,
                     help="seconds to wait, before each measurement, for other processes to go "
                     "idle (a shared build machine); then it measures anyway and flags the row")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="times a contended measurement is redone before its least contended "
+                    "attempt is kept")
     ap.add_argument("--ort-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ort_worker:
@@ -208,26 +258,47 @@ def main():
         if not Path(model).exists():
             print(f"making {model} (4.1 GB)", file=sys.stderr)
             run_measured([a.ldm_host, "init", "--preset", "sd15", "--dtype", "f32", "-o", model], log)
-    quiet = lambda: wait_quiet(a.quiet_wait, log)
+
+    def measure(cmd):
+        """Runs a measurement after waiting for a quiet machine; one contended during its timed
+        part is redone up to --retries times, and the least contended attempt is kept."""
+        best = None
+        for attempt in range(a.retries + 1):
+            wait_quiet(a.quiet_wait, log)
+            text, rss, _, samples = run_measured(cmd, log)
+            r = json.loads(text)
+            ms = r.get("unet_ms_per_eval", r.get("ms_per_eval", 0.0))
+            # One warm-up and --iters timed evaluations end each run, plus a second of slack.
+            others = others_busy(samples, (a.iters + 1) * ms / 1e3 + 1.0)
+            # Every attempt's result and contention, for the record.
+            print(f"  attempt {attempt}: peak RSS {rss:.0f} MiB, others {others} cores: "
+                  + " ".join(text.split()), file=log, flush=True)
+            if best is None or (others or 0) < (best[2] or 0):
+                best = (text, rss, others)
+            if others is None or others < 0.25:
+                break
+            if attempt < a.retries:
+                print(f"  contended ({others:.1f} cores used by others), measuring again", file=sys.stderr)
+        return best
 
     if not latents or not batches or not backends:
         raise SystemExit("--latents, --batches and --backends need at least one value each")
+    if a.iters is None:
+        a.iters = 5 if max(latents) <= 32 else 2
     rows = []
     for side in latents:
         for batch in batches:
             print(f"latent {side}x{side}, batch {batch}:", file=sys.stderr)
             onnx, export_s = export_unet(a, model, side, batch, log)
-            quiet()
-            text, ort_rss, _, ort_others = run_measured(
-                [sys.executable, __file__, "--ort-worker", onnx, "--threads", a.threads, "--iters", a.iters], log)
+            text, ort_rss, ort_others = measure(
+                [sys.executable, __file__, "--ort-worker", onnx, "--threads", a.threads, "--iters", a.iters])
             o = json.loads(text)
             print(f"  onnxruntime {o['ms_per_eval']:.0f} ms/eval, peak RSS {ort_rss:.0f} MiB"
                   f"{contended(ort_others)}", file=sys.stderr)
             for backend in backends:
                 cmd = [ldm, "bench", "-m", model, "--backend", backend, "--json", "--skip-decoder",
                        "--latent", side, "--batch", batch, "--iters", a.iters, *extra]
-                quiet()
-                text, ours_rss, _, ours_others = run_measured(cmd, log)
+                text, ours_rss, ours_others = measure(cmd)
                 r = json.loads(text)
                 print(f"  {backend:<11} {r['unet_ms_per_eval']:.0f} ms/eval, peak RSS {ours_rss:.0f} MiB"
                       f"{contended(ours_others)}", file=sys.stderr)
