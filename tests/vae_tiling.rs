@@ -236,7 +236,7 @@ fn cli_vae_tile_flag_runs_and_rejects_bad_values() {
 /// `ldm-host init --preset sd15 --dtype q8 -o /tmp/sd15.ldm`, then
 /// `LDM_VAE_MODEL=/tmp/sd15.ldm cargo test --release --test vae_tiling -- --ignored --nocapture`.
 /// LDM_VAE_PX (image side, default 512), LDM_VAE_TILE (latent pixels, default 32) and
-/// LDM_VAE_OVERLAP (default a quarter tile) pick the case.
+/// LDM_VAE_OVERLAP (default a quarter tile) pick the case; LDM_VAE_ONLY=whole|tiled runs one.
 #[test]
 #[ignore]
 fn measure_tiled_vs_whole_decode() {
@@ -249,6 +249,16 @@ fn measure_tiled_vs_whole_decode() {
     let tiling = VaeTiling::new(tile, num("LDM_VAE_OVERLAP", tile / 4)).unwrap();
     let z = latents(&m, px / f, px / f, 11);
     let pipe = cpu(&m, None);
+    // One of the two alone, for a peak-memory figure from `/usr/bin/time -v`.
+    if let Some(only) = var("LDM_VAE_ONLY") {
+        let t0 = Instant::now();
+        match only.as_str() {
+            "whole" => pipe.decode(&z).unwrap(),
+            _ => pipe.decode_tiled(&z, &tiling).unwrap(),
+        };
+        println!("{only}: {:.1} s", t0.elapsed().as_secs_f64());
+        return;
+    }
     let t0 = Instant::now();
     let whole = pipe.decode(&z).unwrap();
     let t1 = Instant::now();
