@@ -246,6 +246,16 @@ def main():
     log = open(log_path, "a")
     print(f"child commands' stderr: {log_path}", file=sys.stderr)
     # Copies of the binaries: other builds in the shared target/ must not swap them mid-run.
+    # The source state, taken now, next to the build (the .sh builds just before): the binaries
+    # are built from the working tree, which may hold uncommitted changes, and other people may
+    # commit while this runs.
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    # benches/ (this script, its results) does not go into the binaries.
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", ":!benches"],
+                           capture_output=True, text=True).stdout.strip() != ""
+    built = datetime.datetime.fromtimestamp(Path(a.ldm).stat().st_mtime).isoformat(timespec="seconds")
     bins = Path(a.work) / "bin"
     bins.mkdir(exist_ok=True)
     ldm, ldm_host = bins / "ldm", bins / "ldm-host"
@@ -341,16 +351,12 @@ def main():
         print("* other processes kept over a quarter core busy during one of the two runs: "
               "the times are not clean")
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    # The binaries are built from the working tree, which may hold uncommitted changes.
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip() != ""
     today = datetime.date.today().isoformat()
     out = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": commit,
         "working_tree_dirty": dirty,
+        "ldm_built": built,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
         "model": str(model),
         "model_bytes": Path(model).stat().st_size,
