@@ -260,6 +260,9 @@ fn conv2d() {
             "x[1,4,8,6] w[4,4,3,3] s2 p[0,0,1,1] nobias" => |c| conv(c, &[1, 4, 8, 6], &[4, 4, 3, 3], false, 2, [0, 0, 1, 1]),
             "x[1,8,5,5] w[6,8,1,1] s1 p0 bias" => |c| conv(c, &[1, 8, 5, 5], &[6, 8, 1, 1], true, 1, [0; 4]),
             "x[2,3,7,5] w[2,3,3,2] s1 p[0,1,2,0] nobias" => |c| conv(c, &[2, 3, 7, 5], &[2, 3, 3, 2], false, 1, [0, 1, 2, 0]),
+            // Padding wider than the kernel: whole im2col runs fall in the padding.
+            "x[1,2,4,3] w[3,2,1,2] s1 p[2,3,1,2] bias" => |c| conv(c, &[1, 2, 4, 3], &[3, 2, 1, 2], true, 1, [2, 3, 1, 2]),
+            "x[1,3,11,10] w[2,3,2,3] s3 p[1,4,0,2] nobias" => |c| conv(c, &[1, 3, 11, 10], &[2, 3, 2, 3], false, 3, [1, 4, 0, 2]),
             "x[1,32,16,16] w[32,32,3,3] s1 p1 bias" => |c| conv(c, &[1, 32, 16, 16], &[32, 32, 3, 3], true, 1, [1; 4]),
             // Compact kernel limits: im2col split into chunks (K*P > 4M values), and a weight
             // streamed in several panels (> 2M values), with rows that straddle q8 blocks.

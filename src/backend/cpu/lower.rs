@@ -326,6 +326,8 @@ impl<'g> Lowerer<'g> {
             Op::GroupNorm { groups, eps } => (Kernel::GroupNorm { groups, eps }, ins.clone()),
             Op::LayerNorm { eps } => (Kernel::LayerNorm { eps }, ins.clone()),
             Op::Silu => (Kernel::Silu, ins.clone()),
+            Op::Gelu => (Kernel::Gelu, ins.clone()),
+            Op::Upsample2x => (Kernel::Upsample2x, ins.clone()),
             _ => return Ok(None),
         };
         let mut names = Vec::with_capacity(args.len());

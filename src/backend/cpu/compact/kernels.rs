@@ -6,6 +6,7 @@
 //! crate's f32 kernels. Convolutions are im2col + GEMM over chunks of output positions (at
 //! most [`COLS`] values of im2col at once), so a 512 px decoder layer never builds its
 //! gigabyte-sized column matrix.
+use super::math;
 use super::weight::CompactWeight;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -16,8 +17,10 @@ use std::cell::RefCell;
 const PANEL: usize = 2 << 20;
 /// Largest im2col chunk: 16 MiB.
 const COLS: usize = 4 << 20;
-/// Attention rows per task are chosen so one task's scores take about 256 KiB (L2).
-const SCORES: usize = 64 << 10;
+/// Attention rows per task are chosen so one task's scores take about 1 MiB: each task packs
+/// its head's keys and values for the GEMMs, so fewer, taller query blocks amortize that
+/// (at 4096 keys, 64 rows per block instead of 16 took 30% off a 64x64 UNet step).
+const SCORES: usize = 256 << 10;
 
 thread_local! {
     /// Reused panel and im2col buffers: allocating and zeroing them per call would cost
@@ -83,6 +86,31 @@ pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out:
         Some(b) => out.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)),
         None => out.fill(0.0),
     }
+    if let Some(wf) = w.f32_view() {
+        // SAFETY: as below, with the whole [n, k] weight read in place.
+        unsafe {
+            matmul(
+                m,
+                n,
+                k,
+                (out.as_mut_ptr(), n as isize, 1),
+                true,
+                Mat {
+                    ptr: x.as_ptr(),
+                    rs: k as isize,
+                    cs: 1,
+                },
+                Mat {
+                    ptr: wf.as_ptr(),
+                    rs: 1,
+                    cs: k as isize,
+                },
+                1.0,
+                threads(),
+            )
+        }
+        return;
+    }
     let rows = panel_rows(n, k);
     SCRATCH.with(|s| {
         let panel = &mut s.borrow_mut().0;
@@ -144,20 +172,48 @@ impl ConvShape {
 }
 
 /// Fills `cols[K, pc]` with the im2col columns of output positions `p0 .. p0 + pc`.
+/// Works a run of one output row at a time, so a stride-1 row is a bounds computation and a
+/// copy rather than a division and a branch per value.
 fn im2col(x: &[f32], g: &ConvShape, wo: usize, p0: usize, pc: usize, cols: &mut [f32]) {
-    let (kh, kw) = (g.kh, g.kw);
+    let (kh, kw, st) = (g.kh, g.kw, g.stride);
+    let (pt, pl) = (g.pads[0] as isize, g.pads[1] as isize);
     cols.par_chunks_mut(pc).enumerate().for_each(|(kk, row)| {
         let (ci, ky, kx) = (kk / (kh * kw), kk / kw % kh, kk % kw);
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
-        for (j, v) in row.iter_mut().enumerate() {
-            let p = p0 + j;
-            let iy = (p / wo * g.stride + ky) as isize - g.pads[0] as isize;
-            let ix = (p % wo * g.stride + kx) as isize - g.pads[1] as isize;
-            *v = if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                plane[iy as usize * g.w + ix as usize]
+        let (mut j, mut p) = (0, p0);
+        while j < pc {
+            let (oy, ox0) = (p / wo, p % wo);
+            let len = (wo - ox0).min(pc - j);
+            let seg = &mut row[j..j + len];
+            let iy = (oy * st + ky) as isize - pt;
+            if iy < 0 || iy >= g.h as isize {
+                seg.fill(0.0);
             } else {
-                0.0
-            };
+                let src = &plane[iy as usize * g.w..][..g.w];
+                // Input column of seg[t]: (ox0 + t) * st + kx - pl.
+                let x0 = (ox0 * st + kx) as isize - pl;
+                if st == 1 {
+                    let lo = (-x0).clamp(0, len as isize) as usize;
+                    let hi = (g.w as isize - x0).clamp(lo as isize, len as isize) as usize;
+                    seg[..lo].fill(0.0);
+                    if hi > lo {
+                        let from = (x0 + lo as isize) as usize;
+                        seg[lo..hi].copy_from_slice(&src[from..from + hi - lo]);
+                    }
+                    seg[hi..].fill(0.0);
+                } else {
+                    for (t, v) in seg.iter_mut().enumerate() {
+                        let ix = x0 + (t * st) as isize;
+                        *v = if ix >= 0 && ix < g.w as isize {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+            j += len;
+            p += len;
         }
     });
 }
@@ -176,7 +232,11 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
             None => ob.fill(0.0),
         }
         let xb = &x[b * g.c * g.h * g.w..][..g.c * g.h * g.w];
-        let rows = panel_rows(g.o, kdim);
+        // An f32 weight is read in place, so one product covers every output channel.
+        let rows = match w.f32_view() {
+            Some(_) => g.o,
+            None => panel_rows(g.o, kdim),
+        };
         let chunk = if g.pointwise() {
             p
         } else {
@@ -184,9 +244,13 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
         };
         SCRATCH.with(|s| {
             let (panel, cols) = &mut *s.borrow_mut();
-            let panel = grow(panel, rows * kdim);
-            let whole = rows >= g.o;
-            if whole {
+            let direct = w.f32_view();
+            let whole = direct.is_some() || rows >= g.o;
+            let panel = match direct {
+                Some(_) => &mut panel[..0],
+                None => grow(panel, rows * kdim),
+            };
+            if whole && direct.is_none() {
                 w.widen_into(0, &mut panel[..g.o * kdim]);
             }
             let cols = if g.pointwise() {
@@ -215,7 +279,9 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
                     if !whole {
                         w.widen_into(o0 * kdim, &mut panel[..nb * kdim]);
                     }
-                    let lhs = if whole {
+                    let lhs = if let Some(wf) = direct {
+                        wf[o0 * kdim..].as_ptr()
+                    } else if whole {
                         panel[o0 * kdim..].as_ptr()
                     } else {
                         panel.as_ptr()
@@ -320,14 +386,7 @@ pub fn attention(
                 let seen = if causal { (r0 + i + 1).min(lk) } else { lk };
                 let (live, masked) = row.split_at_mut(seen);
                 masked.fill(0.0);
-                let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in live.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                live.iter_mut().for_each(|x| *x *= inv);
+                math::softmax(live);
             }
             unsafe {
                 matmul(
@@ -412,22 +471,45 @@ pub fn layer_norm(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f32, ou
 
 /// `x * sigmoid(x)` in one pass (tract's Sigmoid + Mul holds the sigmoid as a temporary).
 pub fn silu(x: &[f32], out: &mut [f32]) {
+    map(x, out, math::silu)
+}
+
+/// Exact (erf) GELU in one pass: tract's Erf decomposition holds two full-size temporaries
+/// and calls a scalar erf per value.
+pub fn gelu(x: &[f32], out: &mut [f32]) {
+    map(x, out, math::gelu)
+}
+
+fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v)));
+}
+
+/// Nearest-neighbour 2x upsampling of the last two axes, written once: tract's
+/// Reshape + Expand + Reshape materializes the expanded tensor and then copies it again.
+pub fn upsample2x(x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+    let plane = h * w;
+    out.par_chunks_mut(4 * plane.max(1))
+        .zip(x.par_chunks(plane.max(1)))
         .for_each(|(o, x)| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = v / (1.0 + (-v).exp());
+            for (y, src) in x.chunks_exact(w).enumerate() {
+                let (top, bottom) = o[4 * y * w..][..4 * w].split_at_mut(2 * w);
+                for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+                bottom.copy_from_slice(top);
             }
         });
 }
 
 /// Working memory one node holds on top of its inputs and output while it runs on the compact
-/// CPU plan: kernel scratch for the compact ops, and the temporaries of the plain-ONNX
-/// decompositions tract runs for the rest. For the memory planner.
+/// CPU plan: the compact kernels' scratch (every op whose plain-ONNX decomposition held
+/// full-size temporaries is now a compact kernel). For the memory planner.
 pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -> u64 {
     use crate::graph::Op;
     let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
-    let out = numel(&node.shape);
     let threads = rayon::current_num_threads().max(1) as u64;
     let values = match node.op {
         Op::Linear => {
@@ -448,8 +530,6 @@ pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -
                 .unwrap_or(1) as u64;
             threads * (SCORES as u64).max(lk)
         }
-        // Erf of x, then the products (tract's decomposition).
-        Op::Gelu => 2 * out,
         _ => 0,
     };
     4 * values

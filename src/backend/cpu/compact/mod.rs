@@ -14,6 +14,7 @@
 //! GEMM costs one pass over the stored bytes per evaluation, which is also all the memory
 //! traffic an f32 plan spends reading its own packed weights.
 pub mod kernels;
+mod math;
 pub mod ops;
 pub mod weight;
 

@@ -37,6 +37,10 @@ pub enum Kernel {
     LayerNorm { eps: f32 },
     /// inputs: x
     Silu,
+    /// inputs: x
+    Gelu,
+    /// inputs: x [.., H, W]
+    Upsample2x,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +69,8 @@ impl Op for CompactOp {
             Kernel::GroupNorm { .. } => "LdmGroupNorm",
             Kernel::LayerNorm { .. } => "LdmLayerNorm",
             Kernel::Silu => "LdmSilu",
+            Kernel::Gelu => "LdmGelu",
+            Kernel::Upsample2x => "LdmUpsample2x",
         }
         .into()
     }
@@ -77,7 +83,7 @@ impl Op for CompactOp {
             Kernel::Attention { heads, causal } => vec![format!("heads {heads} causal {causal}")],
             Kernel::GroupNorm { groups, eps } => vec![format!("groups {groups} eps {eps}")],
             Kernel::LayerNorm { eps } => vec![format!("eps {eps}")],
-            Kernel::Silu => vec![],
+            Kernel::Silu | Kernel::Gelu | Kernel::Upsample2x => vec![],
         })
     }
 
@@ -212,6 +218,26 @@ impl CompactOp {
                 ensure!(x.len() == out.len(), "silu on {} values", x.len());
                 kernels::silu(x, out);
             }
+            Kernel::Gelu => {
+                let x = f32s(&inputs[0])?;
+                ensure!(x.len() == out.len(), "gelu on {} values", x.len());
+                kernels::gelu(x, out);
+            }
+            Kernel::Upsample2x => {
+                let xs = inputs[0].shape().to_vec();
+                let r = xs.len();
+                let mut want = xs.clone();
+                if r >= 2 {
+                    want[r - 2] *= 2;
+                    want[r - 1] *= 2;
+                }
+                ensure!(
+                    r >= 2 && self.out_shape == want,
+                    "2x upsampling of {xs:?} into {:?}",
+                    self.out_shape
+                );
+                kernels::upsample2x(f32s(&inputs[0])?, xs[r - 2], xs[r - 1], out);
+            }
         }
         Ok(())
     }
@@ -221,10 +247,10 @@ impl EvalOp for CompactOp {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let n: usize = self.out_shape.iter().product();
-        let mut out = vec![0f32; n];
-        self.compute(&inputs, &mut out)?;
-        let t = tract_ndarray::ArrayD::from_shape_vec(self.out_shape.clone(), out)?.into_tensor();
+        // Written in place: building an ndarray first and converting it cost a full copy of
+        // every output (5% of a 64x64 UNet step).
+        let mut t = Tensor::zero::<f32>(&self.out_shape)?;
+        self.compute(&inputs, t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(t.into_tvalue()))
     }
 }

@@ -65,6 +65,18 @@ impl CompactWeight {
         self.bytes.len()
     }
 
+    /// The stored values themselves when they already are f32 (and aligned, on a
+    /// little-endian host): the kernels then read the mapping with no widened copy at all.
+    pub fn f32_view(&self) -> Option<&[f32]> {
+        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        // SAFETY: every bit pattern is a valid f32, and align_to only hands out the aligned
+        // middle; a misaligned mapping falls back to widening.
+        let (pre, mid, post) = unsafe { self.bytes[..].align_to::<f32>() };
+        (pre.is_empty() && post.is_empty()).then_some(mid)
+    }
+
     /// Writes the flat (row-major) elements `start .. start + out.len()` as f32. The caller
     /// keeps the range inside the tensor; past its end values read as 0.
     pub fn widen_into(&self, start: usize, out: &mut [f32]) {
