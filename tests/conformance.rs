@@ -26,6 +26,7 @@ const TOLERANCE: &[(&str, f64)] = &[
     ("layer_norm", 1e-5),
     ("silu", 1e-5),
     ("gelu", 1e-5),
+    ("geglu", 1e-5),
     ("attention", 1e-5),
     ("reshape", 0.0),
     ("permute", 0.0),
@@ -396,6 +397,35 @@ fn gelu() {
             "[2,3,7,5] in +-6" => |c| { let x = c.input_scaled(&[2, 3, 7, 5], 6.0, 0.0); c.t.gelu(&x) },
             "[77] in +-20" => |c| { let x = c.input_scaled(&[77], 20.0, 0.0); c.t.gelu(&x) },
             "[3,1,5] in +-1" => |c| { let x = c.input(&[3, 1, 5]); c.t.gelu(&x) },
+        ],
+    );
+}
+
+/// The UNet feed-forward's `x[.., :h] * gelu(x[.., h:])` (one compact kernel on the CPU),
+/// and near misses of that pattern, which must stay plain slices, GELU and product.
+fn geglu(
+    c: &mut Case,
+    x: &[usize],
+    (s0, e0): (usize, usize),
+    (s1, e1): (usize, usize),
+) -> Result<NodeId> {
+    let xi = c.input_scaled(x, 4.0, 0.0);
+    let last = x.len() - 1;
+    let val = c.t.slice(&xi, last, s0, e0)?;
+    let gate = c.t.slice(&xi, last, s1, e1)?;
+    let gate = c.t.gelu(&gate)?;
+    c.t.mul(&val, &gate)
+}
+
+#[test]
+fn geglu_() {
+    suite(
+        "geglu",
+        cases![
+            "[2,5,14] halves" => |c| geglu(c, &[2, 5, 14], (0, 7), (7, 14)),
+            "[3,1280] halves" => |c| geglu(c, &[3, 1280], (0, 640), (640, 1280)),
+            "[2,5,14] gate first (no fusion)" => |c| geglu(c, &[2, 5, 14], (7, 14), (0, 7)),
+            "[2,5,16] thirds (no fusion)" => |c| geglu(c, &[2, 5, 16], (0, 5), (5, 10)),
         ],
     );
 }

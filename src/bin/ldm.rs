@@ -98,10 +98,10 @@ struct SampleArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
-    /// Run the autoencoder in overlapping tiles of N latent pixels (N x f image pixels), so a
-    /// large image's decode is not the memory peak; 0 = whole image.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    vae_tile: usize,
+    /// Run the autoencoder in overlapping tiles of N latent pixels (N x f image pixels); 0 =
+    /// whole image [default: tiles only where a whole decode would be the memory peak].
+    #[arg(long, value_name = "N")]
+    vae_tile: Option<usize>,
     /// Overlap of neighbouring VAE tiles in latent pixels [default: a quarter tile].
     #[arg(long, value_name = "M")]
     vae_overlap: Option<usize>,
@@ -130,21 +130,27 @@ impl SampleArgs {
     }
 
     /// The autoencoder tiling asked for, checked before any work starts.
-    fn vae_tiling(&self) -> Result<Option<VaeTiling>> {
-        if self.vae_tile == 0 {
-            if self.vae_overlap.is_some() {
-                anyhow::bail!("--vae-overlap needs --vae-tile");
+    /// None: the planner's choice; Some(None): whole.
+    fn vae_tiling(&self) -> Result<Option<Option<VaeTiling>>> {
+        match self.vae_tile {
+            None | Some(0) if self.vae_overlap.is_some() => {
+                anyhow::bail!("--vae-overlap needs --vae-tile N with N > 0")
             }
-            return Ok(None);
+            None => Ok(None),
+            Some(0) => Ok(Some(None)),
+            Some(n) => {
+                let overlap = self.vae_overlap.unwrap_or(n / 4);
+                Ok(Some(Some(VaeTiling::new(n, overlap)?)))
+            }
         }
-        let overlap = self.vae_overlap.unwrap_or(self.vae_tile / 4);
-        Ok(Some(VaeTiling::new(self.vae_tile, overlap)?))
     }
 
     /// The pipeline for these flags: backend, VAE tiling and memory budget.
     fn pipeline<'m>(&self, model: &'m Model) -> Result<Pipeline<'m>> {
-        let mut pipe = Pipeline::new(model, backend::select(&self.backend)?)
-            .with_vae_tiling(self.vae_tiling()?);
+        let mut pipe = Pipeline::new(model, backend::select(&self.backend)?);
+        if let Some(t) = self.vae_tiling()? {
+            pipe = pipe.with_vae_tiling(t);
+        }
         if let Some(m) = &self.max_memory {
             pipe = pipe.with_memory_budget(Some(parse_bytes(m)?));
         }
@@ -390,7 +396,7 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
     let model = open_model(&a.model, Task::Sr)?;
     let image = read_image(&a.input)?;
     let s = &a.sample;
-    if s.vae_tile != 0 || s.vae_overlap.is_some() {
+    if s.vae_tile.is_some_and(|n| n != 0) || s.vae_overlap.is_some() {
         // Each upscale tile is decoded on its own already, at the model's native size.
         anyhow::bail!("--vae-tile does not apply to upscale: it decodes tile by tile already");
     }

@@ -38,6 +38,10 @@ pub struct Pipeline<'m> {
     /// Run the autoencoder in overlapping tiles when a latent is larger than one tile, so a
     /// large image's decode is not the memory peak; None (the default) runs it whole.
     pub vae_tiling: Option<VaeTiling>,
+    /// With no tiling set: let the memory planner tile the autoencoder when a whole decode
+    /// (or encode) would be the request's memory peak (the default). Cleared by
+    /// [`Pipeline::with_vae_tiling`], which makes the choice explicit.
+    pub vae_auto: bool,
     /// Host memory a request may use. With a budget, each request is planned before any
     /// work ([`Pipeline::plan_memory`]): VAE tiling is chosen to fit, or the request is
     /// refused with [`Error::Memory`]. `Pipeline::new` takes the cgroup's `memory.max` when
@@ -114,6 +118,7 @@ impl<'m> Pipeline<'m> {
             model,
             backend,
             vae_tiling: None,
+            vae_auto: true,
             memory_budget: super::memory::cgroup_limit(),
         }
     }
@@ -124,9 +129,11 @@ impl<'m> Pipeline<'m> {
         self
     }
 
-    /// Sets (or with None clears) the autoencoder tiling; checked when the autoencoder runs.
+    /// Sets the autoencoder tiling (None: always whole), turning off the planner's own
+    /// choice; checked when the autoencoder runs.
     pub fn with_vae_tiling(mut self, t: Option<VaeTiling>) -> Self {
         self.vae_tiling = t;
+        self.vae_auto = false;
         self
     }
 

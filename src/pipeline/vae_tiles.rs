@@ -153,6 +153,44 @@ fn vae_graph(
     Ok(t.finish(&[y]))
 }
 
+impl Pipeline<'_> {
+    /// Every graph a tiled decode of a `[1, z, h, w]` latent runs, for the memory planner:
+    /// the whole-latent part, then the per-tile stats pass and fixed-norm pass.
+    pub fn tiled_decoder_graphs(
+        &self,
+        (h, w): (usize, usize),
+        (th, tw): (usize, usize),
+    ) -> Result<Vec<Graph>> {
+        let vae = &self.model.config.vae;
+        let global = vae_graph([1, vae.latent_channels, h, w], |t, z| {
+            vae::decode_global(t, vae, VAE, z)
+        })?;
+        let fc = global.nodes[global.outputs[0]].shape[1];
+        let local = vae_graph([1, fc, th, tw], |t, x| vae::decode_local(t, vae, VAE, x))?;
+        let sg = SyncedGraphs::new(&local)?;
+        Ok(vec![global, sg.stats, sg.fixed])
+    }
+
+    /// The same for a tiled encode of an `h x w` image in tiles of `th x tw` pixels.
+    pub fn tiled_encoder_graphs(
+        &self,
+        (h, w): (usize, usize),
+        (th, tw): (usize, usize),
+    ) -> Result<Vec<Graph>> {
+        let vae = &self.model.config.vae;
+        let f = vae.factor();
+        let local = vae_graph([1, vae.in_channels, th, tw], |t, x| {
+            vae::encode_local(t, vae, VAE, x)
+        })?;
+        let fc = vae.block_out_channels.last().copied().unwrap_or(0);
+        let global = vae_graph([1, fc, h / f, w / f], |t, x| {
+            vae::encode_global(t, vae, VAE, x)
+        })?;
+        let sg = SyncedGraphs::new(&local)?;
+        Ok(vec![sg.stats, sg.fixed, global])
+    }
+}
+
 /// Prepares `graph` and runs it once on `x`.
 fn run_whole(backend: &dyn Backend, model: &Model, graph: &Graph, x: Tensor) -> Result<Tensor> {
     let mut plan = backend.prepare(graph, model)?;

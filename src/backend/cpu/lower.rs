@@ -288,6 +288,37 @@ impl<'g> Lowerer<'g> {
         Ok(())
     }
 
+    /// `Some(x)` when node `id` is GEGLU's `x[.., :h] * gelu(x[.., h:])` over the last axis
+    /// of one value `x` (the UNet feed-forward). One kernel then reads `x` in place: tract's
+    /// Slice copies both halves and GELU a third tensor, each half the size of `x`, which at
+    /// 64x64 latents with CFG is 126 MB alive at the UNet's peak.
+    fn geglu_source(&self, id: NodeId) -> Option<NodeId> {
+        let n = &self.g.nodes;
+        let (a, b) = match n[id].inputs[..] {
+            [a, b] => (a, b),
+            _ => return None,
+        };
+        let slice = |s: NodeId| match n[s].op {
+            Op::Slice { axis, start, end } => Some((n[s].inputs[0], axis, start, end)),
+            _ => None,
+        };
+        let gate = match n[b].op {
+            Op::Gelu => n[b].inputs[0],
+            _ => return None,
+        };
+        let (x, axis, s0, e0) = slice(a)?;
+        let (x1, axis1, s1, e1) = slice(gate)?;
+        let xs = &n[x].shape;
+        let last = xs.len().checked_sub(1)?;
+        let h = xs[last] / 2;
+        (x == x1
+            && axis == last
+            && axis1 == last
+            && xs[last] == 2 * h
+            && (s0, e0, s1, e1) == (0, h, h, 2 * h))
+            .then_some(x)
+    }
+
     /// In compact mode, lowers a weight-bearing node (or attention) to an `LdmCompact` node;
     /// `None` when the node is lowered to plain ONNX.
     fn compact_node(&mut self, id: NodeId) -> Result<Option<String>> {
@@ -327,6 +358,10 @@ impl<'g> Lowerer<'g> {
             Op::LayerNorm { eps } => (Kernel::LayerNorm { eps }, ins.clone()),
             Op::Silu => (Kernel::Silu, ins.clone()),
             Op::Gelu => (Kernel::Gelu, ins.clone()),
+            Op::Mul => match self.geglu_source(id) {
+                Some(x) => (Kernel::GeGlu, vec![x]),
+                None => return Ok(None),
+            },
             Op::Upsample2x => (Kernel::Upsample2x, ins.clone()),
             _ => return Ok(None),
         };

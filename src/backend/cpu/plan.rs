@@ -1,14 +1,17 @@
 //! The tract plan: builds an optimized runnable model from the lowered ONNX proto and runs it,
 //! checking inputs first so that bad data is an error and never a panic inside tract.
 use super::tract_err;
+use crate::backend::profile::Profile;
 use crate::backend::{check_inputs, Executable, Tensor};
 use crate::graph::{Graph, NodeId, Op, ValueType};
 use crate::{Error, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{
     tvec, InferenceModelExt, IntoRunnable, TValue, TVec, TypedRunnableModel,
 };
+use tract_onnx::tract_core::plan::SimpleState;
 
 /// Parses `proto` (its `LdmCompact` nodes resolved from `compact`) and optimizes it. The
 /// proto is consumed so any weights it holds are freed as soon as tract holds its own. With
@@ -112,8 +115,8 @@ fn to_ids(t: &Tensor, vocab: Option<usize>) -> Result<Vec<i64>> {
         .collect()
 }
 
-impl Executable for CpuPlan {
-    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+impl CpuPlan {
+    fn tract_inputs(&self, inputs: &[Tensor]) -> Result<TVec<TValue>> {
         check_inputs(&self.graph, inputs)?;
         let mut tv: TVec<TValue> = tvec![];
         for (t, kind) in inputs.iter().zip(&self.kinds) {
@@ -126,6 +129,13 @@ impl Executable for CpuPlan {
             .map_err(tract_err("making an input tensor"))?;
             tv.push(tensor.into());
         }
+        Ok(tv)
+    }
+}
+
+impl Executable for CpuPlan {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let tv = self.tract_inputs(inputs)?;
         // A safety net: a panic inside tract (a kernel bug, an id we could not see from the
         // graph) becomes an error instead of unwinding through the caller.
         let model = &self.model;
@@ -147,5 +157,43 @@ impl Executable for CpuPlan {
                 )
             })
             .collect()
+    }
+
+    /// Times every tract node of one run (wall clock; the kernels inside use both cores), by
+    /// op name: `LdmConv`, `LdmAttention`, ... for the compact kernels, tract's own names for
+    /// the rest.
+    fn profile(&mut self, inputs: &[Tensor]) -> Result<Option<Profile>> {
+        let tv = self.tract_inputs(inputs)?;
+        let mut steps: Vec<(String, String, f64)> = Vec::new();
+        let mut state = SimpleState::new(&self.model).map_err(tract_err("starting a run"))?;
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            state.run_plan_with_eval(tv, |ctx, op_state, node, input| {
+                let t0 = Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                let shape = node.outputs.first().map(|o| format!("{:?}", o.fact.shape));
+                steps.push((
+                    node.op().name().to_string(),
+                    format!(
+                        "{} {} {}",
+                        node.op().name(),
+                        node.name,
+                        shape.unwrap_or_default()
+                    ),
+                    ms,
+                ));
+                out
+            })
+        }));
+        run.map_err(|_| Error::Backend {
+            backend: "cpu",
+            msg: "tract panicked while running the plan".into(),
+        })?
+        .map_err(tract_err("running"))?;
+        let by: Vec<(&str, String, f64)> = steps
+            .iter()
+            .map(|(op, step, ms)| (op.as_str(), step.clone(), *ms))
+            .collect();
+        Ok(Some(Profile::from_steps(&by)))
     }
 }

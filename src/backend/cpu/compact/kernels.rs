@@ -480,6 +480,21 @@ pub fn gelu(x: &[f32], out: &mut [f32]) {
     map(x, out, math::gelu)
 }
 
+/// GEGLU, `out[r, j] = x[r, j] * gelu(x[r, h + j])` for rows of `2h` values, read in place.
+pub fn geglu(x: &[f32], h: usize, out: &mut [f32]) {
+    let rows = ((1 << 14) / h.max(1)).max(1);
+    out.par_chunks_mut(rows * h.max(1))
+        .zip(x.par_chunks(rows * 2 * h.max(1)))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(h).zip(x.chunks_exact(2 * h)) {
+                let (val, gate) = x.split_at(h);
+                for ((o, &v), &g) in o.iter_mut().zip(val).zip(gate) {
+                    *o = v * math::gelu(g);
+                }
+            }
+        });
+}
+
 fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))

@@ -41,6 +41,8 @@ pub enum Kernel {
     Gelu,
     /// inputs: x [.., H, W]
     Upsample2x,
+    /// inputs: x [.., 2h]; out [.., h] = x[.., :h] * gelu(x[.., h:])
+    GeGlu,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +73,7 @@ impl Op for CompactOp {
             Kernel::Silu => "LdmSilu",
             Kernel::Gelu => "LdmGelu",
             Kernel::Upsample2x => "LdmUpsample2x",
+            Kernel::GeGlu => "LdmGeGlu",
         }
         .into()
     }
@@ -83,7 +86,7 @@ impl Op for CompactOp {
             Kernel::Attention { heads, causal } => vec![format!("heads {heads} causal {causal}")],
             Kernel::GroupNorm { groups, eps } => vec![format!("groups {groups} eps {eps}")],
             Kernel::LayerNorm { eps } => vec![format!("eps {eps}")],
-            Kernel::Silu | Kernel::Gelu | Kernel::Upsample2x => vec![],
+            Kernel::Silu | Kernel::Gelu | Kernel::Upsample2x | Kernel::GeGlu => vec![],
         })
     }
 
@@ -222,6 +225,20 @@ impl CompactOp {
                 let x = f32s(&inputs[0])?;
                 ensure!(x.len() == out.len(), "gelu on {} values", x.len());
                 kernels::gelu(x, out);
+            }
+            Kernel::GeGlu => {
+                let xs = inputs[0].shape().to_vec();
+                let two_h = xs.last().copied().unwrap_or(0);
+                let mut want = xs.clone();
+                if let Some(l) = want.last_mut() {
+                    *l /= 2;
+                }
+                ensure!(
+                    two_h % 2 == 0 && self.out_shape == want,
+                    "GEGLU of {xs:?} into {:?}",
+                    self.out_shape
+                );
+                kernels::geglu(f32s(&inputs[0])?, two_h / 2, out);
             }
             Kernel::Upsample2x => {
                 let xs = inputs[0].shape().to_vec();
