@@ -63,8 +63,11 @@ fn the_planner_tiles_the_decoder_to_fit() {
         cfg: true,
         encode: false,
     };
-    let open = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(None);
+    let open = Pipeline::new(&m, backend::select("cpu").unwrap())
+        .with_memory_budget(None)
+        .with_vae_tiling(None);
     let whole = open.plan_memory(&r).unwrap();
+    assert!(whole.vae_tiling.is_none(), "--vae-tile 0 was not honoured");
     println!("{whole}");
     let dec = whole.stages.iter().find(|s| s.stage == "decoder").unwrap();
     let others = whole
@@ -78,8 +81,23 @@ fn the_planner_tiles_the_decoder_to_fit() {
         dec.total() > others,
         "the whole decode should be the peak at {size} px"
     );
+    // Left to itself (no budget, no tiling asked for), the planner tiles so that the decode
+    // is not the peak.
+    let auto = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(None);
+    let plan = auto.plan_memory(&r).unwrap();
+    println!("{plan}");
+    let dec = plan.stages.iter().find(|s| s.stage == "decoder").unwrap();
+    assert!(plan.vae_tiling.is_some() && dec.total() <= others, "{plan}");
     // A budget between the rest and the whole decode: tiling must be chosen.
-    let budget = whole.base + (dec.total() + others) / 2;
+    // (The base is the process's RSS when planning, which grows a little as the test runs.)
+    let base = Pipeline::new(&m, backend::select("cpu").unwrap())
+        .with_memory_budget(None)
+        .with_vae_tiling(None)
+        .plan_memory(&r)
+        .unwrap()
+        .base;
+    let dec = whole.stages.iter().find(|s| s.stage == "decoder").unwrap();
+    let budget = base + others + (dec.total() - others) * 3 / 4;
     let pipe = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(Some(budget));
     let plan = pipe.plan_memory(&r).unwrap();
     println!("{plan}");

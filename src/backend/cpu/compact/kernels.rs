@@ -17,10 +17,11 @@ use std::cell::RefCell;
 const PANEL: usize = 2 << 20;
 /// Largest im2col chunk: 16 MiB.
 const COLS: usize = 4 << 20;
-/// Attention rows per task are chosen so one task's scores take about 1 MiB: each task packs
-/// its head's keys and values for the GEMMs, so fewer, taller query blocks amortize that
-/// (at 4096 keys, 64 rows per block instead of 16 took 30% off a 64x64 UNet step).
-const SCORES: usize = 256 << 10;
+/// Attention rows per task are chosen so one task's scores take about 4 MiB: each task packs
+/// its head's keys and values for the GEMMs, so taller query blocks amortize that (SD-1.5 at
+/// 64x64 latents, 4096 keys: 256 rows per block instead of 64 took attention from 562-578 ms
+/// to 512-531 ms per UNet step, back to back on a quiet machine).
+const SCORES: usize = 1 << 20;
 
 thread_local! {
     /// Reused panel and im2col buffers: allocating and zeroing them per call would cost
