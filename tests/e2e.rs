@@ -185,6 +185,24 @@ fn info_and_verify() {
     fails_with(&ldm(&["verify", bad.to_str().unwrap()]), "digest");
 }
 
+/// `ldm info m.ldm | head -1`: output into a closed pipe ends the process quietly (as SIGPIPE
+/// does for any shell tool), never with a panic message.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ldm"))
+        .current_dir(root())
+        .args(["info", "models/shapes-32.ldm"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closing the read end before the child prints anything makes its first write fail.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn bench_reports_json() {
     let o = ldm(&["bench", "--latent", "8", "--iters", "1", "--json"]);
