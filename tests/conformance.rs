@@ -444,6 +444,22 @@ fn attention(
     c.t.attention(&qi, &ki, &vi, heads, causal)
 }
 
+fn zero_key_attention(
+    c: &mut Case,
+    b: usize,
+    lq: usize,
+    lk: usize,
+    ck: usize,
+    cv: usize,
+    heads: usize,
+) -> Result<NodeId> {
+    let src = c.input_scaled(&[b, lk, ck], 3.0, 0.0);
+    let k = c.t.scale(&src, 0.0)?;
+    let q = c.t.slice(&k, 1, 0, lq)?;
+    let v = c.input_scaled(&[b, lk, cv], 2.0, 1.0);
+    c.t.attention(&q, &k, &v, heads, false)
+}
+
 #[test]
 fn attention_() {
     suite(
@@ -458,6 +474,10 @@ fn attention_() {
             // Several query blocks per head (64K scores per block).
             "q[1,300,16] kv[1,1000,16] h2 (blocks)" => |c| attention(c, [1, 300, 16], 1000, 16, 2, false),
             "q=kv[1,700,8] h1 causal (blocks)" => |c| attention(c, [1, 700, 8], 700, 8, 1, true),
+            // Zero keys, as the tiled VAE's stats pass builds them: a mean of the values (one
+            // compact kernel with no q or k on the CPU).
+            "zero k[2,300,4] v[2,300,12] q[2,3,4] h4" => |c| zero_key_attention(c, 2, 3, 300, 4, 12, 4),
+            "zero k[1,5000,2] v[1,5000,6] q[1,1,2] h2" => |c| zero_key_attention(c, 1, 1, 5000, 2, 6, 2),
         ],
     );
 }

@@ -342,8 +342,7 @@ impl Pipeline<'_> {
         }
         let mut best = whole;
         // From 256 px tiles down: at 512 px, 3x3 tiles of 256 px cost the same decoder work as
-        // 2x2 of 384 px, at half the activations (the stats pass peaks above its liveness walk
-        // by about half, measured on SD 1.5 at 384 px tiles: 781 MiB against 504).
+        // 2x2 of 384 px, at half the activations.
         for t in AUTO_TILES {
             let p = self.plan_with(r, Some(VaeTiling::with_default_overlap(t)?))?;
             if p.vae_tiling.is_none() || p.peak() >= best.peak() {

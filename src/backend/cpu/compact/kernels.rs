@@ -413,6 +413,37 @@ pub fn attention(
         });
 }
 
+/// `out[b, i, :] = mean over l of v[b, l, :]` for every one of the `lq` rows `i`: attention
+/// with all-zero keys, where softmax gives every key the same weight. Summed in f64 because
+/// the stats pass averages up to hundreds of thousands of positions.
+pub fn mean_rows(v: &[f32], vs: &[usize], lq: usize, out: &mut [f32]) {
+    let (lk, c) = (vs[1], vs[2]);
+    for (vb, ob) in v.chunks_exact(lk * c).zip(out.chunks_exact_mut(lq * c)) {
+        let sums = vb
+            .par_chunks(c * 1024)
+            .map(|rows| {
+                let mut s = vec![0f64; c];
+                for row in rows.chunks_exact(c) {
+                    s.iter_mut().zip(row).for_each(|(s, &x)| *s += x as f64);
+                }
+                s
+            })
+            .reduce(
+                || vec![0f64; c],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        let n = lk.max(1) as f64;
+        for row in ob.chunks_exact_mut(c) {
+            row.iter_mut()
+                .zip(&sums)
+                .for_each(|(o, s)| *o = (s / n) as f32);
+        }
+    }
+}
+
 /// Mean and biased variance in f64, two passes (the values may be far from zero).
 fn moments(x: &[f32]) -> (f32, f32) {
     let n = x.len().max(1) as f64;

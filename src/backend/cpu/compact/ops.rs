@@ -31,6 +31,9 @@ pub enum Kernel {
     Embedding(Arc<CompactWeight>),
     /// inputs: q, k, v
     Attention { heads: usize, causal: bool },
+    /// Attention whose keys are all zero: each output row is the per-head mean of the values.
+    /// inputs: v [B, Lk, heads * dv]; out [B, Lq, heads * dv]
+    MeanAttention { heads: usize },
     /// inputs: x [N, C, ...], gamma [C], beta [C]
     GroupNorm { groups: usize, eps: f32 },
     /// inputs: x [.., D], gamma [D], beta [D]
@@ -68,6 +71,7 @@ impl Op for CompactOp {
             Kernel::Conv { .. } => "LdmConv",
             Kernel::Embedding(_) => "LdmEmbedding",
             Kernel::Attention { .. } => "LdmAttention",
+            Kernel::MeanAttention { .. } => "LdmMeanAttention",
             Kernel::GroupNorm { .. } => "LdmGroupNorm",
             Kernel::LayerNorm { .. } => "LdmLayerNorm",
             Kernel::Silu => "LdmSilu",
@@ -84,6 +88,7 @@ impl Op for CompactOp {
                 vec![format!("weight {w:?}")]
             }
             Kernel::Attention { heads, causal } => vec![format!("heads {heads} causal {causal}")],
+            Kernel::MeanAttention { heads } => vec![format!("heads {heads}")],
             Kernel::GroupNorm { groups, eps } => vec![format!("groups {groups} eps {eps}")],
             Kernel::LayerNorm { eps } => vec![format!("eps {eps}")],
             Kernel::Silu | Kernel::Gelu | Kernel::Upsample2x | Kernel::GeGlu => vec![],
@@ -192,6 +197,19 @@ impl CompactOp {
                 );
                 let (q, k, v) = (f32s(&inputs[0])?, f32s(&inputs[1])?, f32s(&inputs[2])?);
                 kernels::attention(q, &qs, k, &ks, v, &vs, *heads, *causal, out);
+            }
+            Kernel::MeanAttention { heads } => {
+                let vs = dims(&inputs[0], 3, "attention v")?;
+                let o = &self.out_shape;
+                ensure!(
+                    *heads > 0
+                        && vs[2] % heads == 0
+                        && o.len() == 3
+                        && o[0] == vs[0]
+                        && o[2] == vs[2],
+                    "mean attention on v {vs:?} into {o:?} with {heads} heads"
+                );
+                kernels::mean_rows(f32s(&inputs[0])?, &vs, o[1], out);
             }
             Kernel::GroupNorm { groups, eps } => {
                 let xs = inputs[0].shape().to_vec();
