@@ -97,7 +97,7 @@ fn spatial_transformer<O: Ops>(
     o.add(&h, x)
 }
 
-/// One UNet evaluation: `x` [B, in, h, w], `t` [B] timesteps, `ctx` [B, L, cross_attention_dim]
+/// One UNet evaluation: `x [B, in, h, w]`, `t [B]` timesteps, `ctx [B, L, cross_attention_dim]`
 /// -> [B, out, h, w]. Parameters live under `prefix` (normally `unet.`).
 pub fn forward<O: Ops>(
     o: &mut O,

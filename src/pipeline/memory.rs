@@ -7,11 +7,11 @@
 //!   read from `/proc/self/statm`;
 //! - **weights**: the stage's tensors as the backend holds them. The compact CPU plan reads
 //!   them from the mapping in their stored dtype, and the pipeline drops a stage's mapped
-//!   pages when the stage ends ([`crate::model::Model::release_pages`]), so only one stage's
+//!   pages when the stage ends ([`crate::format::ModelFile::release_pages`]), so only one stage's
 //!   weights are resident at a time. The expanded CPU plan holds f32 copies and peaks at about
 //!   2.3x them while tract packs;
-//! - **activations**: [`graph::memory::activation_peak`] of the stage's graph with the CPU
-//!   kernels' scratch and decomposition temporaries ([`transient_bytes`]).
+//! - **activations**: [`crate::graph::memory::activation_peak`] of the stage's graph with the CPU
+//!   kernels' scratch ([`transient_bytes`]).
 use super::shared::Pipeline;
 use super::vae_tiles::VaeTiling;
 use crate::backend::cpu::compact::kernels::transient_bytes;

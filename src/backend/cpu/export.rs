@@ -225,7 +225,7 @@ impl OnnxModel {
     /// Writes the model to `path`, atomically (temporary files, fsync, rename). With
     /// `external` false the weights are inline unless the message would pass protobuf's 2 GiB
     /// limit; with `external` true, or over the limit, initializers of at least
-    /// [`EXTERNAL_MIN_BYTES`] go to [`data_path`](Self::data_path), streamed one at a time and
+    /// `EXTERNAL_MIN_BYTES` go to [`data_path`](Self::data_path), streamed one at a time and
     /// freed as written, so the export never holds the weights twice.
     ///
     /// An inline write removes a data file left by an earlier external export of the same

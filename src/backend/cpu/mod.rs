@@ -14,7 +14,7 @@ mod lower;
 mod onnx;
 mod plan;
 
-pub use export::to_onnx;
+pub use export::{to_onnx, ExternalWritten, OnnxModel, OnnxWritten};
 pub use lower::WeightMode;
 
 use super::{check_weights, Backend, Executable, WeightSource};

@@ -1,10 +1,10 @@
 //! The CPU kernels that read weights in their stored dtype: linear, conv2d, embedding, and an
 //! attention that never holds the whole score matrix.
 //!
-//! Weights are widened to f32 a panel of output rows at a time (at most [`PANEL`] values), so
+//! Weights are widened to f32 a panel of output rows at a time (at most `PANEL`, 2M values), so
 //! the f32 copy of any weight is bounded and short-lived; the products run on the `gemm`
 //! crate's f32 kernels. Convolutions are im2col + GEMM over chunks of output positions (at
-//! most [`COLS`] values of im2col at once), so a 512 px decoder layer never builds its
+//! most `COLS`, 4M values, of im2col at once), so a 512 px decoder layer never builds its
 //! gigabyte-sized column matrix.
 use super::math;
 use super::weight::CompactWeight;

@@ -19,32 +19,32 @@ pub const OP_TYPE: &str = "LdmCompact";
 
 #[derive(Clone, Debug)]
 pub enum Kernel {
-    /// inputs: x [.., K], [bias]; weight [N, K]
+    /// inputs: `x [.., K]`, optional `bias [N]`; weight `[N, K]`
     Linear(Arc<CompactWeight>),
-    /// inputs: x [B, C, H, W], [bias]; weight [O, C, kh, kw]
+    /// inputs: `x [B, C, H, W]`, optional `bias [O]`; weight `[O, C, kh, kw]`
     Conv {
         weight: Arc<CompactWeight>,
         stride: usize,
         pads: [usize; 4],
     },
-    /// inputs: ids (int64); table [V, D]
+    /// inputs: ids (int64); table `[V, D]`
     Embedding(Arc<CompactWeight>),
     /// inputs: q, k, v
     Attention { heads: usize, causal: bool },
     /// Attention whose keys are all zero: each output row is the per-head mean of the values.
-    /// inputs: v [B, Lk, heads * dv]; out [B, Lq, heads * dv]
+    /// inputs: `v [B, Lk, heads * dv]`; out `[B, Lq, heads * dv]`
     MeanAttention { heads: usize },
-    /// inputs: x [N, C, ...], gamma [C], beta [C]
+    /// inputs: `x [N, C, ...]`, `gamma [C]`, `beta [C]`
     GroupNorm { groups: usize, eps: f32 },
-    /// inputs: x [.., D], gamma [D], beta [D]
+    /// inputs: `x [.., D]`, `gamma [D]`, `beta [D]`
     LayerNorm { eps: f32 },
     /// inputs: x
     Silu,
     /// inputs: x
     Gelu,
-    /// inputs: x [.., H, W]
+    /// inputs: `x [.., H, W]`
     Upsample2x,
-    /// inputs: x [.., 2h]; out [.., h] = x[.., :h] * gelu(x[.., h:])
+    /// inputs: `x [.., 2h]`; out `[.., h] = x[.., :h] * gelu(x[.., h:])`
     GeGlu,
 }
 
