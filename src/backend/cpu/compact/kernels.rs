@@ -87,40 +87,30 @@ pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out:
         Some(b) => out.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)),
         None => out.fill(0.0),
     }
-    if let Some(wf) = w.f32_view() {
-        // SAFETY: as below, with the whole [n, k] weight read in place.
-        unsafe {
-            matmul(
-                m,
-                n,
-                k,
-                (out.as_mut_ptr(), n as isize, 1),
-                true,
-                Mat {
-                    ptr: x.as_ptr(),
-                    rs: k as isize,
-                    cs: 1,
-                },
-                Mat {
-                    ptr: wf.as_ptr(),
-                    rs: 1,
-                    cs: k as isize,
-                },
-                1.0,
-                threads(),
-            )
-        }
-        return;
-    }
-    let rows = panel_rows(n, k);
+    // An f32 weight is read in place, all rows in one product; others a widened panel at a time.
+    let direct = w.f32_view();
+    let rows = match direct {
+        Some(_) => n.max(1),
+        None => panel_rows(n, k),
+    };
     SCRATCH.with(|s| {
         let panel = &mut s.borrow_mut().0;
-        let panel = grow(panel, rows * k);
+        let panel = match direct {
+            Some(_) => &mut panel[..0],
+            None => grow(panel, rows * k),
+        };
         for n0 in (0..n).step_by(rows) {
             let nb = rows.min(n - n0);
-            w.widen_into(n0 * k, &mut panel[..nb * k]);
-            // SAFETY: x is [m, k], the panel [nb, k] read transposed, dst the columns
-            // n0..n0+nb of out [m, n]; all in bounds and distinct.
+            let rhs = match direct {
+                Some(wf) => wf[n0 * k..].as_ptr(),
+                None => {
+                    w.widen_into(n0 * k, &mut panel[..nb * k]);
+                    panel.as_ptr()
+                }
+            };
+            // SAFETY: x is [m, k], the weight rows n0..n0+nb ([nb, k], in place or widened)
+            // read transposed, dst the columns n0..n0+nb of out [m, n]; all in bounds and
+            // distinct.
             unsafe {
                 matmul(
                     m,
@@ -134,7 +124,7 @@ pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out:
                         cs: 1,
                     },
                     Mat {
-                        ptr: panel.as_ptr(),
+                        ptr: rhs,
                         rs: 1,
                         cs: k as isize,
                     },
@@ -224,41 +214,43 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
     let (ho, wo) = g.out_hw();
     let p = ho * wo;
     let kdim = g.c * g.kh * g.kw;
-    for (b, ob) in out.chunks_exact_mut(g.o * p).enumerate().take(g.batch) {
-        match bias {
-            Some(bias) => ob
-                .chunks_exact_mut(p)
-                .zip(bias)
-                .for_each(|(r, &v)| r.fill(v)),
-            None => ob.fill(0.0),
+    let direct = w.f32_view();
+    // An f32 weight is read in place, so one product covers every output channel.
+    let rows = match direct {
+        Some(_) => g.o,
+        None => panel_rows(g.o, kdim),
+    };
+    let whole = rows >= g.o;
+    let chunk = if g.pointwise() {
+        p
+    } else {
+        (COLS / kdim).clamp(1, p)
+    };
+    SCRATCH.with(|s| {
+        let (panel, cols) = &mut *s.borrow_mut();
+        let panel = match direct {
+            Some(_) => &mut panel[..0],
+            None => grow(panel, rows * kdim),
+        };
+        // A weight that fits one panel is widened once for the whole batch (both halves of a
+        // classifier-free-guidance call), not once per image.
+        if whole && direct.is_none() {
+            w.widen_into(0, &mut panel[..g.o * kdim]);
         }
-        let xb = &x[b * g.c * g.h * g.w..][..g.c * g.h * g.w];
-        // An f32 weight is read in place, so one product covers every output channel.
-        let rows = match w.f32_view() {
-            Some(_) => g.o,
-            None => panel_rows(g.o, kdim),
-        };
-        let chunk = if g.pointwise() {
-            p
+        let cols = if g.pointwise() {
+            &mut cols[..0]
         } else {
-            (COLS / kdim).clamp(1, p)
+            grow(cols, kdim * chunk)
         };
-        SCRATCH.with(|s| {
-            let (panel, cols) = &mut *s.borrow_mut();
-            let direct = w.f32_view();
-            let whole = direct.is_some() || rows >= g.o;
-            let panel = match direct {
-                Some(_) => &mut panel[..0],
-                None => grow(panel, rows * kdim),
-            };
-            if whole && direct.is_none() {
-                w.widen_into(0, &mut panel[..g.o * kdim]);
+        for (b, ob) in out.chunks_exact_mut(g.o * p).enumerate().take(g.batch) {
+            match bias {
+                Some(bias) => ob
+                    .chunks_exact_mut(p)
+                    .zip(bias)
+                    .for_each(|(r, &v)| r.fill(v)),
+                None => ob.fill(0.0),
             }
-            let cols = if g.pointwise() {
-                &mut cols[..0]
-            } else {
-                grow(cols, kdim * chunk)
-            };
+            let xb = &x[b * g.c * g.h * g.w..][..g.c * g.h * g.w];
             for p0 in (0..p).step_by(chunk) {
                 let pc = chunk.min(p - p0);
                 let rhs = if g.pointwise() {
@@ -277,19 +269,17 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
                 };
                 for o0 in (0..g.o).step_by(rows) {
                     let nb = rows.min(g.o - o0);
-                    if !whole {
-                        w.widen_into(o0 * kdim, &mut panel[..nb * kdim]);
-                    }
-                    let lhs = if let Some(wf) = direct {
-                        wf[o0 * kdim..].as_ptr()
-                    } else if whole {
-                        panel[o0 * kdim..].as_ptr()
-                    } else {
-                        panel.as_ptr()
+                    let lhs = match direct {
+                        Some(wf) => wf[o0 * kdim..].as_ptr(),
+                        None if whole => panel[o0 * kdim..].as_ptr(),
+                        None => {
+                            w.widen_into(o0 * kdim, &mut panel[..nb * kdim]);
+                            panel.as_ptr()
+                        }
                     };
-                    // SAFETY: lhs is nb rows of the widened weight [.., kdim]; rhs is
-                    // [kdim, pc] (im2col, or x itself for a pointwise conv); dst is rows
-                    // o0.. and columns p0.. of this batch item's [O, P] output.
+                    // SAFETY: lhs is nb rows of the weight [.., kdim] (in place or widened);
+                    // rhs is [kdim, pc] (im2col, or x itself for a pointwise conv); dst is
+                    // rows o0.. and columns p0.. of this batch item's [O, P] output.
                     unsafe {
                         matmul(
                             nb,
@@ -309,8 +299,8 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
                     }
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// Rows `ids` of `table [V, D]`, widened. Ids were checked against V by the caller.
