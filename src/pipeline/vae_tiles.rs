@@ -154,29 +154,31 @@ fn vae_graph(
 }
 
 impl Pipeline<'_> {
-    /// Every graph a tiled decode of a `[1, z, h, w]` latent runs, for the memory planner:
-    /// the whole-latent part, then the per-tile stats pass and fixed-norm pass.
-    pub fn tiled_decoder_graphs(
+    /// The two parts of a tiled decode of `[b, z, h, w]` latents in tiles of `th x tw`: the
+    /// whole-latent part and the per-tile part. The decode and the memory planner both build
+    /// them here.
+    fn decoder_parts(
         &self,
+        b: usize,
         (h, w): (usize, usize),
         (th, tw): (usize, usize),
-    ) -> Result<Vec<Graph>> {
+    ) -> Result<(Graph, Graph)> {
         let vae = &self.model.config.vae;
-        let global = vae_graph([1, vae.latent_channels, h, w], |t, z| {
+        let global = vae_graph([b, vae.latent_channels, h, w], |t, z| {
             vae::decode_global(t, vae, VAE, z)
         })?;
         let fc = global.nodes[global.outputs[0]].shape[1];
-        let local = vae_graph([1, fc, th, tw], |t, x| vae::decode_local(t, vae, VAE, x))?;
-        let sg = SyncedGraphs::new(&local)?;
-        Ok(vec![global, sg.stats, sg.fixed])
+        let local = vae_graph([b, fc, th, tw], |t, x| vae::decode_local(t, vae, VAE, x))?;
+        Ok((global, local))
     }
 
-    /// The same for a tiled encode of an `h x w` image in tiles of `th x tw` pixels.
-    pub fn tiled_encoder_graphs(
+    /// The two parts of a tiled encode of an `h x w` image in tiles of `th x tw` pixels: the
+    /// per-tile part and the whole-latent part.
+    fn encoder_parts(
         &self,
         (h, w): (usize, usize),
         (th, tw): (usize, usize),
-    ) -> Result<Vec<Graph>> {
+    ) -> Result<(Graph, Graph)> {
         let vae = &self.model.config.vae;
         let f = vae.factor();
         let local = vae_graph([1, vae.in_channels, th, tw], |t, x| {
@@ -186,6 +188,28 @@ impl Pipeline<'_> {
         let global = vae_graph([1, fc, h / f, w / f], |t, x| {
             vae::encode_global(t, vae, VAE, x)
         })?;
+        Ok((local, global))
+    }
+
+    /// Every graph a tiled decode of a `[1, z, h, w]` latent runs, for the memory planner:
+    /// the whole-latent part, then the per-tile stats pass and fixed-norm pass.
+    pub(crate) fn tiled_decoder_graphs(
+        &self,
+        hw: (usize, usize),
+        tile: (usize, usize),
+    ) -> Result<Vec<Graph>> {
+        let (global, local) = self.decoder_parts(1, hw, tile)?;
+        let sg = SyncedGraphs::new(&local)?;
+        Ok(vec![global, sg.stats, sg.fixed])
+    }
+
+    /// The same for a tiled encode of an `h x w` image in tiles of `th x tw` pixels.
+    pub(crate) fn tiled_encoder_graphs(
+        &self,
+        hw: (usize, usize),
+        tile: (usize, usize),
+    ) -> Result<Vec<Graph>> {
+        let (local, global) = self.encoder_parts(hw, tile)?;
         let sg = SyncedGraphs::new(&local)?;
         Ok(vec![sg.stats, sg.fixed, global])
     }
@@ -240,18 +264,14 @@ impl Pipeline<'_> {
             return self.decode_with(plan.as_mut(), latents);
         }
         let f = vae.factor();
-        let zc = vae.latent_channels;
         let inv = 1.0 / self.model.config.latent_scale;
         let z = Tensor::new(
             latents.shape.clone(),
             latents.data.iter().map(|v| v * inv).collect(),
         )?;
-        let global = vae_graph([b, zc, h, w], |t, z| vae::decode_global(t, vae, VAE, z))?;
+        let (global, local) = self.decoder_parts(b, (h, w), (lay.th, lay.tw))?;
         let feats = run_whole(backend, self.model, &global, z)?;
         let fc = feats.shape.get(1).copied().unwrap_or(0);
-        let local = vae_graph([b, fc, lay.th, lay.tw], |t, x| {
-            vae::decode_local(t, vae, VAE, x)
-        })?;
         // Blending in image space ramps over overlap * f pixels, not overlap latent steps.
         let (wy, wx) = lay.axis_weights(f, f);
         let c = vae.out_channels;
@@ -296,10 +316,8 @@ impl Pipeline<'_> {
             return self.posterior_mean(&run_whole(backend, self.model, &graph, image.clone())?);
         }
         let (th, tw) = (lay.th * f, lay.tw * f);
-        let local = vae_graph([1, vae.in_channels, th, tw], |t, x| {
-            vae::encode_local(t, vae, VAE, x)
-        })?;
-        let fc = vae.block_out_channels.last().copied().unwrap_or(0);
+        let (local, global) = self.encoder_parts((h, w), (th, tw))?;
+        let fc = global.nodes[global.inputs()[0]].shape[1];
         let want = vec![1, fc, lay.th, lay.tw];
         let (wy, wx) = lay.axis_weights(1, 1);
         let mut canvas = Canvas::new(fc, lh, lw);
@@ -321,7 +339,6 @@ impl Pipeline<'_> {
             Ok(())
         })?;
         let feats = canvas.into_tensor(vec![1, fc, lh, lw])?;
-        let global = vae_graph([1, fc, lh, lw], |t, x| vae::encode_global(t, vae, VAE, x))?;
         self.posterior_mean(&run_whole(backend, self.model, &global, feats)?)
     }
 
