@@ -223,6 +223,32 @@ fn bench_reports_json() {
     }
 }
 
+/// `ldm bench --profile` on the CPU: every compact kernel kind the UNet uses shows up, and the
+/// shares add up to the whole.
+#[test]
+fn cpu_bench_profiles_each_op() {
+    let o = ldm(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--latent",
+        "8",
+        "--iters",
+        "1",
+        "--profile",
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ops = v["unet_profile"]["ops"].as_array().expect("a CPU profile");
+    let names: Vec<&str> = ops.iter().filter_map(|t| t["op"].as_str()).collect();
+    for k in ["LdmConv", "LdmLinear", "LdmAttention", "LdmGroupNorm"] {
+        assert!(names.contains(&k), "{k} missing from {names:?}");
+    }
+    let share: f64 = ops.iter().filter_map(|t| t["share"].as_f64()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "shares sum to {share}");
+}
+
 fn save_test_png(name: &str, h: usize, w: usize) -> PathBuf {
     let p = tmp(name);
     let rgb = ldm_edge::pipeline::image::to_rgb8(&tiny::test_image(h, w)).unwrap();

@@ -25,7 +25,7 @@ pub const SLOWEST: usize = 15;
 
 impl Profile {
     /// From (op kind, step description, milliseconds) per step.
-    pub fn from_steps(steps: &[(&str, String, f64)]) -> Profile {
+    pub fn from_steps<S: AsRef<str>>(steps: &[(S, String, f64)]) -> Profile {
         let mut slowest: Vec<StepTime> = steps
             .iter()
             .map(|(_, step, ms)| StepTime {
@@ -36,7 +36,7 @@ impl Profile {
         slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
         slowest.truncate(SLOWEST);
         Profile {
-            ops: aggregate(steps.iter().map(|(op, _, ms)| (*op, *ms))),
+            ops: aggregate(steps.iter().map(|(op, _, ms)| (op.as_ref(), *ms))),
             slowest,
         }
     }

@@ -190,10 +190,6 @@ impl Executable for CpuPlan {
             msg: "tract panicked while running the plan".into(),
         })?
         .map_err(tract_err("running"))?;
-        let by: Vec<(&str, String, f64)> = steps
-            .iter()
-            .map(|(op, step, ms)| (op.as_str(), step.clone(), *ms))
-            .collect();
-        Ok(Some(Profile::from_steps(&by)))
+        Ok(Some(Profile::from_steps(&steps)))
     }
 }
