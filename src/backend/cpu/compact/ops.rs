@@ -284,7 +284,11 @@ impl EvalOp for CompactOp {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         // Written in place: building an ndarray first and converting it cost a full copy of
         // every output (5% of a 64x64 UNet step).
-        let mut t = Tensor::zero::<f32>(&self.out_shape)?;
+        // Not zeroed either: every kernel writes each value of its output (a zeroing pass was a
+        // single-threaded write of every output before the kernel's own first write).
+        // SAFETY: f32 has no invalid bit patterns, and `compute` writes all of `out` before
+        // anything reads it.
+        let mut t = unsafe { Tensor::uninitialized::<f32>(&self.out_shape)? };
         self.compute(&inputs, t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(t.into_tvalue()))
     }
