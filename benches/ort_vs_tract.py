@@ -11,6 +11,9 @@ For each latent side and batch (1, and 2 = one classifier-free-guidance call):
   3. `ldm bench --backend B --json --skip-decoder` times the UNet the same way (one warm-up,
      median of --iters) for each B of --backends (default `cpu`), with any extra arguments from
      $LDM_BENCH_ARGS (e.g. a weight-storage option, to compare modes).
+Steps 2 and 3 alternate for --rounds rounds (default 3); each engine's time is the median over
+rounds and the ratio is the median of the per-round ratios, so that a machine whose speed drifts
+over minutes does not favour whichever engine ran while it was fast.
 Both get zeros for the sample and context and t = 500 for every batch element, as `ldm bench`
 does. Peak RSS is each child's ru_maxrss, measured the same way for both; the two never run at
 the same time. GFLOP counts are `ldm bench`'s (2 x the graph's multiply-adds).
@@ -29,6 +32,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -232,6 +236,9 @@ def main():
     ap.add_argument("--retries", type=int, default=2,
                     help="times a contended measurement is redone before its least contended "
                     "attempt is kept")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds of onnxruntime and ours per shape; the ratio is the "
+                    "median of the per-round ratios")
     ap.add_argument("--ort-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ort_worker:
@@ -300,37 +307,59 @@ def main():
         for batch in batches:
             print(f"latent {side}x{side}, batch {batch}:", file=sys.stderr)
             onnx, export_s = export_unet(a, model, side, batch, log)
-            text, ort_rss, ort_others = measure(
-                [sys.executable, __file__, "--ort-worker", onnx, "--threads", a.threads, "--iters", a.iters])
-            o = json.loads(text)
-            print(f"  onnxruntime {o['ms_per_eval']:.0f} ms/eval, peak RSS {ort_rss:.0f} MiB"
-                  f"{contended(ort_others)}", file=sys.stderr)
+            # Rounds alternate the two engines (ORT, ours, ORT, ours, ...): the speed of a shared
+            # machine drifts over minutes, and a drift that one engine's runs took alone would
+            # read as a difference between engines. The ratio is the median of the per-round
+            # ratios, each from two runs a few seconds apart.
+            ort_rounds, ours_rounds = [], {b: [] for b in backends}
+            for rnd in range(a.rounds):
+                text, ort_rss, ort_others = measure(
+                    [sys.executable, __file__, "--ort-worker", onnx, "--threads", a.threads, "--iters", a.iters])
+                o = json.loads(text)
+                ort_rounds.append((o, ort_rss, ort_others))
+                print(f"  round {rnd + 1}/{a.rounds}: onnxruntime {o['ms_per_eval']:.0f} ms/eval, "
+                      f"peak RSS {ort_rss:.0f} MiB{contended(ort_others)}", file=sys.stderr)
+                for backend in backends:
+                    cmd = [ldm, "bench", "-m", model, "--backend", backend, "--json", "--skip-decoder",
+                           "--latent", side, "--batch", batch, "--iters", a.iters, *extra]
+                    text, ours_rss, ours_others = measure(cmd)
+                    r = json.loads(text)
+                    ours_rounds[backend].append((r, ours_rss, ours_others))
+                    print(f"  round {rnd + 1}/{a.rounds}: {backend:<11} {r['unet_ms_per_eval']:.0f} ms/eval, "
+                          f"peak RSS {ours_rss:.0f} MiB{contended(ours_others)}", file=sys.stderr)
+            ort_ms = statistics.median(x[0]["ms_per_eval"] for x in ort_rounds)
+            o = ort_rounds[-1][0]
+            ort_rss = max(x[1] for x in ort_rounds)
+            ort_others = max((x[2] or 0) for x in ort_rounds)
             for backend in backends:
-                cmd = [ldm, "bench", "-m", model, "--backend", backend, "--json", "--skip-decoder",
-                       "--latent", side, "--batch", batch, "--iters", a.iters, *extra]
-                text, ours_rss, ours_others = measure(cmd)
-                r = json.loads(text)
-                print(f"  {backend:<11} {r['unet_ms_per_eval']:.0f} ms/eval, peak RSS {ours_rss:.0f} MiB"
-                      f"{contended(ours_others)}", file=sys.stderr)
+                runs = ours_rounds[backend]
+                ours_ms = statistics.median(x[0]["unet_ms_per_eval"] for x in runs)
+                ratios = [ours[0]["unet_ms_per_eval"] / ort[0]["ms_per_eval"]
+                          for ours, ort in zip(runs, ort_rounds)]
+                r = runs[-1][0]
                 gflop = r["unet_gflop"]
                 rows.append({
                     "latent": side,
                     "batch": batch,
                     "backend": backend,
                     "gflop": gflop,
-                    "ours_ms": r["unet_ms_per_eval"],
-                    "ours_gflops": gflop / (r["unet_ms_per_eval"] / 1e3),
+                    "rounds": a.rounds,
+                    "ours_ms": ours_ms,
+                    "ours_ms_rounds": [x[0]["unet_ms_per_eval"] for x in runs],
+                    "ours_gflops": gflop / (ours_ms / 1e3),
                     "ours_prepare_ms": r["unet_prepare_ms"],
-                    "ours_peak_rss_mb": ours_rss,
-                    "ours_other_cores_busy": ours_others,
+                    "ours_peak_rss_mb": max(x[1] for x in runs),
+                    "ours_other_cores_busy": max((x[2] or 0) for x in runs),
                     "ours_report": r,
-                    "ort_ms": o["ms_per_eval"],
-                    "ort_ms_all": o["ms_all"],
-                    "ort_gflops": gflop / (o["ms_per_eval"] / 1e3),
+                    "ort_ms": ort_ms,
+                    "ort_ms_rounds": [x[0]["ms_per_eval"] for x in ort_rounds],
+                    "ort_ms_all": [x[0]["ms_all"] for x in ort_rounds],
+                    "ort_gflops": gflop / (ort_ms / 1e3),
                     "ort_session_s": o["session_s"],
                     "ort_peak_rss_mb": ort_rss,
                     "ort_other_cores_busy": ort_others,
-                    "ratio_ours_over_ort": r["unet_ms_per_eval"] / o["ms_per_eval"],
+                    "ratio_rounds": ratios,
+                    "ratio_ours_over_ort": statistics.median(ratios),
                     "onnx": str(onnx),
                     "export_s": export_s,
                 })
@@ -361,6 +390,7 @@ def main():
         "model": str(model),
         "model_bytes": Path(model).stat().st_size,
         "iters": a.iters,
+        "rounds": a.rounds,
         "ort": {"version": o["onnxruntime"], "intra_op_num_threads": a.threads,
                 "inter_op_num_threads": 1, "execution_mode": "sequential",
                 "graph_optimization_level": "ORT_ENABLE_ALL"},

@@ -543,9 +543,12 @@ pub fn mean_rows(v: &[f32], vs: &[usize], lq: usize, out: &mut [f32]) {
 /// Mean and biased variance in f64, two passes (the values may be far from zero).
 fn moments(x: &[f32]) -> (f32, f32) {
     let n = x.len().max(1) as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, var as f32)
+    let mut a = [0f64; 2];
+    math::sums(x, 0.0, &mut a);
+    let mean = a[0] / n;
+    let mut a = [0f64; 2];
+    math::sums(x, mean, &mut a);
+    (mean as f32, (a[1] / n) as f32)
 }
 
 /// GroupNorm of `x [N, C, ...]` with per-channel affine, written straight into `out`: tract's
@@ -573,10 +576,7 @@ pub fn group_norm(
             let inv = 1.0 / (var + eps).sqrt();
             for (ci, (o, xi)) in o.chunks_mut(spatial).zip(xi.chunks(spatial)).enumerate() {
                 let ch = g * cg + ci;
-                let (a, b) = (gamma[ch] * inv, beta[ch]);
-                for (o, &v) in o.iter_mut().zip(xi) {
-                    *o = (v - mean) * a + b;
-                }
+                math::affine1_into(xi, mean, gamma[ch] * inv, beta[ch], o);
             }
         });
 }
@@ -590,22 +590,20 @@ pub fn layer_norm(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f32, ou
             for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
                 let (mean, var) = moments(x);
                 let inv = 1.0 / (var + eps).sqrt();
-                for j in 0..x.len() {
-                    o[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
-                }
+                math::norm_into(x, mean, inv, gamma, beta, o);
             }
         });
 }
 
 /// `x * sigmoid(x)` in one pass (tract's Sigmoid + Mul holds the sigmoid as a temporary).
 pub fn silu(x: &[f32], out: &mut [f32]) {
-    map(x, out, math::silu)
+    map(x, out, math::silu_into)
 }
 
 /// Exact (erf) GELU in one pass: tract's Erf decomposition holds two full-size temporaries
 /// and calls a scalar erf per value.
 pub fn gelu(x: &[f32], out: &mut [f32]) {
-    map(x, out, math::gelu)
+    map(x, out, math::gelu_into)
 }
 
 /// GEGLU, `out[r, j] = x[r, j] * gelu(x[r, h + j])` for rows of `2h` values, read in place.
@@ -616,17 +614,16 @@ pub fn geglu(x: &[f32], h: usize, out: &mut [f32]) {
         .for_each(|(o, x)| {
             for (o, x) in o.chunks_exact_mut(h).zip(x.chunks_exact(2 * h)) {
                 let (val, gate) = x.split_at(h);
-                for ((o, &v), &g) in o.iter_mut().zip(val).zip(gate) {
-                    *o = v * math::gelu(g);
-                }
+                math::gated_gelu_into(val, gate, o);
             }
         });
 }
 
-fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+/// `f` over chunks of `x` into `out`, in parallel.
+fn map(x: &[f32], out: &mut [f32], f: fn(&[f32], &mut [f32])) {
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v)));
+        .for_each(|(o, x)| f(x, o));
 }
 
 /// Nearest-neighbour 2x upsampling of the last two axes, written once: tract's

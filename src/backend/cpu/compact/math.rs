@@ -58,38 +58,47 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * phi
 }
 
+/// Defines `$name` as `$body` compiled three times, for AVX-512, AVX2+FMA and the baseline
+/// (the build targets baseline x86-64, so without this the loops get 4-wide SSE2 and no FMA),
+/// and picked per call from the running CPU. `$body` must be `#[inline(always)]` so that its
+/// loops are compiled inside each variant.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v4($($a: $t),*) {
+                    $body($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($a: $t),*) {
+                    $body($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { v4($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
+multiversion!(
 /// Softmax of one row in place. On x86-64 the same code is compiled again for AVX2 and
-/// AVX-512 and picked at run time (the crate's baseline is SSE2, four lanes): at 64x64 latents
-/// the softmax of the 4096-token self-attention is a tenth of a UNet step.
-pub fn softmax(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return unsafe { softmax_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { softmax_avx2(row) };
-        }
-    }
-    softmax_lanes(row)
-}
+    /// AVX-512 and picked at run time (the crate's baseline is SSE2, four lanes): at 64x64 latents
+    /// the softmax of the 4096-token self-attention is a tenth of a UNet step.
+    pub fn softmax(row: &mut [f32]) => softmax_lanes
+);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32]) {
-    softmax_lanes(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32]) {
-    softmax_lanes(row)
-}
-
-/// Sixteen independent accumulators let the max and the sum vectorize at any width.
 #[inline(always)]
 fn softmax_lanes(row: &mut [f32]) {
     const L: usize = 16;
@@ -119,6 +128,89 @@ fn softmax_lanes(row: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+multiversion!(
+    /// `out[i] = gelu(x[i])`.
+    pub fn gelu_into(x: &[f32], out: &mut [f32]) => gelu_lanes
+);
+multiversion!(
+    /// `out[i] = silu(x[i])`.
+    pub fn silu_into(x: &[f32], out: &mut [f32]) => silu_lanes
+);
+multiversion!(
+    /// `out[i] = val[i] * gelu(gate[i])`.
+    pub fn gated_gelu_into(val: &[f32], gate: &[f32], out: &mut [f32]) => gated_gelu_lanes
+);
+
+#[inline(always)]
+fn gelu_lanes(x: &[f32], out: &mut [f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu(v));
+}
+
+#[inline(always)]
+fn silu_lanes(x: &[f32], out: &mut [f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = silu(v));
+}
+
+#[inline(always)]
+fn gated_gelu_lanes(val: &[f32], gate: &[f32], out: &mut [f32]) {
+    out.iter_mut()
+        .zip(val.iter().zip(gate))
+        .for_each(|(o, (&v, &g))| *o = v * gelu(g));
+}
+
+multiversion!(
+    /// Sum and sum of squared deviations from `shift` of `x`, in f64: the norms subtract the
+    /// mean first, as the reference does, and the stats pass averages values far from zero.
+    pub fn sums(x: &[f32], shift: f64, acc: &mut [f64; 2]) => sums_lanes
+);
+
+#[inline(always)]
+fn sums_lanes(x: &[f32], shift: f64, acc: &mut [f64; 2]) {
+    // Eight independent f64 partial sums: a single running sum is a serial chain that the
+    // compiler may not reorder into vector lanes.
+    const L: usize = 8;
+    let (mut s, mut q) = ([0f64; L], [0f64; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            let d = c[i] as f64 - shift;
+            s[i] += d;
+            q[i] += d * d;
+        }
+    }
+    for &v in chunks.remainder() {
+        let d = v as f64 - shift;
+        s[0] += d;
+        q[0] += d * d;
+    }
+    acc[0] += s.iter().sum::<f64>();
+    acc[1] += q.iter().sum::<f64>();
+}
+
+multiversion!(
+    /// `out[i] = (x[i] - mean) * inv * g[i] + b[i]`.
+    pub fn norm_into(x: &[f32], mean: f32, inv: f32, g: &[f32], b: &[f32], out: &mut [f32]) => norm_lanes
+);
+
+#[inline(always)]
+fn norm_lanes(x: &[f32], mean: f32, inv: f32, g: &[f32], b: &[f32], out: &mut [f32]) {
+    out.iter_mut()
+        .zip(x.iter().zip(g.iter().zip(b)))
+        .for_each(|(o, (&v, (&g, &b)))| *o = (v - mean) * inv * g + b);
+}
+
+multiversion!(
+    /// `out[i] = (x[i] - mean) * a + b`.
+    pub fn affine1_into(x: &[f32], mean: f32, a: f32, b: f32, out: &mut [f32]) => affine1_lanes
+);
+
+#[inline(always)]
+fn affine1_lanes(x: &[f32], mean: f32, a: f32, b: f32, out: &mut [f32]) {
+    out.iter_mut()
+        .zip(x)
+        .for_each(|(o, &v)| *o = (v - mean) * a + b);
 }
 
 #[cfg(test)]
