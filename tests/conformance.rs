@@ -270,6 +270,8 @@ fn conv2d() {
             "x[2,130,66,66] w[3,130,3,3] s1 p1 (im2col chunks)" => |c| conv(c, &[2, 130, 66, 66], &[3, 130, 3, 3], true, 1, [1; 4]),
             "x[1,290,3,3] w[850,290,3,3] s1 p1 (panels)" => |c| conv(c, &[1, 290, 3, 3], &[850, 290, 3, 3], true, 1, [1; 4]),
             "x[1,300,4,5] w[7000,300,1,1] s1 p0 (panels)" => |c| conv(c, &[1, 300, 4, 5], &[7000, 300, 1, 1], false, 1, [0; 4]),
+            "x[3,290,3,3] w[850,290,3,3] s1 p1 (images share a product, panels)" => |c| conv(c, &[3, 290, 3, 3], &[850, 290, 3, 3], true, 1, [1; 4]),
+            "x[3,100,40,40] w[4,100,3,3] s1 p1 (two images, then one)" => |c| conv(c, &[3, 100, 40, 40], &[4, 100, 3, 3], false, 1, [1; 4]),
         ],
     );
 }
@@ -293,6 +295,8 @@ fn linear_() {
             "x[2,9,320] w[640,320] bias" => |c| linear(c, &[2, 9, 320], 640, true),
             "x[3,1000] w[2500,1000] bias (panels, odd rows)" => |c| linear(c, &[3, 1000], 2500, true),
             "x[1,4,33] w[65,33] nobias (rows straddle blocks)" => |c| linear(c, &[1, 4, 33], 65, false),
+            "x[1,300,40] w[100,40] bias (many rows: x w^T)" => |c| linear(c, &[1, 300, 40], 100, true),
+            "x[2,100,40] w[70,40] nobias (w x^T, then transposed)" => |c| linear(c, &[2, 100, 40], 70, false),
         ],
     );
 }

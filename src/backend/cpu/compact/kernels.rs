@@ -269,10 +269,13 @@ impl ConvShape {
 /// Fills `cols[K, pc]` with the im2col columns of output positions `p0 .. p0 + pc`.
 /// Works a run of one output row at a time, so a stride-1 row is a bounds computation and a
 /// copy rather than a division and a branch per value.
-fn im2col(x: &[f32], g: &ConvShape, wo: usize, p0: usize, pc: usize, cols: &mut [f32]) {
+/// Row `kk` starts at `cols[kk * ld]` (`ld >= pc`), so several images' columns can sit side
+/// by side in one matrix.
+fn im2col(x: &[f32], g: &ConvShape, wo: usize, p0: usize, pc: usize, cols: &mut [f32], ld: usize) {
     let (kh, kw, st) = (g.kh, g.kw, g.stride);
     let (pt, pl) = (g.pads[0] as isize, g.pads[1] as isize);
-    cols.par_chunks_mut(pc).enumerate().for_each(|(kk, row)| {
+    cols.par_chunks_mut(ld).enumerate().for_each(|(kk, row)| {
+        let row = &mut row[..pc];
         let (ci, ky, kx) = (kk / (kh * kw), kk / kw % kh, kk % kw);
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
         let (mut j, mut p) = (0, p0);
@@ -341,6 +344,74 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
         if whole && direct.is_none() {
             w.widen_into(0, &mut panel[..g.o * kdim]);
         }
+        // Images small enough that several fit one im2col chunk (the deep levels, where the
+        // weight is large and the activations small) share one product, so the weight is read
+        // once for all of them rather than once per image.
+        let group = if g.pointwise() {
+            1
+        } else {
+            (COLS / (kdim * p).max(1)).clamp(1, g.batch.max(1))
+        };
+        if group > 1 {
+            let Scratch { cols, prod, .. } = s;
+            let cols = grow(cols, kdim * group * p);
+            let prod = grow(prod, g.o * group * p);
+            let image = g.c * g.h * g.w;
+            for b0 in (0..g.batch).step_by(group) {
+                let gi = group.min(g.batch - b0);
+                let n = gi * p;
+                for j in 0..gi {
+                    let xb = &x[(b0 + j) * image..][..image];
+                    im2col(xb, g, wo, 0, p, &mut cols[j * p..kdim * n], n);
+                }
+                for o0 in (0..g.o).step_by(rows) {
+                    let nb = rows.min(g.o - o0);
+                    let lhs = match direct {
+                        Some(wf) => wf[o0 * kdim..].as_ptr(),
+                        None if whole => s.panel[o0 * kdim..].as_ptr(),
+                        None => {
+                            w.widen_into(o0 * kdim, &mut s.panel[..nb * kdim]);
+                            s.panel.as_ptr()
+                        }
+                    };
+                    // SAFETY: lhs is nb rows of the weight [.., kdim]; rhs the [kdim, n] im2col
+                    // columns of gi images; dst rows o0.. of prod [O, n]; all in bounds.
+                    unsafe {
+                        matmul(
+                            nb,
+                            n,
+                            kdim,
+                            (prod.as_mut_ptr().add(o0 * n), n as isize, 1),
+                            false,
+                            Mat {
+                                ptr: lhs,
+                                rs: kdim as isize,
+                                cs: 1,
+                            },
+                            Mat {
+                                ptr: cols.as_ptr(),
+                                rs: n as isize,
+                                cs: 1,
+                            },
+                            1.0,
+                            threads(),
+                        )
+                    }
+                }
+                // Each image's [O, P] block out of the shared product, with the bias.
+                let prod = &prod[..g.o * n];
+                out[b0 * g.o * p..(b0 + gi) * g.o * p]
+                    .par_chunks_mut(p)
+                    .enumerate()
+                    .for_each(|(r, dst)| {
+                        let (j, o) = (r / g.o, r % g.o);
+                        let src = &prod[o * n + j * p..][..p];
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b);
+                    });
+            }
+            return;
+        }
         let cols = if g.pointwise() {
             &mut cols[..0]
         } else {
@@ -361,7 +432,7 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
                         cs: 1,
                     }
                 } else {
-                    im2col(xb, g, wo, p0, pc, &mut cols[..kdim * pc]);
+                    im2col(xb, g, wo, p0, pc, &mut cols[..kdim * pc], pc);
                     Mat {
                         ptr: cols.as_ptr(),
                         rs: pc as isize,
@@ -448,11 +519,12 @@ pub fn attention(
         .flat_map(|b| (0..heads).flat_map(move |h| (0..lq).step_by(rows).map(move |r| (b, h, r))))
         .collect();
     let dst = SendPtr(out.as_mut_ptr());
-    tasks
-        .par_iter()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(b, h, r0)| {
+    tasks.par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scores, sums): &mut (Vec<f32>, Vec<f32>), &(b, h, r0)| {
             let nr = rows.min(lq - r0);
             let s = grow(scores, nr * lk);
+            sums.clear();
             let dst = dst;
             // SAFETY: q rows r0..r0+nr of head h, k and v all rows of head h (strided views of
             // the [B, L, heads*d] inputs); the scores are this task's own; the output block (rows
@@ -483,7 +555,7 @@ pub fn attention(
                 let seen = if causal { (r0 + i + 1).min(lk) } else { lk };
                 let (live, masked) = row.split_at_mut(seen);
                 masked.fill(0.0);
-                math::softmax(live);
+                sums.push(math::exp_sum(live));
             }
             unsafe {
                 matmul(
@@ -505,8 +577,19 @@ pub fn attention(
                     1.0,
                     Parallelism::None,
                 );
+                // The softmax's division, on the dv outputs of each row instead of its lk
+                // scores.
+                for (i, &sum) in sums.iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(
+                        dst.0.add((b * lq + r0 + i) * cv + h * dv),
+                        dv,
+                    );
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|o| *o *= inv);
+                }
             }
-        });
+        },
+    );
 }
 
 /// `out[b, i, :] = mean over l of v[b, l, :]` for every one of the `lq` rows `i`: attention
