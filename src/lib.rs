@@ -3,6 +3,7 @@
 //! Layers, from the file up: [`format`] (the mapped `.ldm` file), [`arch`] (UNet, autoencoder and
 //! text encoder written once over [`ops::Ops`]), [`graph`] (the IR those architectures trace into),
 //! [`backend`] (executors of the IR), [`sampler`], [`pipeline`] and [`model`] (a loaded file).
+pub mod alloc;
 pub mod arch;
 pub mod backend;
 pub mod bench;

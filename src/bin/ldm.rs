@@ -18,6 +18,11 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Large blocks come from their own mappings with a bounded reuse cache, so the memory planner's
+/// prediction holds (see `ldm_edge::alloc`).
+#[global_allocator]
+static ALLOC: ldm_edge::alloc::CachingAlloc = ldm_edge::alloc::CachingAlloc;
+
 const DEFAULT_MODEL: &str = "models/shapes-32.ldm";
 
 #[derive(Parser)]

@@ -14,7 +14,7 @@
 //!   kernels' scratch ([`transient_bytes`]).
 use super::shared::Pipeline;
 use super::vae_tiles::VaeTiling;
-use crate::backend::cpu::compact::kernels::transient_bytes;
+use crate::backend::cpu::compact::kernels::{scratch_bytes, transient_bytes};
 use crate::graph::{memory, Graph};
 use crate::{Error, Result};
 use std::fmt;
@@ -41,11 +41,18 @@ pub struct MemoryPlan {
     /// The decoder (and encoder) tiling the plan uses; `None` = whole.
     pub vae_tiling: Option<VaeTiling>,
     pub budget: Option<u64>,
+    /// Freed activations the allocator may keep for reuse ([`crate::alloc`]): what the plan
+    /// sets as its cache limit, 0 where that allocator is not installed.
+    pub alloc_cache: u64,
 }
 
 impl MemoryPlan {
-    /// Predicted peak: the base plus the largest stage.
+    /// Predicted peak: the base, the largest stage and the allocator's cache.
     pub fn peak(&self) -> u64 {
+        self.peak_without_cache() + self.alloc_cache
+    }
+
+    fn peak_without_cache(&self) -> u64 {
         self.base
             + self
                 .stages
@@ -87,6 +94,16 @@ impl fmt::Display for MemoryPlan {
                 mib(s.weights),
                 mib(s.activations),
                 mib(s.total())
+            )?;
+        }
+        if self.alloc_cache > 0 {
+            writeln!(
+                f,
+                "{:<14} {:>10} {:>12} {:>10}",
+                "(alloc cache)",
+                "",
+                "",
+                mib(self.alloc_cache)
             )?;
         }
         let tiling = match self.vae_tiling {
@@ -216,6 +233,7 @@ impl Pipeline<'_> {
                 .map(|g| memory::activation_peak(g, transient_bytes))
                 .max()
                 .unwrap_or(0)
+                + scratch_bytes(graphs)
                 + extra,
         }
     }
@@ -266,12 +284,24 @@ impl Pipeline<'_> {
         } else {
             self.stage("decoder", &cfg.decoder_graph(1, th, tw)?, 0)
         });
-        Ok(MemoryPlan {
+        let mut plan = MemoryPlan {
             base: current_rss(),
             stages,
             vae_tiling: tiling.filter(|t| t.splits(h, w)),
             budget: self.memory_budget,
-        })
+            alloc_cache: 0,
+        };
+        // The allocator keeps freed activations up to this limit, which buys speed. SD-1.5 f32,
+        // 64x64 UNet step against glibc's malloc, back to back: 26-28% slower with no cache,
+        // 2-5% with 32 MiB, 1-2% with 64, 2-4% faster with 128. As much as the budget leaves,
+        // up to the default (64 MiB).
+        if crate::alloc::installed() {
+            let room = self
+                .memory_budget
+                .map_or(u64::MAX, |b| b.saturating_sub(plan.peak_without_cache()));
+            plan.alloc_cache = room.min(crate::alloc::DEFAULT_CACHE_LIMIT as u64);
+        }
+        Ok(plan)
     }
 
     /// Plans a request's memory: with no budget, the pipeline's own tiling; with one, that

@@ -138,6 +138,13 @@ impl<'m> Pipeline<'m> {
     }
 
     /// Latent size for an image size, or a clear error naming the constraint.
+    /// Between two stages: drops the finished stage's mapped weight pages and the CPU kernels'
+    /// scratch, so the next stage holds only its own (as the memory planner counts).
+    pub(crate) fn end_stage(&self) {
+        self.model.file.release_pages();
+        crate::backend::cpu::compact::kernels::release_scratch();
+    }
+
     pub fn latent_size(&self, width: usize, height: usize) -> Result<(usize, usize)> {
         let f = self.model.config.vae.factor();
         let m = f * self.model.config.latent_multiple();
@@ -277,7 +284,7 @@ impl<'m> Pipeline<'m> {
         };
         let context = self.encode_text_on(backend, &prompts)?;
         // The text encoder's weights are done with: only the UNet's stay resident.
-        self.model.file.release_pages();
+        self.end_stage();
         let graph = self.model.config.unet_graph(prompts.len(), h, w)?;
         let unet = backend.prepare(&graph, self.model)?;
         let z = self.model.config.vae.latent_channels;

@@ -93,6 +93,9 @@ impl Pipeline<'_> {
             encode: false,
         })?;
         log::info!("memory plan:\n{plan}");
+        if plan.alloc_cache > 0 {
+            crate::alloc::set_cache_limit(plan.alloc_cache as usize);
+        }
         let latents = {
             let mut den =
                 self.denoiser(backend, &req.prompt, &req.negative_prompt, req.guidance, hw)?;
@@ -106,7 +109,7 @@ impl Pipeline<'_> {
             )?
             // The UNet plan is dropped here, before the decoder is prepared.
         };
-        self.model.file.release_pages();
+        self.end_stage();
         let image = match plan.vae_tiling {
             Some(t) => self.decode_tiled_on(backend, &latents, &t)?,
             None => self.decode_on(backend, &latents)?,

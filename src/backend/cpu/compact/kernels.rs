@@ -10,7 +10,7 @@ use super::math;
 use super::weight::CompactWeight;
 use gemm::Parallelism;
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 /// Largest f32 weight panel: 8 MiB. A weight that fits is widened once per call; larger ones
 /// (the deep UNet levels, where activations are small) are streamed panel by panel.
@@ -37,19 +37,35 @@ struct Scratch {
     prod: Vec<f32>,
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+/// One set of scratch buffers for the process: kernels run one at a time (plans take turns,
+/// see the CPU plan's `on_pool`), and per-thread buffers would each keep their largest size
+/// on every thread that ever ran a kernel.
+static SCRATCH: Mutex<Scratch> = Mutex::new(Scratch {
+    panel: Vec::new(),
+    cols: Vec::new(),
+    xt: Vec::new(),
+    prod: Vec::new(),
+});
+
+fn scratch_slot() -> std::sync::MutexGuard<'static, Scratch> {
+    // Buffers hold no invariant a panic could break.
+    SCRATCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `f` with this thread's scratch, taken out of the thread-local for the duration. A
-/// kernel waits inside its parallel sections, and rayon lets the waiting thread run another
-/// queued job meanwhile, possibly another kernel (a second plan running at the same time):
-/// that one finds the slot empty and grows its own buffers instead of finding it borrowed.
+/// Runs `f` with the scratch, taken out of its slot for the duration. A kernel waits inside
+/// its parallel sections, and rayon lets the waiting thread run another queued job meanwhile,
+/// possibly another kernel: that one finds the slot empty and grows buffers of its own.
 fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let mut s = std::mem::take(&mut *scratch_slot());
     let r = f(&mut s);
-    SCRATCH.with(|c| *c.borrow_mut() = s);
+    *scratch_slot() = s;
     r
+}
+
+/// Frees the scratch buffers, which otherwise keep their largest size: the pipeline calls this
+/// when a stage ends, so the next stage's memory is its own.
+pub fn release_scratch() {
+    drop(std::mem::take(&mut *scratch_slot()));
 }
 
 fn threads() -> Parallelism {
@@ -727,42 +743,75 @@ pub fn upsample2x(x: &[f32], h: usize, w: usize, out: &mut [f32]) {
         });
 }
 
-/// Working memory one node holds on top of its inputs and output while it runs on the compact
-/// CPU plan: the compact kernels' scratch (every op whose plain-ONNX decomposition held
-/// full-size temporaries is now a compact kernel). For the memory planner.
-pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -> u64 {
+/// The scratch buffers (`panel`, `cols`, `xt`, `prod`, in f32 values) that `node`'s kernel
+/// grows on the compact CPU plan.
+fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u64; 4] {
     use crate::graph::Op;
     let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
-    let threads = rayon::current_num_threads().max(1) as u64;
-    let values = match node.op {
+    match node.op {
         Op::Linear => {
             let w = &graph.nodes[node.inputs[1]].shape;
             let (n, k) = (w[0], w[1]);
             let m = numel(&node.shape) / n.max(1) as u64;
             let panel = numel(w).min(PANEL as u64);
-            // The transposed input and one panel's product of a weight-streaming linear.
-            let small = if streams_weight(m as usize, n, k) {
-                m * k as u64 + m * (panel / k.max(1) as u64)
+            if streams_weight(m as usize, n, k) {
+                [panel, 0, m * k as u64, m * (panel / k.max(1) as u64).max(1)]
             } else {
-                0
-            };
-            panel + small
+                [panel, 0, 0, 0]
+            }
         }
         Op::Conv2d { .. } => {
             let w = &graph.nodes[node.inputs[1]].shape;
             let k = numel(&w[1..]);
+            let (b, o) = (node.shape[0] as u64, w[0] as u64);
             let p = numel(&node.shape[2..]);
-            numel(w).min(PANEL as u64) + (k * p).min(COLS as u64)
+            let pointwise = w[2] == 1 && w[3] == 1;
+            let group = if pointwise {
+                1
+            } else {
+                (COLS as u64 / (k * p).max(1)).clamp(1, b.max(1))
+            };
+            let cols = if pointwise {
+                0
+            } else {
+                (k * p * group).min(COLS as u64)
+            };
+            let prod = if group > 1 { o * group * p } else { 0 };
+            [numel(w).min(PANEL as u64), cols, 0, prod]
         }
+        _ => [0; 4],
+    }
+}
+
+/// Bytes the process-wide scratch reaches while `graphs` run one after another: each buffer
+/// keeps its largest size until [`release_scratch`]. For the memory planner.
+pub fn scratch_bytes(graphs: &[crate::graph::Graph]) -> u64 {
+    let mut most = [0u64; 4];
+    for g in graphs {
+        for n in &g.nodes {
+            for (m, v) in most.iter_mut().zip(scratch_values(g, n)) {
+                *m = (*m).max(v);
+            }
+        }
+    }
+    4 * most.iter().sum::<u64>()
+}
+
+/// Working memory one node holds on top of its inputs, its output and the shared scratch
+/// ([`scratch_bytes`]) while it runs on the compact CPU plan: attention's score blocks, one
+/// per thread. For the memory planner.
+pub fn transient_bytes(graph: &crate::graph::Graph, node: &crate::graph::Node) -> u64 {
+    use crate::graph::Op;
+    let threads = rayon::current_num_threads().max(1) as u64;
+    match node.op {
         Op::Attention { .. } => {
             let lk = graph.nodes[node.inputs[1]]
                 .shape
                 .get(1)
                 .copied()
                 .unwrap_or(1) as u64;
-            threads * (SCORES as u64).max(lk)
+            4 * threads * (SCORES as u64).max(lk)
         }
         _ => 0,
-    };
-    4 * values
+    }
 }
