@@ -89,7 +89,7 @@ struct SampleArgs {
     guidance: Option<f32>,
     #[arg(long, short = 's', default_value_t = 0)]
     seed: u64,
-    /// ddim, ddpm, euler_a or dpmpp_2m [default: the model's].
+    /// ddim, ddpm, euler_a, dpmpp_2m or lcm [default: the model's].
     #[arg(long)]
     sampler: Option<String>,
     /// DDIM eta (0 = deterministic).

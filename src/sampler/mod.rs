@@ -1,5 +1,6 @@
-//! Samplers: noise schedules, the DDPM, DDIM, Euler-ancestral and DPM-Solver++ 2M schedulers
-//! (formulas as in diffusers), classifier-free guidance and the seeded noise generator.
+//! Samplers: noise schedules, the DDPM, DDIM, Euler-ancestral, DPM-Solver++ 2M and LCM
+//! schedulers (formulas as in diffusers), classifier-free guidance and the seeded noise
+//! generator.
 //!
 //! The pipeline builds a scheduler with [`make_scheduler`] and drives it through the
 //! [`Scheduler`] trait (the loop is sketched in [`scheduler`]), so it never names a sampler.
@@ -11,6 +12,7 @@ mod ddim;
 mod ddpm;
 mod dpmpp2m;
 mod euler_a;
+pub mod lcm;
 pub mod noise;
 pub mod schedule;
 pub mod scheduler;
@@ -22,6 +24,7 @@ pub use ddim::DdimScheduler;
 pub use ddpm::DdpmScheduler;
 pub use dpmpp2m::DpmSolverPP2MScheduler;
 pub use euler_a::EulerAncestralScheduler;
+pub use lcm::LcmScheduler;
 pub use noise::NoiseGen;
 pub use schedule::{
     inference_timesteps, BetaSchedule, NoiseSchedule, Prediction, ScheduleConfig, TimestepSpacing,
@@ -30,10 +33,15 @@ pub use scheduler::Scheduler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
-    #[error("unknown sampler `{0}`; expected one of: ddpm, ddim, euler_a, dpmpp_2m")]
+    #[error("unknown sampler `{0}`; expected one of: ddpm, ddim, euler_a, dpmpp_2m, lcm")]
     UnknownSampler(String),
     #[error("invalid step count {steps}: must be between 1 and num_train_timesteps ({max})")]
     InvalidSteps { steps: usize, max: usize },
+    #[error(
+        "invalid step count {steps} for lcm: it samples at most {original} steps, the length of \
+         the schedule the model was distilled on"
+    )]
+    TooManyLcmSteps { steps: usize, original: usize },
     #[error("invalid eta {0}: must be finite and >= 0")]
     InvalidEta(f32),
     #[error("invalid schedule config: {0}")]
@@ -49,14 +57,17 @@ pub enum SamplerKind {
     Ddim,
     EulerAncestral,
     DpmSolverPP2M,
+    /// Multi-step consistency sampling, for LCM-distilled models.
+    Lcm,
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 4] = [
+    pub const ALL: [SamplerKind; 5] = [
         SamplerKind::Ddpm,
         SamplerKind::Ddim,
         SamplerKind::EulerAncestral,
         SamplerKind::DpmSolverPP2M,
+        SamplerKind::Lcm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +76,7 @@ impl SamplerKind {
             SamplerKind::Ddim => "ddim",
             SamplerKind::EulerAncestral => "euler_a",
             SamplerKind::DpmSolverPP2M => "dpmpp_2m",
+            SamplerKind::Lcm => "lcm",
         }
     }
 }
@@ -107,6 +119,7 @@ pub fn make_scheduler(
         SamplerKind::Ddim => Box::new(DdimScheduler::new(cfg, steps, eta)?),
         SamplerKind::EulerAncestral => Box::new(EulerAncestralScheduler::new(cfg, steps)?),
         SamplerKind::DpmSolverPP2M => Box::new(DpmSolverPP2MScheduler::new(cfg, steps)?),
+        SamplerKind::Lcm => Box::new(LcmScheduler::new(cfg, steps, lcm::ORIGINAL_STEPS)?),
     })
 }
 
