@@ -106,7 +106,13 @@ pub fn run(
         cfg.text_encoder.max_position_embeddings,
         cfg.unet.cross_attention_dim,
     ]);
-    let inputs = [x, t, ctx];
+    let mut inputs = vec![x, t, ctx];
+    if cfg.unet.time_cond_proj_dim.is_some() {
+        inputs.push(Tensor::new(
+            vec![batch],
+            vec![model.sampler.guidance - 1.0; batch],
+        )?);
+    }
     let unet_t = time(iters, || unet.run(&inputs).map(drop))?;
     // After the timed runs, so the profiled command buffer never affects the plain timing.
     let unet_profile = if profile {

@@ -52,7 +52,10 @@ fn pipeline(name: &str, backend_name: &str, min_psnr: f64) {
     let mut req = Txt2Img::new(&m, args["prompt"].as_str().unwrap()).unwrap();
     req.steps = args["num_inference_steps"].as_u64().unwrap() as usize;
     req.guidance = args["guidance_scale"].as_f64().unwrap() as f32;
-    req.sampler = SamplerKind::Ddim;
+    req.sampler = match name {
+        "lcm" => SamplerKind::Lcm,
+        _ => SamplerKind::Ddim,
+    };
     req.width = args["width"].as_u64().unwrap() as usize;
     req.height = args["height"].as_u64().unwrap() as usize;
     req.init_noise = Some(reference(name, "pipe_latents.npy"));
@@ -141,4 +144,21 @@ fn sd1_tokenizer_matches_transformers() {
 #[test]
 fn sd2_tokenizer_from_vocab_and_merges_matches_transformers() {
     tokens("sd2");
+}
+
+#[test]
+fn lcm_components_match_diffusers() {
+    // The guidance-distilled UNet: w enters through time_embedding.cond_proj.
+    components("lcm");
+}
+
+#[test]
+fn lcm_pipeline_matches_diffusers() {
+    // diffusers' LatentConsistencyModelPipeline, 4 steps, with the same injected noise.
+    pipeline("lcm", "cpu", 45.0);
+}
+
+#[test]
+fn lcm_pipeline_on_vulkan_matches_diffusers() {
+    pipeline("lcm", "vulkan", 40.0);
 }

@@ -23,6 +23,13 @@ pub struct UNetConfig {
     pub norm_num_groups: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f32,
+    /// Width of the guidance-scale embedding of a guidance-distilled UNet (LCM, Meng et al.),
+    /// diffusers' `time_cond_proj_dim`: the scale w enters as `get_guidance_scale_embedding(w)`
+    /// through `time_embedding.cond_proj` (a bias-free linear) added to the timestep embedding
+    /// (diffusers `TimestepEmbedding(cond_proj_dim=...)`). None for ordinary UNets, whose
+    /// headers do not carry the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_cond_proj_dim: Option<usize>,
 }
 
 /// An AutoencoderKL.
@@ -104,6 +111,7 @@ impl UNetConfig {
             norm_num_groups: 32,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
+            time_cond_proj_dim: None,
         }
     }
 
@@ -125,6 +133,7 @@ impl UNetConfig {
             norm_num_groups: 32,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
+            time_cond_proj_dim: None,
         }
     }
 

@@ -117,7 +117,8 @@ impl ModelConfig {
         1 << (self.unet.block_out_channels.len() - 1)
     }
 
-    /// The UNet graph for a batch at latent size h x w. Inputs: `sample`, `timestep`, `context`.
+    /// The UNet graph for a batch at latent size h x w. Inputs: `sample`, `timestep`, `context`,
+    /// and for a guidance-distilled UNet `guidance` ([batch], the scale minus one).
     pub fn unet_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         let c = &self.unet;
         let mut t = Tracer::new();
@@ -129,7 +130,10 @@ impl ModelConfig {
             &[batch, l, c.cross_attention_dim],
             ValueType::F32,
         );
-        let y = unet::forward(&mut t, c, UNET, &x, &ts, &ctx)?;
+        let g = c
+            .time_cond_proj_dim
+            .map(|_| t.input("guidance", &[batch], ValueType::F32));
+        let y = unet::forward(&mut t, c, UNET, &x, &ts, &ctx, g.as_ref())?;
         Ok(t.finish(&[y]))
     }
 

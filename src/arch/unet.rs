@@ -2,7 +2,7 @@
 use super::config::UNetConfig;
 use super::nn::{self, Path};
 use crate::ops::Ops;
-use crate::Result;
+use crate::{Error, Result};
 
 const RESNET_EPS: f32 = 1e-5;
 const TRANSFORMER_NORM_EPS: f32 = 1e-6;
@@ -98,7 +98,9 @@ fn spatial_transformer<O: Ops>(
 }
 
 /// One UNet evaluation: `x [B, in, h, w]`, `t [B]` timesteps, `ctx [B, L, cross_attention_dim]`
-/// -> [B, out, h, w]. Parameters live under `prefix` (normally `unet.`).
+/// -> [B, out, h, w]. Parameters live under `prefix` (normally `unet.`). A guidance-distilled
+/// UNet (`time_cond_proj_dim`) also takes `w [B]`, the guidance scale minus one as diffusers'
+/// LCM pipeline passes it; others take none.
 pub fn forward<O: Ops>(
     o: &mut O,
     cfg: &UNetConfig,
@@ -106,6 +108,7 @@ pub fn forward<O: Ops>(
     x: &O::T,
     t: &O::T,
     ctx: &O::T,
+    w: Option<&O::T>,
 ) -> Result<O::T> {
     cfg.validate()?;
     let p = Path::root(prefix);
@@ -116,6 +119,27 @@ pub fn forward<O: Ops>(
 
     let temb = o.timestep_embedding(t, boc[0], cfg.flip_sin_to_cos, cfg.freq_shift)?;
     let te = p.sub("time_embedding");
+    let temb =
+        match (cfg.time_cond_proj_dim, w) {
+            (None, None) => temb,
+            (Some(d), Some(w)) => {
+                // diffusers `get_guidance_scale_embedding`: the timestep embedding of 1000 w with
+                // sines first and frequencies exp(-ln(10000) i / (d/2 - 1)).
+                let w = o.scale(w, 1000.0)?;
+                let wemb = o.timestep_embedding(&w, d, false, 1.0)?;
+                let c = nn::linear(o, &te.sub("cond_proj"), &wemb, d, boc[0], false)?;
+                o.add(&temb, &c)?
+            }
+            (Some(_), None) => return Err(Error::Config(
+                "this UNet is guidance-distilled (time_cond_proj_dim) and needs a guidance input"
+                    .into(),
+            )),
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "a guidance input was given to a UNet without time_cond_proj_dim".into(),
+                ))
+            }
+        };
     let temb = nn::linear(o, &te.sub("linear_1"), &temb, boc[0], tdim, true)?;
     let temb = o.silu(&temb)?;
     let temb = nn::linear(o, &te.sub("linear_2"), &temb, tdim, tdim, true)?;

@@ -87,6 +87,8 @@ pub fn unet(mut f: Fields) -> Result<(UNetConfig, usize)> {
         norm_num_groups: f.or("norm_num_groups", 32)?,
         flip_sin_to_cos: f.or("flip_sin_to_cos", true)?,
         freq_shift: f.or("freq_shift", 0.0)?,
+        // LCM-distilled UNets (diffusers `time_cond_proj_dim`); null elsewhere.
+        time_cond_proj_dim: f.opt("time_cond_proj_dim")?,
     };
     let sample_size: usize = f.or("sample_size", 64)?;
     for (k, v) in [
@@ -120,7 +122,6 @@ pub fn unet(mut f: Fields) -> Result<(UNetConfig, usize)> {
         "num_class_embeds",
         "projection_class_embeddings_input_dim",
         "reverse_transformer_layers_per_block",
-        "time_cond_proj_dim",
         "time_embedding_act_fn",
         "time_embedding_dim",
         "timestep_post_act",

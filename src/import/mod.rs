@@ -14,6 +14,7 @@ mod single_file;
 use crate::arch::{ModelConfig, TEXT, UNET, VAE};
 use crate::format::{DType, ModelWriter, WriteReport};
 use crate::model::SamplerDefaults;
+use crate::sampler::SamplerKind;
 use crate::{Error, Result};
 use fields::Fields;
 use safetensors::SafeTensors;
@@ -240,11 +241,18 @@ impl Import {
             &dir.join("tokenizer"),
             config.text_encoder.max_position_embeddings,
         )?;
+        // diffusers' pipeline defaults: 4 steps at scale 8.5 for an LCM-distilled UNet
+        // (LatentConsistencyModelPipeline), else 25 at 7.5 (what SD users run).
+        let (steps, guidance) = if kind == SamplerKind::Lcm {
+            (4, 8.5)
+        } else {
+            (25, 7.5)
+        };
         let sampler = SamplerDefaults {
             schedule,
             sampler: kind.to_string(),
-            steps: 25,
-            guidance: 7.5,
+            steps,
+            guidance,
         };
         Ok((config, sampler, tokenizer_json))
     }

@@ -35,6 +35,8 @@ pub(crate) struct Denoiser {
     context: Tensor,
     /// The CFG scale, or None when only the conditional branch runs.
     guidance: Option<f32>,
+    /// The UNet's own guidance input (scale minus one) when it is guidance-distilled.
+    w: Option<f32>,
     latent_shape: Vec<usize>,
 }
 
@@ -43,12 +45,14 @@ impl Denoiser {
         unet: Box<dyn Executable>,
         context: Tensor,
         guidance: Option<f32>,
+        w: Option<f32>,
         latent_shape: Vec<usize>,
     ) -> Self {
         Self {
             unet,
             context,
             guidance,
+            w,
             latent_shape,
         }
     }
@@ -131,6 +135,10 @@ impl Denoiser {
         let (h, w) = (self.latent_shape[2], self.latent_shape[3]);
         let sample = Tensor::new(vec![batch, one.len() / (h * w), h, w], one.repeat(batch))?;
         let ts = Tensor::new(vec![batch], vec![t; batch])?;
-        Ok(first(self.unet.run(&[sample, ts, self.context.clone()])?)?.data)
+        let mut inputs = vec![sample, ts, self.context.clone()];
+        if let Some(w) = self.w {
+            inputs.push(Tensor::new(vec![batch], vec![w; batch])?);
+        }
+        Ok(first(self.unet.run(&inputs)?)?.data)
     }
 }

@@ -267,7 +267,10 @@ impl<'m> Pipeline<'m> {
 
     /// Encodes the prompts and prepares the UNet for latents of h x w. Classifier-free guidance
     /// batches [unconditional, conditional] through one UNet call; at scale 1 the
-    /// unconditional half would be multiplied by zero, so it is skipped.
+    /// unconditional half would be multiplied by zero, so it is skipped. A guidance-distilled
+    /// UNet takes the scale as an input instead and runs the conditional branch alone (one
+    /// evaluation per step): the negative prompt has no role there, as in diffusers' LCM
+    /// pipeline.
     pub(crate) fn denoiser(
         &self,
         backend: &dyn Backend,
@@ -276,7 +279,8 @@ impl<'m> Pipeline<'m> {
         guidance: f32,
         (h, w): (usize, usize),
     ) -> Result<Denoiser> {
-        let cfg_on = guidance != 1.0;
+        let distilled = self.model.config.unet.time_cond_proj_dim.is_some();
+        let cfg_on = guidance != 1.0 && !distilled;
         let prompts: Vec<&str> = if cfg_on {
             vec![negative_prompt, prompt]
         } else {
@@ -292,6 +296,7 @@ impl<'m> Pipeline<'m> {
             unet,
             context,
             cfg_on.then_some(guidance),
+            distilled.then_some(guidance - 1.0),
             vec![1, z, h, w],
         ))
     }

@@ -207,7 +207,7 @@ mod tests {
             cases: Vec<Case>,
         }
         let f: Fixture = serde_json::from_str(include_str!(
-            "../../tests/parity/fixtures/lcm/lcm_scheduler.json"
+            "../../tests/parity/fixtures/lcm_scheduler.json"
         ))
         .unwrap();
         assert_eq!(f.cases.len(), 3);

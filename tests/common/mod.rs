@@ -58,7 +58,13 @@ pub fn check_components(m: &Model, name: &str, label: &str) {
     let s = sample.shape.clone();
     let g = m.config.unet_graph(s[0], s[2], s[3]).unwrap();
     let ts = Tensor::new(vec![ts.len()], ts).unwrap();
-    let out = run(m, g, vec![sample, ts, reference(name, "unet_context.npy")]);
+    let mut ins = vec![sample, ts, reference(name, "unet_context.npy")];
+    // A guidance-distilled UNet's scale input (LCM fixture).
+    if let Some(w) = inp.get("unet_w") {
+        let w: Vec<f32> = serde_json::from_value(w.clone()).unwrap();
+        ins.push(Tensor::new(vec![w.len()], w).unwrap());
+    }
+    let out = run(m, g, ins);
     let e_unet = max_abs(&out, &reference(name, "unet_out.npy"));
 
     let z = reference(name, "vae_latent.npy");

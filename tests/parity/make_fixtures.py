@@ -20,6 +20,7 @@ The Rust side is tests/parity.rs; tests/parity/check_onnx.py checks the ONNX exp
 Everything is seeded, so a rerun gives identical files on the same library versions.
 """
 import json
+import sys
 import re
 import shutil
 from collections import Counter
@@ -27,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler,
+                       StableDiffusionPipeline, UNet2DConditionModel)
+import diffusers.schedulers.scheduling_lcm as lcm_mod
+from make_lcm_fixture import NoiseGen
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -185,13 +189,16 @@ def configs(name, vocab_size, ids):
         cross_attention_dim=32,
         norm_num_groups=8,
     )
-    if name == "sd1":
+    if name in ("sd1", "lcm"):
         unet = dict(
             common_unet,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             attention_head_dim=2,
         )
+        if name == "lcm":
+            # A guidance-distilled UNet as LCM's: the scale enters through an 8-wide embedding.
+            unet["time_cond_proj_dim"] = 8
         text = dict(hidden_act="quick_gelu")
         sched = dict(prediction_type="epsilon", timestep_spacing="leading")
         pad = EOS
@@ -259,8 +266,9 @@ def build(name, seed):
     randomize(text_encoder, seed + 1)
     randomize(unet, seed + 2)
     randomize(vae, seed + 3)
-    scheduler = DDIMScheduler(**sched_cfg)
-    pipe = StableDiffusionPipeline(
+    pipe_class = LatentConsistencyModelPipeline if name == "lcm" else StableDiffusionPipeline
+    scheduler = (LCMScheduler if name == "lcm" else DDIMScheduler)(**sched_cfg)
+    pipe = pipe_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -279,7 +287,7 @@ def build(name, seed):
         lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
         (tok_dir / "merges.txt").write_text("\n".join(lines) + "\n")
     # Reload, so the references come from exactly what was saved.
-    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    pipe = pipe_class.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     ref = out / "ref"
     ref.mkdir()
@@ -302,8 +310,15 @@ def build(name, seed):
     context = torch.randn(2, MAX_LEN, 32, generator=g)
     timesteps = [981.0, 37.0]
     inputs["unet_timesteps"] = timesteps
+    cond = None
+    if name == "lcm":
+        # The guidance input as the LCM pipeline makes it: w = scale - 1, embedded.
+        w = [4.0, 0.5]
+        inputs["unet_w"] = w
+        cond = pipe.get_guidance_scale_embedding(torch.tensor(w), embedding_dim=8)
     with torch.no_grad():
-        eps = pipe.unet(sample, torch.tensor(timesteps), encoder_hidden_states=context).sample
+        eps = pipe.unet(sample, torch.tensor(timesteps), encoder_hidden_states=context,
+                        timestep_cond=cond).sample
     save(ref / "unet_sample.npy", sample)
     save(ref / "unet_context.npy", context)
     save(ref / "unet_out.npy", eps)
@@ -317,8 +332,17 @@ def build(name, seed):
     latents = torch.randn(1, 4, 8, 8, generator=g)
     args = dict(prompt="a red cat, sitting on a mat!", num_inference_steps=4, guidance_scale=5.0, height=16, width=16)
     inputs["pipe"] = args
+    if name == "lcm":
+        # LCM noises between steps: inject the stream our pipeline draws that noise from
+        # (NoiseGen(seed + 1), seed 0), so both runs see the same noise.
+        inputs["pipe_noise_seed"] = 1
+        stream = NoiseGen(1)
+        lcm_mod.randn_tensor = lambda shape, generator=None, device=None, dtype=None: \
+            torch.from_numpy(stream.sample(int(np.prod(shape)))).reshape(shape).to(dtype)
     with torch.no_grad():
         img = pipe(**args, latents=latents.clone(), output_type="np").images
+        if name == "lcm":
+            stream.__init__(1)
         fin = pipe(**args, latents=latents.clone(), output_type="latent").images
     save(ref / "pipe_latents.npy", latents)
     save(ref / "pipe_image.npy", img)
@@ -330,5 +354,7 @@ def build(name, seed):
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    build("sd1", 100)
-    build("sd2", 200)
+    # Names on the command line build only those (default: all).
+    seeds = {"sd1": 100, "sd2": 200, "lcm": 300}
+    for name in sys.argv[1:] or list(seeds):
+        build(name, seeds[name])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/parity/fixtures/lcm/lcm_scheduler.json: diffusers' LCMScheduler stepped on fixed
+"""Writes tests/parity/fixtures/lcm_scheduler.json: diffusers' LCMScheduler stepped on fixed
 inputs, with its noise injection replaced by the project's seeded generator (src/sampler/noise.rs,
 ported below), so the Rust LcmScheduler can be compared step by step with the same noise.
 
@@ -83,7 +83,7 @@ def case(prediction, steps, seed, n=64):
 
 def main():
     cases = [case("epsilon", 4, 11), case("epsilon", 1, 12), case("v_prediction", 6, 13)]
-    out = Path(__file__).parent / "fixtures" / "lcm" / "lcm_scheduler.json"
+    out = Path(__file__).parent / "fixtures" / "lcm_scheduler.json"
     out.write_text(json.dumps({"diffusers": diffusers.__version__, "torch": torch.__version__,
                                "cases": cases}) + "\n")
     print(f"wrote {out}")

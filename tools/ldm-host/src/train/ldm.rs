@@ -81,7 +81,7 @@ pub fn loss(
     let eps = BT::from_vec(noise.to_vec(), lshape, &dev);
     let mut o = BurnOps::new(store);
     let ctx = text::forward(&mut o, &cfg.text_encoder, TEXT, ids)?;
-    let pred = unet::forward(&mut o, &cfg.unet, UNET, &xt, &tt, &ctx)?;
+    let pred = unet::forward(&mut o, &cfg.unet, UNET, &xt, &tt, &ctx, None)?;
     Ok((pred.t - eps.t).square().mean())
 }
 

@@ -57,7 +57,7 @@ fn forward_all(store: &mut ParamStore, cfg: &ModelConfig, inp: &Inputs) -> Vec<B
     let img = BT::from_vec(inp.img.clone(), &[2, 3, 32, 32], &dev);
     let mut o = BurnOps::new(store);
     let ctx = text::forward(&mut o, &cfg.text_encoder, TEXT, &ids).expect("text forward");
-    let eps = unet::forward(&mut o, &cfg.unet, UNET, &x, &t, &ctx).expect("unet forward");
+    let eps = unet::forward(&mut o, &cfg.unet, UNET, &x, &t, &ctx, None).expect("unet forward");
     let mom = vae::encode(&mut o, &cfg.vae, VAE, &img).expect("encode");
     let z = BT::from_vec(gaussian(3, 2 * 4 * 8 * 8), &[2, 4, 8, 8], &dev);
     let rec = vae::decode(&mut o, &cfg.vae, VAE, &z).expect("decode");
