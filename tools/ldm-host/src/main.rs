@@ -78,6 +78,9 @@ enum Cmd {
     /// Train a model: `autoencoder` (stage 1), then `ldm` (stage 2).
     #[command(subcommand)]
     Train(train::cli::TrainCmd),
+    /// Distill a trained model into a few-step student: `lcm` (latent consistency distillation).
+    #[command(subcommand)]
+    Distill(train::cli::DistillCmd),
     /// Write a model file from a `train ldm` checkpoint (`export CKPT -o F.ldm`), or a model
     /// file's text encoder, UNet and decoder as ONNX (`export --onnx DIR -m F.ldm`).
     Export(ExportArgs),
@@ -160,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
+        Cmd::Distill(d) => train::cli::run_distill(d)?,
         Cmd::Export(a) => export(a)?,
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,

@@ -89,6 +89,33 @@ fn micro_model_trains_exports_and_generates() {
     let (l0, l1) = loss_ends(Path::new(&log), 8);
     assert!(l1 < l0, "ldm loss did not fall: {l0} -> {l1}");
 
+    // A consistency-distilled student of that model: its loss falls, it exports with the LCM
+    // sampler as its default, and it generates in 4 steps.
+    let mut d = vec!["distill", "lcm", "--preset", "micro", "--steps", "150"];
+    d.extend(["--batch", "8", "--warmup", "10", "--lr", "1e-4", "--quiet"]);
+    let (st, st_log) = (p("student.safetensors"), p("distill.csv"));
+    d.extend(["--teacher", &ck, "-o", &st, "--log", &st_log]);
+    d.extend(data);
+    ldm_host(&d);
+    let (d0, d1) = loss_ends(Path::new(&st_log), 25);
+    assert!(d1 < d0, "distillation loss did not fall: {d0} -> {d1}");
+    let student_path = p("student.ldm");
+    ldm_host(&["export", &st, "--dtype", "q8", "-o", &student_path]);
+    let student =
+        ldm_edge::model::Model::open(Path::new(&student_path)).expect("the student opens");
+    assert_eq!(
+        (student.sampler.sampler.as_str(), student.sampler.steps),
+        ("lcm", 4)
+    );
+    let req = ldm_edge::pipeline::Txt2Img::new(&student, "a red circle").expect("request");
+    let g = ldm_edge::pipeline::Pipeline::new(
+        &student,
+        ldm_edge::backend::select("cpu").expect("cpu backend"),
+    )
+    .txt2img(&req, &mut |_| {}, &ldm_edge::pipeline::Cancel::new())
+    .expect("the student generates with its own defaults");
+    assert_eq!((g.width, g.height), (32, 32));
+
     let model_path = p("micro.ldm");
     ldm_host(&["export", &ck, "--dtype", "q8", "-o", &model_path]);
     let model = ldm_edge::model::Model::open(Path::new(&model_path)).expect("exported model opens");
@@ -170,6 +197,54 @@ fn resumed_run_continues_the_same_loss_curve() {
     // Within noise: burn's backward sums gradients in an order that varies between runs, and
     // Adam's first steps (update ~ sign of the gradient) amplify that to ~0.2% by step 3
     // even between two uninterrupted runs. A lost optimizer state or a replayed batch is larger.
+    for (x, y) in f.iter().zip(&c) {
+        assert!(
+            (x.1 - y.1).abs() <= 1e-2 * x.1.abs().max(1e-3),
+            "step {}: uninterrupted loss {} vs resumed {}",
+            x.0,
+            x.1,
+            y.1
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `distill lcm --resume` continues the same loss curve: the student, its optimizer and the
+/// target network (the student's EMA) all come back from the checkpoint.
+#[test]
+fn resumed_distillation_continues_the_same_loss_curve() {
+    let dir = scratch("distill-resume");
+    let p = |n: &str| dir.join(n).display().to_string();
+    let data = ["--dataset", "random", "--dataset-len", "32", "--quiet"];
+    let (ae, teacher) = (p("ae.safetensors"), p("teacher.safetensors"));
+    let mut a = vec!["train", "autoencoder", "--preset", "micro", "--steps", "2"];
+    a.extend(["--batch", "2", "--heldout", "4", "-o", &ae]);
+    a.extend(data);
+    ldm_host(&a);
+    let mut t = vec!["train", "ldm", "--preset", "micro", "--steps", "2"];
+    t.extend(["--batch", "2", "--autoencoder", &ae, "-o", &teacher]);
+    t.extend(data);
+    ldm_host(&t);
+    let run = |out: &str, log: &str, steps: &str, resume: bool| {
+        let mut l = vec!["distill", "lcm", "--preset", "micro", "--batch", "2"];
+        l.extend(["--warmup", "2", "--teacher", &teacher, "-o", out]);
+        l.extend(["--log", log, "--steps", steps, "--ckpt-every", "100"]);
+        if resume {
+            l.push("--resume");
+        }
+        l.extend(data);
+        ldm_host_env(&l, &[("RAYON_NUM_THREADS", "1")]);
+    };
+    let (full, full_log) = (p("full.safetensors"), p("full.csv"));
+    run(&full, &full_log, "6", false);
+    let (cut, cut_log) = (p("cut.safetensors"), p("cut.csv"));
+    run(&cut, &cut_log, "3", false);
+    run(&cut, &cut_log, "6", true);
+    let (f, c) = (losses(Path::new(&full_log)), losses(Path::new(&cut_log)));
+    assert_eq!(
+        c.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
     for (x, y) in f.iter().zip(&c) {
         assert!(
             (x.1 - y.1).abs() <= 1e-2 * x.1.abs().max(1e-3),

@@ -269,6 +269,88 @@ pub fn run_train(
     Ok(())
 }
 
+#[derive(Subcommand)]
+pub enum DistillCmd {
+    /// Latent consistency distillation: a student that takes the guidance scale as an input
+    /// and samples in 1-8 steps with `--sampler lcm` (stored as the model's default).
+    Lcm {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        data: DataOpts,
+        /// The stage-2 checkpoint to distill (frozen; its text encoder and autoencoder are
+        /// kept as they are).
+        #[arg(long)]
+        teacher: PathBuf,
+        #[arg(long, default_value_t = 1e-4)]
+        lr: f32,
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+        /// Width of the guidance-scale embedding (diffusers `time_cond_proj_dim`).
+        #[arg(long, default_value_t = 64)]
+        cond_dim: usize,
+        /// Range of w (the CFG scale minus one) sampled per example.
+        #[arg(long, default_value_t = 1.0)]
+        w_min: f32,
+        #[arg(long, default_value_t = 7.0)]
+        w_max: f32,
+        /// Pseudo-Huber loss constant.
+        #[arg(long, default_value_t = 0.001)]
+        huber_c: f32,
+        /// EMA decay of the target network.
+        #[arg(long, default_value_t = 0.95)]
+        target_decay: f32,
+        /// Guidance scale the exported model uses by default.
+        #[arg(long, default_value_t = 5.0)]
+        guidance: f32,
+    },
+}
+
+pub fn run_distill(cmd: DistillCmd) -> Result<()> {
+    match cmd {
+        DistillCmd::Lcm {
+            common,
+            data,
+            teacher,
+            lr,
+            warmup,
+            cond_dim,
+            w_min,
+            w_max,
+            huber_c,
+            target_decay,
+            guidance,
+        } => {
+            let set = open_data(&data)?;
+            let args = super::distill::LcmArgs {
+                teacher,
+                cond_dim,
+                w_min,
+                w_max,
+                huber_c,
+                target_decay,
+                guidance,
+                steps: common.steps,
+                batch: common.batch,
+                lr,
+                warmup,
+                decay_start: common.decay_start,
+                seed: common.seed,
+                out: common.out,
+                resume: common.resume,
+                ckpt_every: common.ckpt_every.max(1),
+                log: common.log,
+                recipe: recipe(),
+                quiet: common.quiet,
+                max_seconds: common.max_seconds,
+            };
+            let loss = super::distill::distill(set.as_ref(), &args)?;
+            println!("loss_avg={loss:.6}");
+        }
+    }
+    Ok(())
+}
+
 pub fn run_export(a: ExportArgs) -> Result<()> {
     let mut ck = Checkpoint::load(&a.checkpoint)?;
     if let Some(d) = &a.decoder {

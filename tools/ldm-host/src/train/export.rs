@@ -108,6 +108,18 @@ pub fn to_ldm(
             guidance: 1.0,
             ..Default::default()
         },
+        // A consistency-distilled student: the LCM sampler, 4 steps, the scale it was
+        // distilled for.
+        _ if cfg.unet.time_cond_proj_dim.is_some() => SamplerDefaults {
+            sampler: "lcm".into(),
+            steps: 4,
+            guidance: ck
+                .meta("lcm_guidance")
+                .ok()
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(5.0),
+            ..Default::default()
+        },
         _ => SamplerDefaults::default(),
     };
     let meta = json!({

@@ -88,14 +88,18 @@ pub fn loss(
 /// Posterior moments of every dataset image under the frozen autoencoder, computed once:
 /// the encoder is frozen, so re-encoding every step would only cost time.
 /// For SR, the low-resolution conditioning images are kept too (3 x h x w each).
-struct Latents {
-    mean: Vec<f32>,
-    logvar: Vec<f32>,
-    per: usize,
-    lowres: Vec<f32>,
+pub(super) struct Latents {
+    pub mean: Vec<f32>,
+    pub logvar: Vec<f32>,
+    pub per: usize,
+    pub lowres: Vec<f32>,
 }
 
-fn encode_all(set: &dyn TrainSet, cfg: &ModelConfig, vae: &mut ParamStore) -> Result<Latents> {
+pub(super) fn encode_all(
+    set: &dyn TrainSet,
+    cfg: &ModelConfig,
+    vae: &mut ParamStore,
+) -> Result<Latents> {
     let size = set.image_size();
     let f = cfg.vae.factor();
     let (mut mean, mut logvar, mut lowres) = (Vec::new(), Vec::new(), Vec::new());
@@ -154,7 +158,10 @@ fn inpaint_cond(
     Ok(out)
 }
 
-fn tokenize_all(set: &dyn TrainSet, tok: &TextTokenizer) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+pub(super) fn tokenize_all(
+    set: &dyn TrainSet,
+    tok: &TextTokenizer,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
     let mut ids = Vec::with_capacity(set.len());
     for i in 0..set.len() {
         let cap = set.caption(i)?;

@@ -6,6 +6,7 @@ pub mod burn_ops;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod distill;
 pub mod export;
 pub mod ldm;
 pub mod masks;

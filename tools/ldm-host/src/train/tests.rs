@@ -184,6 +184,84 @@ fn export_then_runtime_forward_matches_burn() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A guidance-embedded UNet (what `distill lcm` trains): the runtime computes what burn did
+/// with the w input, and `cond_proj` gets a gradient.
+#[test]
+fn guidance_embedded_unet_matches_burn_and_learns_its_embedding() {
+    let mut cfg = cfg();
+    cfg.latent_scale = 0.5;
+    cfg.unet.time_cond_proj_dim = Some(8);
+    let inp = inputs(&cfg);
+    let l = cfg.text_encoder.max_position_embeddings;
+    let w = [4.0f32, 0.5];
+    let ctx_host = gaussian(4, 2 * l * 32);
+    let run_burn = |store: &mut ParamStore| {
+        let dev = store.device.clone();
+        let x = BT::from_vec(inp.x.clone(), &[2, 4, 8, 8], &dev);
+        let t = BT::from_vec(inp.t.clone(), &[2], &dev);
+        let ctx = BT::from_vec(ctx_host.clone(), &[2, l, 32], &dev);
+        let wt = BT::from_vec(w.to_vec(), &[2], &dev);
+        let mut o = BurnOps::new(store);
+        unet::forward(&mut o, &cfg.unet, UNET, &x, &t, &ctx, Some(&wt)).expect("unet forward")
+    };
+    let mut trained = ParamStore::new(device(true), true, 3);
+    let eps = run_burn(&mut trained);
+    let n: usize = eps.shape.iter().product();
+    let r = BT::from_vec(gaussian(11, n), &eps.shape, &trained.device);
+    let grads = (eps.t * r.t).sum().backward();
+    let proj = trained
+        .param(&format!("{UNET}time_embedding.cond_proj.weight"))
+        .expect("cond_proj is a parameter");
+    let g = proj
+        .t
+        .grad(&grads)
+        .map(|g| g.abs().sum().into_scalar::<f32>());
+    assert!(
+        matches!(g, Some(v) if v > 0.0 && v.is_finite()),
+        "cond_proj grad {g:?}"
+    );
+
+    let mut store = ParamStore::new(device(false), false, 9);
+    let eps = run_burn(&mut store).to_vec().expect("eps");
+    // The rest of the model (text encoder, autoencoder), so the export is whole.
+    let mut plain = cfg.clone();
+    plain.unet.time_cond_proj_dim = None;
+    forward_all(&mut store, &plain, &inp);
+    let mut ck = Checkpoint::default();
+    for (n, s, d) in store.to_host().expect("host") {
+        ck.put("p", &n, s, d);
+    }
+    ck.meta.insert("kind".into(), "ldm".into());
+    ck.meta
+        .insert("config".into(), serde_json::to_string(&cfg).expect("json"));
+    ck.meta.insert("tokenizer".into(), tokenizer());
+    ck.meta.insert("lcm_guidance".into(), "6.5".into());
+    let dir = std::env::temp_dir().join(format!("ldm-host-w-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("m.ldm");
+    super::export::to_ldm(&ck, DType::F32, &path, true, serde_json::json!({})).expect("export");
+    let model = ldm_edge::model::Model::open(&path).expect("model opens");
+    assert_eq!(model.sampler.sampler, "lcm");
+    assert_eq!((model.sampler.steps, model.sampler.guidance), (4, 6.5));
+    let be = select("cpu").expect("cpu backend");
+    let h = |s: &[usize], d: &[f32]| HostTensor::new(s.to_vec(), d.to_vec()).expect("tensor");
+    let mut plan = be
+        .prepare(&cfg.unet_graph(2, 8, 8).expect("g"), &model)
+        .expect("prepare");
+    let got = plan
+        .run(&[
+            h(&[2, 4, 8, 8], &inp.x),
+            h(&[2], &inp.t),
+            h(&[2, l, 32], &ctx_host),
+            h(&[2], &w),
+        ])
+        .expect("run")
+        .swap_remove(0)
+        .data;
+    rel_close("guidance-embedded unet", &got, &eps);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn corrupt_checkpoint_is_a_clear_error() {
     let dir = std::env::temp_dir().join(format!("ldm-host-ck-{}", std::process::id()));
