@@ -118,6 +118,24 @@ fn micro_model_trains_exports_and_generates() {
 
     let model_path = p("micro.ldm");
     ldm_host(&["export", &ck, "--dtype", "q8", "-o", &model_path]);
+    // A model file can be the teacher too (its q8 weights decoded).
+    let from_file = p("from-file.safetensors");
+    let mut d = vec!["distill", "lcm", "--preset", "micro", "--steps", "3"];
+    d.extend([
+        "--batch",
+        "2",
+        "--quiet",
+        "--teacher",
+        &model_path,
+        "-o",
+        &from_file,
+    ]);
+    d.extend(data);
+    ldm_host(&d);
+    assert!(
+        Path::new(&from_file).exists(),
+        "no checkpoint from a .ldm teacher"
+    );
     let model = ldm_edge::model::Model::open(Path::new(&model_path)).expect("exported model opens");
     let pipe = ldm_edge::pipeline::Pipeline::new(
         &model,

@@ -68,11 +68,38 @@ fn boundary(t: usize) -> (f32, f32) {
     ((0.25 / d) as f32, (st / d.sqrt()) as f32)
 }
 
-/// The teacher's weights as its export would use them: EMA where it has them, raw otherwise.
-fn teacher_weights(ck: &Checkpoint) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+type Weights = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// The teacher's config, tokenizer and f32 weights, from a stage-2 checkpoint (EMA weights
+/// where it has them, as its export would use) or from a model file (any dtype, decoded), so
+/// shipped and imported models can be distilled too.
+fn load_teacher(path: &std::path::Path) -> Result<(ModelConfig, String, Weights)> {
+    if path.extension().is_some_and(|e| e == "ldm") {
+        let m = ldm_edge::model::Model::open(path)
+            .with_context(|| format!("cannot open the teacher model {}", path.display()))?;
+        let tok = m
+            .file
+            .meta()
+            .get("tokenizer")
+            .context("the teacher model has no tokenizer")?
+            .to_string();
+        let mut w = Weights::new();
+        for (name, _) in m.config.param_specs()? {
+            let t = m
+                .file
+                .tensor(&name)
+                .with_context(|| format!("the teacher model has no tensor `{name}`"))?;
+            w.insert(name.clone(), (t.shape().to_vec(), t.to_f32()));
+        }
+        return Ok((m.config.clone(), tok, w));
+    }
+    let ck = Checkpoint::load(path)
+        .with_context(|| format!("cannot read the teacher {}", path.display()))?;
+    ck.require_kind("ldm", &path.display().to_string())?;
+    let cfg: ModelConfig = serde_json::from_str(ck.meta("config")?).context("teacher `config`")?;
     let mut w = ck.group("p");
     w.extend(ck.group("ema"));
-    w
+    Ok((cfg, ck.meta("tokenizer")?.to_string(), w))
 }
 
 /// A UNet forward pass on a frozen store, to the host.
@@ -106,10 +133,7 @@ pub fn distill(set: &dyn TrainSet, a: &LcmArgs) -> Result<f32> {
     if a.cond_dim < 2 {
         bail!("--cond-dim must be at least 2");
     }
-    let ck = Checkpoint::load(&a.teacher)
-        .with_context(|| format!("cannot read the teacher {}", a.teacher.display()))?;
-    ck.require_kind("ldm", &a.teacher.display().to_string())?;
-    let tcfg: ModelConfig = serde_json::from_str(ck.meta("config")?).context("teacher `config`")?;
+    let (tcfg, tokenizer_json, tw) = load_teacher(&a.teacher)?;
     if tcfg.task != Task::Txt2img {
         bail!(
             "only text-to-image teachers can be distilled (this one is {:?})",
@@ -122,9 +146,7 @@ pub fn distill(set: &dyn TrainSet, a: &LcmArgs) -> Result<f32> {
     let mut scfg = tcfg.clone();
     scfg.unet.time_cond_proj_dim = Some(a.cond_dim);
     scfg.validate()?;
-    let tokenizer_json = ck.meta("tokenizer")?.to_string();
     let tok = TextTokenizer::from_json(&tokenizer_json, tcfg.text_encoder.max_position_embeddings)?;
-    let tw = teacher_weights(&ck);
 
     // The frozen teacher (text encoder, UNet, autoencoder) on the plain device.
     let mut frozen = ParamStore::new(device(false), false, a.seed);
@@ -383,7 +405,7 @@ fn checkpoint(
     a: &LcmArgs,
     cfg: &ModelConfig,
     tokenizer_json: &str,
-    teacher: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    teacher: &Weights,
     store: &ParamStore,
     opt: &AdamW,
     ema: &Ema,
