@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates the README's pictures: the default model's sample row (models/shapes-32-samples.png)
-and the img2img, inpainting and super-resolution examples in models/examples/.
+"""Regenerates the README's pictures: the sample rows of the default model and of its distilled
+student (models/shapes-32-samples.png, models/shapes-32-lcm-samples.png) and the img2img, inpainting and super-resolution examples in models/examples/.
 
 Runs the real CLIs (target/release/ldm and ldm-host, built first) on held-out shapes scenes; Pillow
 only cuts the inputs and lays the results side by side, 4x nearest-neighbour so 32 px is visible.
@@ -57,15 +57,17 @@ SAMPLE_PROMPTS = [
 ]
 
 
-def samples(p):
+def samples(p, model, out):
+    """One row of the sample prompts from `model` with its own defaults (the distilled student
+    runs its stored 4 LCM steps)."""
     images = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
-        run(LDM, "generate", prompt, "-s", "0", "-o", p(f"sample{i}.png"), "-q")
+        run(LDM, "generate", prompt, "-m", os.path.join(ROOT, model), "-s", "0", "-o", p(f"sample{i}.png"), "-q")
         images.append(Image.open(p(f"sample{i}.png")).convert("RGB").resize((96, 96), Image.NEAREST))
     canvas = Image.new("RGB", (8 * 96 + 7 * 4, 96), (255, 255, 255))
     for i, im in enumerate(images):
         canvas.paste(im, (i * 100, 0))
-    path = os.path.join(ROOT, "models/shapes-32-samples.png")
+    path = os.path.join(ROOT, out)
     canvas.save(path)
     print("wrote", path)
 
@@ -74,7 +76,8 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     t = tempfile.mkdtemp()
     p = lambda n: os.path.join(t, n)
-    samples(p)
+    samples(p, "models/shapes-32.ldm", "models/shapes-32-samples.png")
+    samples(p, "models/shapes-32-lcm.ldm", "models/shapes-32-lcm-samples.png")
     # Held-out scenes 0 and 1: "a large red triangle in the top left on a black background" and
     # "a small red circle above a large orange cross on a white background".
     run(HOST, "dataset", "preview", "--split", "held-out", "-n", "2", "-o", p("ho.png"))

@@ -223,6 +223,23 @@ fn bench_reports_json() {
     }
 }
 
+/// The shipped student runs with the defaults it stores (lcm, 4 steps, one UNet call per
+/// step), and `ldm bench --generate` times whole requests with them.
+#[test]
+fn distilled_student_runs_with_its_own_defaults() {
+    let m = root().join("models/shapes-32-lcm.ldm");
+    let o = ldm(&["bench", "--generate", "-m", s(&m), "--iters", "1", "--json"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sampler"], "lcm", "{v}");
+    assert_eq!(v["steps"], 4, "{v}");
+    assert_eq!(v["unet_evals"], 4, "{v}");
+    assert!(v["ms_per_image"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    let out = tmp("student.png");
+    ok(&ldm(&["generate", "a red circle", "-m", s(&m), "-o", s(&out), "-q"]));
+    assert_eq!(png_size(&out), (32, 32));
+}
+
 /// `ldm bench --profile` on the CPU: every compact kernel kind the UNet uses shows up, and the
 /// shares add up to the whole.
 #[test]

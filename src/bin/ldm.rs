@@ -224,6 +224,13 @@ struct BenchArgs {
     /// Also time each op of one UNet evaluation (GPU timestamps on Vulkan).
     #[arg(long)]
     profile: bool,
+    /// Time whole text-to-image requests with the model's defaults instead (plan
+    /// preparation, text encoder, every step, decoder): the time a user waits per image.
+    #[arg(long)]
+    generate: bool,
+    /// With --generate: this many steps instead of the model's.
+    #[arg(long, requires = "generate")]
+    steps: Option<usize>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -502,6 +509,24 @@ fn verify(file: PathBuf) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
+    if a.generate {
+        let r = ldm_edge::bench::run_generate(
+            &a.model,
+            backend::select(&a.backend)?,
+            a.iters,
+            a.steps,
+        )?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "{}: {:.1} ms per {}x{} image on {} ({} steps of {}, guidance {}, {} UNet evaluations; peak RSS {:.0} MiB)",
+                r.model, r.ms_per_image, r.size[0], r.size[1], r.backend, r.steps,
+                r.sampler, r.guidance, r.unet_evals, r.peak_rss_mb
+            );
+        }
+        return Ok(());
+    }
     let r = ldm_edge::bench::run(
         &a.model,
         backend::select(&a.backend)?,
