@@ -72,12 +72,23 @@ def samples(p, model, out):
     print("wrote", path)
 
 
+def previews(p):
+    """The linear previews of a 20-step run (every 5th step) beside the final image, and the
+    last frame of a 320x240 PNG display."""
+    prompt = "a red circle above a blue square"
+    run(LDM, "generate", prompt, "-s", "0", "-o", p("final.png"), "-q", "--preview-every", "5",
+        "--preview-out", p("previews"), "--display", "png:" + os.path.join(OUT, "display.png") + ":320x240")
+    steps = [Image.open(os.path.join(p("previews"), f"step-{k:04d}.png")) for k in (5, 10, 15, 20)]
+    strip(steps + [Image.open(p("final.png"))], os.path.join(OUT, "previews.png"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     t = tempfile.mkdtemp()
     p = lambda n: os.path.join(t, n)
     samples(p, "models/shapes-32.ldm", "models/shapes-32-samples.png")
     samples(p, "models/shapes-32-lcm.ldm", "models/shapes-32-lcm-samples.png")
+    previews(p)
     # Held-out scenes 0 and 1: "a large red triangle in the top left on a black background" and
     # "a small red circle above a large orange cross on a white background".
     run(HOST, "dataset", "preview", "--split", "held-out", "-n", "2", "-o", p("ho.png"))

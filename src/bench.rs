@@ -176,6 +176,10 @@ pub struct GenerateReport {
     /// Median over `iters` requests after one warm-up.
     pub ms_per_image: f64,
     pub peak_rss_mb: f64,
+    /// Previews made per image (`--preview-every`).
+    pub previews_per_image: usize,
+    /// One preview (map, upsample to the image size), timed alone.
+    pub preview_ms: Option<f64>,
 }
 
 pub fn run_generate(
@@ -183,17 +187,42 @@ pub fn run_generate(
     backend: Box<dyn Backend>,
     iters: usize,
     steps: Option<usize>,
+    preview_every: Option<usize>,
 ) -> Result<GenerateReport> {
     use crate::pipeline::{Cancel, Pipeline, Txt2Img};
     let model = Model::open(path)?;
     let backend_name = backend.name().to_string();
-    let pipe = Pipeline::new(&model, backend);
+    let pipe = Pipeline::new(&model, backend).with_preview(preview_every)?;
     let mut req = Txt2Img::new(&model, "a red circle")?;
     if let Some(s) = steps {
         req.steps = s;
     }
     let cancel = Cancel::new();
-    let t = time(iters, || pipe.txt2img(&req, &mut |_| {}, &cancel).map(drop))?;
+    // A preview's consumer takes its pixels (as a display or a file writer would).
+    let mut previews = 0usize;
+    let mut sink = |p: crate::pipeline::Progress| {
+        if let Some(img) = p.preview {
+            previews += std::hint::black_box(img.rgb.clone()).len().min(1);
+        }
+    };
+    let t = time(iters, || pipe.txt2img(&req, &mut sink, &cancel).map(drop))?;
+    // The preview itself, timed alone: under load the whole-request medians move by more
+    // than the few previews cost, so their share is computed from this.
+    let preview_ms = match (&model.latent_rgb, preview_every) {
+        (Some(map), Some(_)) => {
+            let (h, w) = pipe.latent_size(req.width, req.height)?;
+            let z = model.config.vae.latent_channels;
+            let latent = crate::sampler::NoiseGen::new(1).sample(z * h * w);
+            let f = model.config.vae.factor();
+            let reps = 200;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(map.preview(&latent, h, w, f, 1)?);
+            }
+            Some(ms(t0.elapsed()) / reps as f64)
+        }
+        _ => None,
+    };
     let guided = model.config.unet.time_cond_proj_dim.is_none() && req.guidance != 1.0;
     Ok(GenerateReport {
         model: path.display().to_string(),
@@ -205,5 +234,7 @@ pub fn run_generate(
         unet_evals: req.steps * if guided { 2 } else { 1 },
         ms_per_image: ms(t),
         peak_rss_mb: peak_rss_mb(),
+        previews_per_image: previews / (iters.max(1) + 1),
+        preview_ms,
     })
 }

@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod arch;
 pub mod backend;
 pub mod bench;
+pub mod display;
 pub mod error;
 pub mod format;
 pub mod graph;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod npy;
 pub mod ops;
 pub mod pipeline;
+pub mod preview;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -3,6 +3,7 @@
 use crate::arch::ModelConfig;
 use crate::backend::WeightSource;
 use crate::format::ModelFile;
+use crate::preview::LatentRgb;
 use crate::sampler::{SamplerKind, ScheduleConfig};
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
@@ -44,6 +45,8 @@ pub struct Model {
     pub config: ModelConfig,
     pub sampler: SamplerDefaults,
     pub tokenizer: TextTokenizer,
+    /// The optional latent-to-RGB preview map (`preview.latent_rgb.*` tensors).
+    pub latent_rgb: Option<LatentRgb>,
 }
 
 fn meta_field<T: serde::de::DeserializeOwned>(meta: &serde_json::Value, key: &str) -> Result<T> {
@@ -84,8 +87,11 @@ impl Model {
             config,
             sampler,
             tokenizer,
+            latent_rgb: None,
         };
+        let mut model = model;
         model.check_tensors()?;
+        model.latent_rgb = LatentRgb::load(&model, model.config.vae.latent_channels)?;
         Ok(model)
     }
 
@@ -107,6 +113,23 @@ impl Model {
                     })
                 }
                 Some(_) => {}
+            }
+        }
+        // Optional components: present whole, at their shapes, or absent.
+        let preview = crate::preview::param_specs(self.config.vae.latent_channels);
+        if preview.iter().any(|(p, _)| stored.contains_key(p)) {
+            for (path, shape) in preview {
+                match stored.remove(path) {
+                    None => return Err(Error::MissingWeight(path.to_string())),
+                    Some(s) if s != shape.as_slice() => {
+                        return Err(Error::WeightShape {
+                            path: path.to_string(),
+                            expected: shape,
+                            found: s.to_vec(),
+                        })
+                    }
+                    Some(_) => {}
+                }
             }
         }
         if let Some(extra) = stored.keys().min() {

@@ -236,7 +236,15 @@ fn distilled_student_runs_with_its_own_defaults() {
     assert_eq!(v["unet_evals"], 4, "{v}");
     assert!(v["ms_per_image"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     let out = tmp("student.png");
-    ok(&ldm(&["generate", "a red circle", "-m", s(&m), "-o", s(&out), "-q"]));
+    ok(&ldm(&[
+        "generate",
+        "a red circle",
+        "-m",
+        s(&m),
+        "-o",
+        s(&out),
+        "-q",
+    ]));
     assert_eq!(png_size(&out), (32, 32));
 }
 

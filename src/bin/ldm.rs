@@ -5,6 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ldm_edge::arch::Task;
 use ldm_edge::backend;
 use ldm_edge::backend::Tensor;
+use ldm_edge::display::{Display, Status};
 use ldm_edge::model::Model;
 use ldm_edge::pipeline::image::{load_mask, load_rgb, save_png};
 use ldm_edge::pipeline::memory::parse_bytes;
@@ -12,6 +13,7 @@ use ldm_edge::pipeline::{
     Cancel, Generated, Img2Img, Inpaint, Pipeline, Progress, Txt2Img, Upscale, VaeTiling,
     DEFAULT_STRENGTH,
 };
+use ldm_edge::preview::PreviewImage;
 use ldm_edge::sampler::NoiseGen;
 use ldm_edge::{npy, Error};
 use std::path::Path;
@@ -115,6 +117,18 @@ struct SampleArgs {
     /// memory.max when one is set, else no limit].
     #[arg(long, value_name = "SIZE")]
     max_memory: Option<String>,
+    /// Preview every K-th step (and the last) with the model's latent-to-RGB map: written to
+    /// --preview-out and shown on --display.
+    #[arg(long, value_name = "K")]
+    preview_every: Option<usize>,
+    /// Folder for the previews (step-NNNN.png).
+    #[arg(long, value_name = "DIR", requires = "preview_every")]
+    preview_out: Option<PathBuf>,
+    /// Show progress, previews and the final image on a display: fb:/dev/fb0,
+    /// png:FILE[:WxH], or fbfile:FILE:WxH:STRIDE:rgb565|xrgb8888 (a file laid out like a
+    /// framebuffer).
+    #[arg(long, value_name = "SPEC")]
+    display: Option<String>,
 }
 
 impl SampleArgs {
@@ -159,7 +173,7 @@ impl SampleArgs {
         if let Some(m) = &self.max_memory {
             pipe = pipe.with_memory_budget(Some(parse_bytes(m)?));
         }
-        Ok(pipe)
+        Ok(pipe.with_preview(self.preview_every)?)
     }
 }
 
@@ -231,6 +245,9 @@ struct BenchArgs {
     /// With --generate: this many steps instead of the model's.
     #[arg(long, requires = "generate")]
     steps: Option<usize>,
+    /// With --generate: a linear preview every K steps (to measure what previews cost).
+    #[arg(long, requires = "generate", value_name = "K")]
+    preview_every: Option<usize>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -273,28 +290,123 @@ fn cancel_on_ctrl_c() -> Cancel {
 }
 
 /// Runs `f` under a progress bar of `total` steps (hidden with --quiet).
-fn with_progress<T>(
-    quiet: bool,
+/// Everything that watches a run: the progress bar, the preview folder and the display.
+struct Watch {
+    bar: ProgressBar,
+    preview_dir: Option<PathBuf>,
+    display: Option<Display>,
+    prompt: String,
+    last: Option<PreviewImage>,
+    /// The first failure to write a preview or draw a frame; reported after the run, which
+    /// it does not stop (the image the user asked for matters more).
+    error: Option<anyhow::Error>,
+}
+
+impl Watch {
+    /// Opens the display and the preview folder before any work, so a bad spec fails fast.
+    fn new(s: &SampleArgs, prompt: &str, total: usize) -> Result<Self> {
+        let bar = if s.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total as u64)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        if let Some(d) = &s.preview_out {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create preview folder {}", d.display()))?;
+        }
+        let mut display = s
+            .display
+            .as_deref()
+            .map(ldm_edge::display::open)
+            .transpose()?;
+        if let Some(d) = &mut display {
+            d.show(&Status {
+                image: None,
+                step: 0,
+                total,
+                prompt,
+            })?;
+        }
+        Ok(Self {
+            bar,
+            preview_dir: s.preview_out.clone(),
+            display,
+            prompt: prompt.to_string(),
+            last: None,
+            error: None,
+        })
+    }
+
+    fn step(&mut self, p: Progress) {
+        self.bar.set_length(p.total as u64);
+        self.bar.set_position(p.step as u64);
+        if let Some(img) = p.preview {
+            if let Some(dir) = &self.preview_dir {
+                let path = dir.join(format!("step-{:04}.png", img.step));
+                if let Err(e) = save_png(&path, &img.rgb, img.width, img.height) {
+                    self.error.get_or_insert(
+                        anyhow::Error::new(e).context(format!("cannot write {}", path.display())),
+                    );
+                }
+            }
+            self.last = Some(img.clone());
+        }
+        if let Some(d) = &mut self.display {
+            let image = self.last.as_ref().map(|i| (&i.rgb[..], i.width, i.height));
+            let st = Status {
+                image,
+                step: p.step,
+                total: p.total,
+                prompt: &self.prompt,
+            };
+            if let Err(e) = d.show(&st) {
+                self.error.get_or_insert(e.into());
+            }
+        }
+    }
+
+    /// Shows the final image and reports a preview or display failure.
+    fn finish(mut self, out: &Generated, total: usize) -> Result<()> {
+        self.bar.finish_and_clear();
+        if let Some(d) = &mut self.display {
+            d.show(&Status {
+                image: Some((&out.rgb, out.width, out.height)),
+                step: total,
+                total,
+                prompt: &self.prompt,
+            })?;
+        }
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs `f` with a progress callback that drives the bar, the previews and the display.
+fn with_progress(
+    s: &SampleArgs,
+    prompt: &str,
     total: usize,
-    f: impl FnOnce(&mut dyn FnMut(Progress)) -> ldm_edge::Result<T>,
-) -> ldm_edge::Result<T> {
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total as u64)
+    f: impl FnOnce(&mut dyn FnMut(Progress)) -> ldm_edge::Result<Generated>,
+) -> Result<Generated> {
+    let mut w = Watch::new(s, prompt, total)?;
+    let out = f(&mut |p| w.step(p));
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            w.bar.finish_and_clear();
+            return Err(e.into());
+        }
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let out = f(&mut |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.step as u64)
-    });
-    bar.finish_and_clear();
-    out
+    w.finish(&out, total)?;
+    Ok(out)
 }
 
 fn save(path: &Path, out: &Generated) -> Result<()> {
@@ -339,14 +451,18 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
     let cancel = cancel_on_ctrl_c();
     let out = match init_image {
-        None => with_progress(s.quiet, req.steps, |p| pipe.txt2img(&req, p, &cancel))?,
+        None => with_progress(s, &req.prompt, req.steps, |p| {
+            pipe.txt2img(&req, p, &cancel)
+        })?,
         Some(image) => {
             let r = Img2Img {
                 params: req.clone(),
                 image,
                 strength: a.strength.unwrap_or(DEFAULT_STRENGTH),
             };
-            with_progress(s.quiet, r.steps_to_run(), |p| pipe.img2img(&r, p, &cancel))?
+            with_progress(s, &req.prompt, r.steps_to_run(), |p| {
+                pipe.img2img(&r, p, &cancel)
+            })?
         }
     };
     save(&s.output, &out)?;
@@ -387,7 +503,7 @@ fn inpaint(a: InpaintArgs) -> Result<()> {
     s.apply(&mut req.params)?;
     let pipe = s.pipeline(&model)?;
     let cancel = cancel_on_ctrl_c();
-    let out = with_progress(s.quiet, req.params.steps, |pr| {
+    let out = with_progress(s, &req.params.prompt, req.params.steps, |pr| {
         pipe.inpaint(&req, pr, &cancel)
     })?;
     save(&s.output, &out)?;
@@ -412,6 +528,10 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
         // Each upscale tile is decoded on its own already, at the model's native size.
         anyhow::bail!("--vae-tile does not apply to upscale: it decodes tile by tile already");
     }
+    if s.preview_every.is_some() {
+        // Each tile samples on its own; a preview of one tile is not the image.
+        anyhow::bail!("--preview-every does not apply to upscale (it samples tile by tile)");
+    }
     let mut req = Upscale::new(&model, image)?;
     req.prompt = a.prompt;
     req.negative_prompt = a.negative_prompt;
@@ -430,7 +550,7 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
     let pipe = s.pipeline(&model)?;
     let tiles = pipe.tile_layout(&req)?.count();
     let cancel = cancel_on_ctrl_c();
-    let out = with_progress(s.quiet, tiles * req.steps, |pr| {
+    let out = with_progress(s, &req.prompt, tiles * req.steps, |pr| {
         pipe.upscale(&req, pr, &cancel)
     })?;
     save(&s.output, &out)?;
@@ -515,6 +635,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             backend::select(&a.backend)?,
             a.iters,
             a.steps,
+            a.preview_every,
         )?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -524,6 +645,13 @@ fn bench(a: BenchArgs) -> Result<()> {
                 r.model, r.ms_per_image, r.size[0], r.size[1], r.backend, r.steps,
                 r.sampler, r.guidance, r.unet_evals, r.peak_rss_mb
             );
+            if let Some(p) = r.preview_ms {
+                let share = 100.0 * p * r.previews_per_image as f64 / r.ms_per_image;
+                println!(
+                    "previews: {} per image, {p:.3} ms each = {share:.2}% of the image's time",
+                    r.previews_per_image
+                );
+            }
         }
         return Ok(());
     }

@@ -412,6 +412,7 @@ impl Import {
     pub fn write(&self, dtype: DType, out: &Path, recipe: &str) -> Result<WriteReport> {
         let tokenizer: Value = serde_json::from_str(&self.tokenizer_json)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let (map, fit) = crate::preview::fit::fit_from(&self.config, &|p| self.load(p))?;
         let meta = json!({
             "config": self.config,
             "sampler": self.sampler,
@@ -422,9 +423,11 @@ impl Import {
                 "dtype": format!("{dtype:?}"),
                 "recipe": recipe,
                 "tool": concat!("ldm-edge ", env!("CARGO_PKG_VERSION")),
+                "preview": fit.provenance(),
             },
         });
         let mut w = ModelWriter::new(meta)?;
+        map.add_to(&mut w)?;
         for (path, shape, src) in &self.plan {
             let data = src.load(&self.files)?;
             let d = match dtype {

@@ -121,7 +121,15 @@ impl Denoiser {
                 None => out,
             };
             x = sched.step(&eps, i, &x, &mut noise);
-            progress.tick();
+            if progress.wants_preview() {
+                // The sampler's estimate of the clean latent shows the final image; the noisy
+                // latent itself would show mostly noise until the last steps.
+                let est = sched.pred_original_sample().unwrap_or(&x);
+                let (h, w) = (self.latent_shape[2], self.latent_shape[3]);
+                progress.tick_with_latent(est, h, w)?;
+            } else {
+                progress.tick();
+            }
         }
         let latents = Tensor::new(self.latent_shape.clone(), x)?;
         super::shared::check_finite(&latents, "the final latent")?;

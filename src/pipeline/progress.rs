@@ -2,13 +2,19 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::preview::{LatentRgb, PreviewImage};
+use crate::Result;
+
 /// What a pipeline reports after each denoising step.
 #[derive(Clone, Copy, Debug)]
-pub struct Progress {
+pub struct Progress<'a> {
     /// 1-based step just finished.
     pub step: usize,
     pub total: usize,
     pub elapsed: Duration,
+    /// A preview of the sampler's current estimate of the final image, on the steps
+    /// [`super::Pipeline::with_preview`] asks for (every k-th and the last).
+    pub preview: Option<&'a PreviewImage>,
 }
 
 /// A cancel flag checked before every step. Cloneable handles share one flag, so a Ctrl-C
@@ -28,6 +34,13 @@ impl Cancel {
     }
 }
 
+/// Previews for one request: the map, every how many steps, and the autoencoder's factor.
+pub(crate) struct PreviewPlan<'m> {
+    pub map: &'m LatentRgb,
+    pub every: usize,
+    pub factor: usize,
+}
+
 /// Counts steps across one request, which may run several chains (the tiles of an upscale),
 /// and reports each to the caller's callback.
 pub(crate) struct Steps<'a> {
@@ -35,6 +48,7 @@ pub(crate) struct Steps<'a> {
     done: usize,
     total: usize,
     start: std::time::Instant,
+    preview: Option<PreviewPlan<'a>>,
 }
 
 impl<'a> Steps<'a> {
@@ -44,15 +58,44 @@ impl<'a> Steps<'a> {
             done: 0,
             total,
             start: std::time::Instant::now(),
+            preview: None,
         }
     }
 
+    pub(crate) fn with_preview(mut self, preview: Option<PreviewPlan<'a>>) -> Self {
+        self.preview = preview;
+        self
+    }
+
+    /// Whether the step about to finish gets a preview; the caller then passes its latent.
+    pub(crate) fn wants_preview(&self) -> bool {
+        let step = self.done + 1;
+        self.preview
+            .as_ref()
+            .is_some_and(|p| step % p.every == 0 || step == self.total)
+    }
+
     pub(crate) fn tick(&mut self) {
+        self.report(None);
+    }
+
+    /// Ends a step with the sampler's estimate of the clean latent [z, h, w] to preview.
+    pub(crate) fn tick_with_latent(&mut self, latent: &[f32], h: usize, w: usize) -> Result<()> {
+        let image = match &self.preview {
+            Some(p) => Some(p.map.preview(latent, h, w, p.factor, self.done + 1)?),
+            None => None,
+        };
+        self.report(image.as_ref());
+        Ok(())
+    }
+
+    fn report(&mut self, preview: Option<&PreviewImage>) {
         self.done += 1;
         (self.on_step)(Progress {
             step: self.done,
             total: self.total,
             elapsed: self.start.elapsed(),
+            preview,
         });
     }
 }

@@ -47,6 +47,9 @@ pub struct Pipeline<'m> {
     /// refused with [`Error::Memory`]. `Pipeline::new` takes the cgroup's `memory.max` when
     /// the process runs under one, so a request is refused rather than killed.
     pub memory_budget: Option<u64>,
+    /// Preview every k-th step (and the last) through the progress callback, with the model's
+    /// latent-to-RGB map. None: no previews.
+    pub preview_every: Option<usize>,
 }
 
 pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
@@ -120,7 +123,38 @@ impl<'m> Pipeline<'m> {
             vae_tiling: None,
             vae_auto: true,
             memory_budget: super::memory::cgroup_limit(),
+            preview_every: None,
         }
+    }
+
+    /// Asks for a preview image every `every` steps and at the last step, passed to the
+    /// progress callback ([`super::Progress::preview`]). Refused when the model stores no
+    /// preview map (`ldm-host preview fit` adds one) or `every` is 0.
+    pub fn with_preview(mut self, every: Option<usize>) -> Result<Self> {
+        if let Some(k) = every {
+            if k == 0 {
+                return Err(Error::Input("preview every 0 steps: use 1 or more".into()));
+            }
+            if self.model.latent_rgb.is_none() {
+                return Err(Error::Input(format!(
+                    "{} has no preview map; add one with `ldm-host preview fit {} -o OUT`",
+                    self.model.file.path().display(),
+                    self.model.file.path().display()
+                )));
+            }
+        }
+        self.preview_every = every;
+        Ok(self)
+    }
+
+    /// The preview settings for one request's step counter.
+    pub(crate) fn preview_plan(&self) -> Option<super::progress::PreviewPlan<'m>> {
+        let map = self.model.latent_rgb.as_ref()?;
+        Some(super::progress::PreviewPlan {
+            map,
+            every: self.preview_every?,
+            factor: self.model.config.vae.factor(),
+        })
     }
 
     /// Sets (or with None removes) the memory budget, in bytes.

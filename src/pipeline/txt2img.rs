@@ -65,7 +65,7 @@ impl Pipeline<'_> {
     ) -> Result<Generated> {
         self.require_task(Task::Txt2img)?;
         self.with_fallback(|b| {
-            let mut steps = Steps::new(&mut *on_step, req.steps);
+            let mut steps = Steps::new(&mut *on_step, req.steps).with_preview(self.preview_plan());
             self.sample_on(b, req, Start::Noise, &[], &mut steps, cancel)
         })
     }

@@ -10,6 +10,7 @@ mod dataset;
 mod eval;
 mod import;
 mod init;
+mod preview;
 mod tokenizer;
 mod train;
 
@@ -89,6 +90,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: dataset::cli::DatasetCmd,
     },
+    /// Latent-to-RGB preview maps: `fit` adds one to a model file.
+    Preview {
+        #[command(subcommand)]
+        cmd: preview::PreviewCmd,
+    },
     /// Measure a shapes model: text alignment read back by an analytic checker (at the model's
     /// guidance and at 1.0), and autoencoder reconstruction PSNR.
     Eval(eval::EvalArgs),
@@ -167,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Export(a) => export(a)?,
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,
+        Cmd::Preview { cmd } => preview::run(cmd)?,
     }
     Ok(())
 }

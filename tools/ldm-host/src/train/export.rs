@@ -122,6 +122,16 @@ pub fn to_ldm(
         },
         _ => SamplerDefaults::default(),
     };
+    let ema = ck.group("ema");
+    let raw = ck.group("p");
+    let load = |path: &str| -> ldm_edge::Result<Vec<f32>> {
+        let t = if prefer_ema { ema.get(path) } else { None };
+        t.or_else(|| raw.get(path))
+            .map(|(_, d)| d.to_vec())
+            .ok_or_else(|| ldm_edge::Error::MissingWeight(path.to_string()))
+    };
+    let (map, fit) = ldm_edge::preview::fit::fit_from(&cfg, &load)
+        .context("fitting the latent-to-RGB preview map")?;
     let meta = json!({
         "config": cfg,
         "sampler": sampler,
@@ -134,11 +144,11 @@ pub fn to_ldm(
             "training": figures,
             "eval": extra,
             "tool": concat!("ldm-host ", env!("CARGO_PKG_VERSION")),
+            "preview": fit.provenance(),
         },
     });
-    let ema = ck.group("ema");
-    let raw = ck.group("p");
     let mut w = ModelWriter::new(meta)?;
+    map.add_to(&mut w)?;
     for (path, shape) in cfg.param_specs()? {
         let t = if prefer_ema { ema.get(&path) } else { None };
         let (s, d) = t
