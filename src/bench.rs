@@ -23,6 +23,11 @@ pub struct BenchReport {
     pub unet_gflops: f64,
     pub text_encoder_ms: f64,
     pub decoder_ms: f64,
+    /// The tiny decoder at the same latent size, where the model has one.
+    pub tiny_decoder_ms: Option<f64>,
+    /// Multiply-adds of the full decoder and of the tiny one at this latent size.
+    pub decoder_macs: u64,
+    pub tiny_decoder_macs: Option<u64>,
     pub peak_rss_mb: f64,
     /// Device memory the UNet plan holds (weights + activation arena + transfer buffers), for
     /// backends with their own memory.
@@ -136,7 +141,22 @@ pub fn run(
         let dg = cfg.decoder_graph(1, latent, latent)?;
         let mut dec = backend.prepare(&dg, &model)?;
         let z = Tensor::zeros(&[1, cfg.vae.latent_channels, latent, latent]);
-        time(1, || dec.run(std::slice::from_ref(&z)).map(drop))?
+        time(iters, || dec.run(std::slice::from_ref(&z)).map(drop))?
+    };
+    let decoder_macs = cfg.decoder_graph(1, latent, latent)?.macs();
+    let tiny_decoder_macs = match &model.tiny_decoder {
+        Some(t) => Some(t.graph(1, latent, latent)?.macs()),
+        None => None,
+    };
+    let tiny_t = match (&model.tiny_decoder, skip_decoder) {
+        (Some(t), false) => {
+            let mut dec = backend.prepare(&t.graph(1, latent, latent)?, &model)?;
+            let z = Tensor::zeros(&[1, cfg.vae.latent_channels, latent, latent]);
+            Some(ms(time(iters, || {
+                dec.run(std::slice::from_ref(&z)).map(drop)
+            })?))
+        }
+        _ => None,
     };
     let gflop = 2.0 * ug.macs() as f64 / 1e9;
     Ok(BenchReport {
@@ -152,6 +172,9 @@ pub fn run(
         unet_gflops: gflop / unet_t.as_secs_f64(),
         text_encoder_ms: ms(text_t),
         decoder_ms: ms(dec_t),
+        tiny_decoder_ms: tiny_t,
+        decoder_macs,
+        tiny_decoder_macs,
         peak_rss_mb: peak_rss_mb(),
         unet_device_mb: device_mb,
         unet_profile,

@@ -1,5 +1,6 @@
 //! A loaded model: the mapped file, its parsed config and tokenizer, checked against the
 //! architecture before anything runs.
+use crate::arch::tiny_decoder::{self, TinyDecoderConfig};
 use crate::arch::ModelConfig;
 use crate::backend::WeightSource;
 use crate::format::ModelFile;
@@ -47,6 +48,8 @@ pub struct Model {
     pub tokenizer: TextTokenizer,
     /// The optional latent-to-RGB preview map (`preview.latent_rgb.*` tensors).
     pub latent_rgb: Option<LatentRgb>,
+    /// The optional tiny decoder (`tiny_decoder` header key, `tiny_decoder.*` tensors).
+    pub tiny_decoder: Option<TinyDecoderConfig>,
 }
 
 fn meta_field<T: serde::de::DeserializeOwned>(meta: &serde_json::Value, key: &str) -> Result<T> {
@@ -82,12 +85,29 @@ impl Model {
                 config.text_encoder.vocab_size
             )));
         }
+        let tiny_decoder: Option<TinyDecoderConfig> = match meta.get(tiny_decoder::HEADER_KEY) {
+            None => None,
+            Some(_) => Some(meta_field(meta, tiny_decoder::HEADER_KEY)?),
+        };
+        if let Some(t) = &tiny_decoder {
+            t.validate()?;
+            if t.latent_channels != config.vae.latent_channels || t.factor != config.vae.factor() {
+                return Err(Error::Config(format!(
+                    "the tiny decoder takes {} channels at factor {}, the autoencoder has {} at {}",
+                    t.latent_channels,
+                    t.factor,
+                    config.vae.latent_channels,
+                    config.vae.factor()
+                )));
+            }
+        }
         let model = Self {
             file,
             config,
             sampler,
             tokenizer,
             latent_rgb: None,
+            tiny_decoder,
         };
         let mut model = model;
         model.check_tensors()?;
@@ -113,6 +133,21 @@ impl Model {
                     })
                 }
                 Some(_) => {}
+            }
+        }
+        if let Some(t) = &self.tiny_decoder {
+            for (path, shape) in t.param_specs()? {
+                match stored.remove(path.as_str()) {
+                    None => return Err(Error::MissingWeight(path)),
+                    Some(s) if s != shape.as_slice() => {
+                        return Err(Error::WeightShape {
+                            path,
+                            expected: shape,
+                            found: s.to_vec(),
+                        })
+                    }
+                    Some(_) => {}
+                }
             }
         }
         // Optional components: present whole, at their shapes, or absent.

@@ -15,7 +15,7 @@ use ldm_edge::backend::vulkan::{Fault, VulkanBackend, VulkanOptions};
 use ldm_edge::backend::{select, select_auto, AutoOptions, Backend};
 use ldm_edge::format::{DType, ModelWriter};
 use ldm_edge::model::Model;
-use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
+use ldm_edge::pipeline::{Cancel, Decoder, Pipeline, Txt2Img};
 use ldm_edge::Error;
 use std::path::{Path, PathBuf};
 
@@ -149,6 +149,56 @@ fn default_q8_model_agrees_with_cpu() {
 }
 
 /// `auto` with a software device allowed, so the Vulkan path is taken on llvmpipe too.
+/// The shipped model's tiny decoder (final image and previews) on Vulkan against the CPU.
+#[test]
+fn tiny_decoder_agrees_with_cpu() {
+    let Some(vk) = vulkan(VulkanOptions::default()) else {
+        return;
+    };
+    let m = Model::open(&default_model_path()).expect("default model");
+    assert!(
+        m.tiny_decoder.is_some(),
+        "the shipped model carries a tiny decoder"
+    );
+    let run = |b: Box<dyn Backend>| {
+        let pipe = Pipeline::new(&m, b)
+            .with_decoder(Decoder::Tiny)
+            .expect("tiny decoder")
+            .with_preview_method(Decoder::Tiny)
+            .expect("tiny previews")
+            .with_preview(Some(2))
+            .expect("previews");
+        let mut last = Vec::new();
+        let img = pipe
+            .txt2img(
+                &request(&m),
+                &mut |p| {
+                    if let Some(i) = p.preview {
+                        last = i.rgb.clone();
+                    }
+                },
+                &Cancel::new(),
+            )
+            .expect("txt2img");
+        (img.image.data, last)
+    };
+    let (cpu, cpu_prev) = run(select("cpu").expect("cpu"));
+    let (gpu, gpu_prev) = run(vk);
+    let db = vk::psnr(&gpu, &cpu);
+    println!("tiny decoder, vulkan vs cpu: {db:.1} dB");
+    assert!(db >= 40.0, "tiny decoder: {db:.2} dB < 40 dB");
+    assert_eq!(cpu_prev.len(), gpu_prev.len());
+    let off = cpu_prev
+        .iter()
+        .zip(&gpu_prev)
+        .filter(|(a, b)| a.abs_diff(**b) > 2)
+        .count();
+    assert!(
+        off * 100 < cpu_prev.len(),
+        "{off} preview bytes differ by more than 2"
+    );
+}
+
 fn auto_on_any_device(fault: Option<Fault>) -> Option<Box<dyn Backend>> {
     // Probe first so a machine without Vulkan skips (or fails under CI) like the other tests.
     vulkan(VulkanOptions::default())?;

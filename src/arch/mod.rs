@@ -5,6 +5,7 @@ pub mod init;
 pub mod nn;
 pub mod task;
 pub mod text;
+pub mod tiny_decoder;
 pub mod unet;
 pub mod vae;
 

@@ -121,6 +121,18 @@ struct SampleArgs {
     /// --preview-out and shown on --display.
     #[arg(long, value_name = "K")]
     preview_every: Option<usize>,
+    /// How previews are made: linear (the stored latent-to-RGB map) or tiny (the model's
+    /// tiny decoder).
+    #[arg(
+        long,
+        value_name = "METHOD",
+        default_value = "linear",
+        requires = "preview_every"
+    )]
+    preview_method: String,
+    /// The decoder of the final image: full, or tiny (the model's distilled tiny decoder).
+    #[arg(long, value_name = "DECODER", default_value = "full")]
+    decoder: String,
     /// Folder for the previews (step-NNNN.png).
     #[arg(long, value_name = "DIR", requires = "preview_every")]
     preview_out: Option<PathBuf>,
@@ -173,7 +185,10 @@ impl SampleArgs {
         if let Some(m) = &self.max_memory {
             pipe = pipe.with_memory_budget(Some(parse_bytes(m)?));
         }
-        Ok(pipe.with_preview(self.preview_every)?)
+        Ok(pipe
+            .with_decoder(self.decoder.parse()?)?
+            .with_preview_method(self.preview_method.parse()?)?
+            .with_preview(self.preview_every)?)
     }
 }
 
@@ -678,7 +693,15 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.unet_ms_per_eval, r.latent[0], r.latent[1], r.batch, r.unet_gflop, r.unet_gflops
     );
     println!("text encoder     {:.1} ms", r.text_encoder_ms);
-    println!("decoder          {:.1} ms", r.decoder_ms);
+    println!("decoder          {:.2} ms", r.decoder_ms);
+    if let Some(t) = r.tiny_decoder_ms {
+        println!(
+            "tiny decoder     {t:.3} ms ({:.1}x faster; {:.1}% of the full decoder's {:.1} M multiply-adds)",
+            r.decoder_ms / t.max(1e-9),
+            100.0 * r.tiny_decoder_macs.unwrap_or(0) as f64 / r.decoder_macs.max(1) as f64,
+            r.decoder_macs as f64 / 1e6
+        );
+    }
     println!("peak RSS         {:.0} MiB", r.peak_rss_mb);
     if let Some(mb) = r.unet_device_mb {
         println!("unet device mem  {mb:.1} MiB");

@@ -68,7 +68,7 @@ impl Pipeline<'_> {
         self.latent_size(w, h)?;
         let k = req.steps_to_run();
         self.with_fallback(|b| {
-            let mut steps = Steps::new(&mut *on_step, k).with_preview(self.preview_plan());
+            let mut steps = Steps::new(&mut *on_step, k).with_preview(self.preview_plan(b, w, h)?);
             if k == p.steps {
                 // The image is fully noised away: exactly txt2img, same seed, same result.
                 return self.sample_on(b, p, Start::Noise, &[], &mut steps, cancel);

@@ -81,7 +81,8 @@ impl Pipeline<'_> {
             let masked_lat = self.encode_on(b, &masked)?;
             let mut cond = mask_lat.clone();
             cond.extend_from_slice(&masked_lat.data);
-            let mut steps = Steps::new(&mut *on_step, p.steps).with_preview(self.preview_plan());
+            let mut steps = Steps::new(&mut *on_step, p.steps)
+                .with_preview(self.preview_plan(b, p.width, p.height)?);
             let out = self.sample_on(b, p, Start::Noise, &cond, &mut steps, cancel)?;
             let image = composite(&out.image, &req.image, &mask)?;
             Generated::from_image(image, out.latents)

@@ -2,6 +2,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::backend::{Executable, Tensor};
 use crate::preview::{LatentRgb, PreviewImage};
 use crate::Result;
 
@@ -34,11 +35,21 @@ impl Cancel {
     }
 }
 
-/// Previews for one request: the map, every how many steps, and the autoencoder's factor.
+/// Where a request's previews come from.
+pub(crate) enum PreviewSource<'m> {
+    /// The latent-to-RGB map, upsampled by the autoencoder's factor.
+    Linear { map: &'m LatentRgb, factor: usize },
+    /// A decoder (tiny or full) prepared for the request's latent size.
+    Decoder {
+        plan: Box<dyn Executable>,
+        inv_scale: f32,
+    },
+}
+
+/// Previews for one request: the source and every how many steps.
 pub(crate) struct PreviewPlan<'m> {
-    pub map: &'m LatentRgb,
+    pub source: PreviewSource<'m>,
     pub every: usize,
-    pub factor: usize,
 }
 
 /// Counts steps across one request, which may run several chains (the tiles of an upscale),
@@ -81,8 +92,30 @@ impl<'a> Steps<'a> {
 
     /// Ends a step with the sampler's estimate of the clean latent [z, h, w] to preview.
     pub(crate) fn tick_with_latent(&mut self, latent: &[f32], h: usize, w: usize) -> Result<()> {
-        let image = match &self.preview {
-            Some(p) => Some(p.map.preview(latent, h, w, p.factor, self.done + 1)?),
+        let step = self.done + 1;
+        let image = match &mut self.preview {
+            Some(PreviewPlan {
+                source: PreviewSource::Linear { map, factor },
+                ..
+            }) => Some(map.preview(latent, h, w, *factor, step)?),
+            Some(PreviewPlan {
+                source: PreviewSource::Decoder { plan, inv_scale },
+                ..
+            }) => {
+                let z = latent.len() / (h * w).max(1);
+                let x = Tensor::new(
+                    vec![1, z, h, w],
+                    latent.iter().map(|v| v * *inv_scale).collect(),
+                )?;
+                let img = super::shared::first(plan.run(&[x])?)?;
+                let rgb = super::image::to_rgb8(&img)?;
+                Some(PreviewImage {
+                    width: img.shape[3],
+                    height: img.shape[2],
+                    rgb,
+                    step,
+                })
+            }
             None => None,
         };
         self.report(image.as_ref());

@@ -47,9 +47,36 @@ pub struct Pipeline<'m> {
     /// refused with [`Error::Memory`]. `Pipeline::new` takes the cgroup's `memory.max` when
     /// the process runs under one, so a request is refused rather than killed.
     pub memory_budget: Option<u64>,
-    /// Preview every k-th step (and the last) through the progress callback, with the model's
-    /// latent-to-RGB map. None: no previews.
+    /// Preview every k-th step (and the last) through the progress callback. None: no
+    /// previews.
     pub preview_every: Option<usize>,
+    /// How previews are made: the latent-to-RGB map or the tiny decoder.
+    pub preview_method: Decoder,
+    /// Which decoder makes the final image.
+    pub decoder: Decoder,
+}
+
+/// A way from latents to pixels. `Linear` is the stored latent-to-RGB map (previews only),
+/// `Tiny` the distilled tiny decoder, `Full` the autoencoder's decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoder {
+    Full,
+    Tiny,
+    Linear,
+}
+
+impl std::str::FromStr for Decoder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(Decoder::Full),
+            "tiny" => Ok(Decoder::Tiny),
+            "linear" => Ok(Decoder::Linear),
+            other => Err(Error::Input(format!(
+                "unknown decoder `{other}` (full, tiny or linear)"
+            ))),
+        }
+    }
 }
 
 pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
@@ -124,7 +151,68 @@ impl<'m> Pipeline<'m> {
             vae_auto: true,
             memory_budget: super::memory::cgroup_limit(),
             preview_every: None,
+            preview_method: Decoder::Linear,
+            decoder: Decoder::Full,
         }
+    }
+
+    /// Chooses the decoder of the final image. `Tiny` needs a model with a tiny decoder
+    /// (`ldm-host train tiny-decoder`); `Linear` makes no final image and is refused.
+    pub fn with_decoder(mut self, d: Decoder) -> Result<Self> {
+        match d {
+            Decoder::Linear => {
+                return Err(Error::Input(
+                    "the linear map makes previews only; the final image needs the full or \
+                     the tiny decoder"
+                        .into(),
+                ))
+            }
+            Decoder::Tiny => {
+                self.require_tiny()?;
+            }
+            Decoder::Full => {}
+        }
+        self.decoder = d;
+        Ok(self)
+    }
+
+    /// Chooses how previews are made: the linear map or the tiny decoder. The full decoder
+    /// is refused: its plan would be held beside the UNet's, which the memory planner does
+    /// not count, and it costs as much as the final decode at every preview.
+    pub fn with_preview_method(mut self, d: Decoder) -> Result<Self> {
+        match d {
+            Decoder::Tiny => {
+                self.require_tiny()?;
+            }
+            Decoder::Linear => self.require_linear()?,
+            Decoder::Full => {
+                return Err(Error::Input(
+                    "previews use the linear map or the tiny decoder, not the full decoder".into(),
+                ))
+            }
+        }
+        self.preview_method = d;
+        Ok(self)
+    }
+
+    fn require_tiny(&self) -> Result<&'m crate::arch::tiny_decoder::TinyDecoderConfig> {
+        self.model.tiny_decoder.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} has no tiny decoder; train one with `ldm-host train tiny-decoder`",
+                self.model.file.path().display()
+            ))
+        })
+    }
+
+    fn require_linear(&self) -> Result<()> {
+        if self.model.latent_rgb.is_none() {
+            return Err(Error::Input(format!(
+                "{} has no preview map; add one with `ldm-host preview fit {} -o OUT`",
+                self.model.file.path().display(),
+                self.model.file.path().display()
+            )));
+        }
+        Ok(())
     }
 
     /// Asks for a preview image every `every` steps and at the last step, passed to the
@@ -135,26 +223,59 @@ impl<'m> Pipeline<'m> {
             if k == 0 {
                 return Err(Error::Input("preview every 0 steps: use 1 or more".into()));
             }
-            if self.model.latent_rgb.is_none() {
-                return Err(Error::Input(format!(
-                    "{} has no preview map; add one with `ldm-host preview fit {} -o OUT`",
-                    self.model.file.path().display(),
-                    self.model.file.path().display()
-                )));
+            if self.preview_method == Decoder::Linear {
+                self.require_linear()?;
             }
         }
         self.preview_every = every;
         Ok(self)
     }
 
-    /// The preview settings for one request's step counter.
-    pub(crate) fn preview_plan(&self) -> Option<super::progress::PreviewPlan<'m>> {
-        let map = self.model.latent_rgb.as_ref()?;
-        Some(super::progress::PreviewPlan {
-            map,
-            every: self.preview_every?,
-            factor: self.model.config.vae.factor(),
-        })
+    /// The preview settings for one request's step counter: the map, or a decoder plan
+    /// prepared on `backend` for the request's latent size.
+    pub(crate) fn preview_plan(
+        &self,
+        backend: &dyn Backend,
+        width: usize,
+        height: usize,
+    ) -> Result<Option<super::progress::PreviewPlan<'m>>> {
+        use super::progress::{PreviewPlan, PreviewSource};
+        let Some(every) = self.preview_every else {
+            return Ok(None);
+        };
+        let source = match self.preview_method {
+            Decoder::Linear => match self.model.latent_rgb.as_ref() {
+                Some(map) => PreviewSource::Linear {
+                    map,
+                    factor: self.model.config.vae.factor(),
+                },
+                None => return Ok(None),
+            },
+            d => {
+                let (h, w) = self.latent_size(width, height)?;
+                PreviewSource::Decoder {
+                    plan: self.decoder_plan_on(backend, d, 1, h, w)?,
+                    inv_scale: 1.0 / self.model.config.latent_scale,
+                }
+            }
+        };
+        Ok(Some(PreviewPlan { source, every }))
+    }
+
+    /// The full or tiny decoder's plan for `batch` latents of h x w.
+    pub(crate) fn decoder_plan_on(
+        &self,
+        backend: &dyn Backend,
+        d: Decoder,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Box<dyn Executable>> {
+        let graph = match d {
+            Decoder::Tiny => self.require_tiny()?.graph(batch, h, w)?,
+            _ => self.model.config.decoder_graph(batch, h, w)?,
+        };
+        backend.prepare(&graph, self.model)
     }
 
     /// Sets (or with None removes) the memory budget, in bytes.
@@ -267,6 +388,11 @@ impl<'m> Pipeline<'m> {
 
     pub(crate) fn decode_on(&self, backend: &dyn Backend, latents: &Tensor) -> Result<Tensor> {
         let (b, h, w) = latent_dims(latents, self.model.config.vae.latent_channels)?;
+        if self.decoder == Decoder::Tiny {
+            // Whole: the tiny decoder's largest activation is a few channels at image size.
+            let mut plan = self.decoder_plan_on(backend, Decoder::Tiny, b, h, w)?;
+            return self.decode_with(plan.as_mut(), latents);
+        }
         if let Some(t) = self.vae_tiles_for(h, w)? {
             return self.decode_tiled_on(backend, latents, t);
         }
@@ -282,8 +408,7 @@ impl<'m> Pipeline<'m> {
         h: usize,
         w: usize,
     ) -> Result<Box<dyn Executable>> {
-        let graph = self.model.config.decoder_graph(batch, h, w)?;
-        backend.prepare(&graph, self.model)
+        self.decoder_plan_on(backend, self.decoder, batch, h, w)
     }
 
     pub(crate) fn decode_with(

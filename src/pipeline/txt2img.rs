@@ -65,7 +65,8 @@ impl Pipeline<'_> {
     ) -> Result<Generated> {
         self.require_task(Task::Txt2img)?;
         self.with_fallback(|b| {
-            let mut steps = Steps::new(&mut *on_step, req.steps).with_preview(self.preview_plan());
+            let mut steps = Steps::new(&mut *on_step, req.steps)
+                .with_preview(self.preview_plan(b, req.width, req.height)?);
             self.sample_on(b, req, Start::Noise, &[], &mut steps, cancel)
         })
     }
@@ -111,8 +112,11 @@ impl Pipeline<'_> {
         };
         self.end_stage();
         let image = match plan.vae_tiling {
-            Some(t) => self.decode_tiled_on(backend, &latents, &t)?,
-            None => self.decode_on(backend, &latents)?,
+            // The planner tiles the full decoder; the tiny one runs whole.
+            Some(t) if self.decoder == super::Decoder::Full => {
+                self.decode_tiled_on(backend, &latents, &t)?
+            }
+            _ => self.decode_on(backend, &latents)?,
         };
         Generated::from_image(image, latents)
     }

@@ -15,11 +15,25 @@ pub enum PreviewCmd {
         #[arg(long, short = 'o')]
         output: PathBuf,
     },
+    /// Copy the tiny decoder of `--from` (trained by `train tiny-decoder`) into a model with
+    /// the same autoencoder, e.g. a distilled student of the model it was trained for.
+    AttachTiny {
+        model: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
 }
 
 pub fn run(cmd: PreviewCmd) -> Result<()> {
     match cmd {
         PreviewCmd::Fit { model, output } => fit(model, output),
+        PreviewCmd::AttachTiny {
+            model,
+            from,
+            output,
+        } => attach_tiny(model, from, output),
     }
 }
 
@@ -58,6 +72,67 @@ fn fit(input: PathBuf, output: PathBuf) -> Result<()> {
         report.size,
         report.size,
         report.psnr_db
+    );
+    Ok(())
+}
+
+fn attach_tiny(input: PathBuf, from: PathBuf, output: PathBuf) -> Result<()> {
+    use ldm_edge::arch::tiny_decoder;
+    let open = |p: &PathBuf| Model::open(p).with_context(|| format!("cannot open {}", p.display()));
+    let (model, src) = (open(&input)?, open(&from)?);
+    let cfg = src
+        .tiny_decoder
+        .as_ref()
+        .with_context(|| format!("{} has no tiny decoder", from.display()))?;
+    // The tiny decoder imitates one decoder on one latent space: both must be the same.
+    for (path, _) in ldm_edge::arch::vae::encoder_params(&model.config.vae, ldm_edge::arch::VAE)?
+        .into_iter()
+        .chain(model.config.decoder_graph(1, 1, 1)?.params())
+    {
+        let a = model.file.tensor(&path).map(|t| t.bytes);
+        let b = src.file.tensor(&path).map(|t| t.bytes);
+        if a.is_none() || a != b {
+            anyhow::bail!(
+                "{} and {} have different autoencoders (`{path}` differs): the tiny decoder was \
+                 trained for the other one",
+                input.display(),
+                from.display()
+            );
+        }
+    }
+    let mut meta = model.file.meta().clone();
+    let obj = meta
+        .as_object_mut()
+        .context("model header is not an object")?;
+    obj.insert(tiny_decoder::HEADER_KEY.into(), serde_json::to_value(cfg)?);
+    if let (Some(p), Some(t)) = (
+        obj.get_mut("provenance").and_then(|p| p.as_object_mut()),
+        src.file.meta()["provenance"].get("tiny_decoder"),
+    ) {
+        p.insert("tiny_decoder".into(), t.clone());
+    }
+    let mut w = ModelWriter::new(meta)?;
+    for t in model.file.tensors() {
+        if t.name.starts_with(tiny_decoder::PREFIX) {
+            continue;
+        }
+        let v = model.file.tensor(&t.name).context("tensor vanished")?;
+        w.add_raw(&t.name, v.shape(), v.dtype(), v.bytes.to_vec())?;
+    }
+    for (path, _) in cfg.param_specs()? {
+        let v = src
+            .file
+            .tensor(&path)
+            .with_context(|| format!("{} has no `{path}`", from.display()))?;
+        w.add_raw(&path, v.shape(), v.dtype(), v.bytes.to_vec())?;
+    }
+    w.write(&output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    Model::open(&output).with_context(|| format!("{} does not load back", output.display()))?;
+    eprintln!(
+        "wrote {} with the tiny decoder of {}",
+        output.display(),
+        from.display()
     );
     Ok(())
 }

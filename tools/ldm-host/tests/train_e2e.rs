@@ -526,3 +526,77 @@ fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
     assert!(!dir.join("bad.ldm").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `train tiny-decoder` on the shipped model: the L1 loss falls, `--write` gives a model that
+/// loads with the component, and the runtime decodes with it (final image and previews).
+#[test]
+fn tiny_decoder_trains_and_writes_a_model_that_uses_it() {
+    use ldm_edge::pipeline::{Cancel, Decoder, Pipeline, Txt2Img};
+    let dir = scratch("tiny");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-32.ldm");
+    let (csv, ck, out) = (
+        dir.join("t.csv"),
+        dir.join("t.safetensors"),
+        dir.join("t.ldm"),
+    );
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    ldm_host(&[
+        "train",
+        "tiny-decoder",
+        "-m",
+        &s(&model),
+        "--dataset",
+        "shapes",
+        "--dataset-len",
+        "400",
+        "--image-size",
+        "32",
+        "--steps",
+        "120",
+        "--batch",
+        "8",
+        "--heldout",
+        "32",
+        "--quiet",
+        "--log",
+        &s(&csv),
+        "-o",
+        &s(&ck),
+        "--write",
+        &s(&out),
+    ]);
+    let (first, last) = loss_ends(&csv, 20);
+    assert!(last < 0.8 * first, "L1 {first:.4} -> {last:.4}");
+    let m = ldm_edge::model::Model::open(&out).expect("written model opens");
+    assert!(m.tiny_decoder.is_some());
+    let prov = &m.file.meta()["provenance"]["tiny_decoder"];
+    assert!(prov["heldout_psnr_vs_full_db"].as_f64().is_some(), "{prov}");
+    let pipe = Pipeline::new(&m, ldm_edge::backend::select("cpu").expect("cpu"))
+        .with_decoder(Decoder::Tiny)
+        .expect("tiny decoder")
+        .with_preview_method(Decoder::Tiny)
+        .expect("tiny previews")
+        .with_preview(Some(2))
+        .expect("previews");
+    let mut req = Txt2Img::new(&m, "a red circle").expect("request");
+    req.steps = 4;
+    let mut previews = 0;
+    let img = pipe
+        .txt2img(
+            &req,
+            &mut |p| previews += p.preview.is_some() as usize,
+            &Cancel::new(),
+        )
+        .expect("generates with the tiny decoder");
+    assert_eq!((img.width, img.height, previews), (32, 32, 2));
+    // The input model is untouched and has no tiny decoder to offer.
+    let orig = ldm_edge::model::Model::open(&model).expect("model");
+    if orig.tiny_decoder.is_none() {
+        let e = Pipeline::new(&orig, ldm_edge::backend::select("cpu").expect("cpu"))
+            .with_decoder(Decoder::Tiny)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("train tiny-decoder"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

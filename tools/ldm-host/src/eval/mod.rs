@@ -52,6 +52,9 @@ pub struct EvalArgs {
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
+    /// The decoder of the generated images: full, or tiny (the model's tiny decoder).
+    #[arg(long, default_value = "full")]
+    pub decoder: String,
 }
 
 /// Accuracy at one guidance scale.
@@ -75,6 +78,8 @@ pub struct Report {
     /// Mean per-image PSNR (dB) on held-out renders; null when skipped.
     pub autoencoder_psnr_db: Option<f64>,
     pub psnr_images: usize,
+    /// The decoder the images were made with (full or tiny).
+    pub decoder: String,
 }
 
 fn alignment_pass(
@@ -117,7 +122,8 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
             crate::dataset::shapes::MIN_SIZE
         );
     }
-    let pipe = Pipeline::new(&model, ldm_edge::backend::select(&args.backend)?);
+    let pipe = Pipeline::new(&model, ldm_edge::backend::select(&args.backend)?)
+        .with_decoder(args.decoder.parse()?)?;
     let steps = args.steps.unwrap_or(model.sampler.steps);
     let guidance = args.guidance.unwrap_or(model.sampler.guidance);
     let scenes = held_out_prompts(args.prompts);
@@ -162,6 +168,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
         runs,
         autoencoder_psnr_db,
         psnr_images: args.psnr_images,
+        decoder: args.decoder.clone(),
     })
 }
 
@@ -173,7 +180,8 @@ fn run_task(args: &EvalArgs) -> Result<bool> {
     if task == ldm_edge::arch::Task::Txt2img {
         return Ok(false);
     }
-    let pipe = Pipeline::new(&model, ldm_edge::backend::select(&args.backend)?);
+    let pipe = Pipeline::new(&model, ldm_edge::backend::select(&args.backend)?)
+        .with_decoder(args.decoder.parse()?)?;
     let t0 = Instant::now();
     let report = match task {
         ldm_edge::arch::Task::Sr => {
@@ -251,6 +259,7 @@ mod tests {
             backend: "cpu".into(),
             grid: None,
             json: true,
+            decoder: "full".into(),
         };
         let r = evaluate(&args).unwrap();
         assert_eq!(r.runs.len(), 2);
@@ -280,6 +289,7 @@ mod tests {
             backend: "cpu".into(),
             grid: None,
             json: false,
+            decoder: "full".into(),
         };
         let e = format!("{:#}", evaluate(&args).err().unwrap());
         assert!(e.contains("cannot open model"), "{e}");

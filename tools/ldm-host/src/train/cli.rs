@@ -147,6 +147,33 @@ pub enum TrainCmd {
         #[arg(long)]
         sample_dir: Option<PathBuf>,
     },
+    /// Distil a tiny decoder (a few convolutions, a few percent of the full decoder's work)
+    /// from a model file's own autoencoder, for previews and `ldm generate --decoder tiny`.
+    TinyDecoder {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        data: DataOpts,
+        /// The model whose encoder feeds and whose decoder teaches (not modified).
+        #[arg(long, short = 'm')]
+        model: PathBuf,
+        /// Width of the tiny decoder's layers.
+        #[arg(long, default_value_t = 16)]
+        channels: usize,
+        /// Residual blocks per 2x level.
+        #[arg(long, default_value_t = 1)]
+        blocks: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f32,
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+        /// Items at the end of the dataset kept out of training, for the held-out PSNR.
+        #[arg(long, default_value_t = 128)]
+        heldout: usize,
+        /// Write the model with the trained tiny decoder to this file.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -220,6 +247,41 @@ pub fn run_train(
             };
             let (psnr, scale) = autoencoder::train(set.as_ref(), &args)?;
             println!("psnr_db={psnr:.3} latent_scale={scale}");
+        }
+        TrainCmd::TinyDecoder {
+            common,
+            data,
+            model,
+            channels,
+            blocks,
+            lr,
+            warmup,
+            heldout,
+            write,
+        } => {
+            let set = open_data(&data)?;
+            let args = super::tiny_decoder::TinyArgs {
+                model,
+                channels,
+                blocks,
+                steps: common.steps,
+                batch: common.batch,
+                lr,
+                warmup,
+                decay_start: common.decay_start,
+                seed: common.seed,
+                heldout,
+                out: common.out,
+                resume: common.resume,
+                ckpt_every: common.ckpt_every.max(1),
+                log: common.log,
+                recipe: recipe(),
+                quiet: common.quiet,
+                max_seconds: common.max_seconds,
+                write,
+            };
+            let p = super::tiny_decoder::train(set.as_ref(), &args)?;
+            println!("heldout_psnr_vs_full_db={p:.3}");
         }
         TrainCmd::Ldm {
             common,

@@ -17,6 +17,7 @@ pub mod runner;
 pub mod sample;
 #[cfg(test)]
 mod tests;
+pub mod tiny_decoder;
 
 use burn::tensor::Device;
 

@@ -281,3 +281,49 @@ fn corrupt_checkpoint_is_a_clear_error() {
     assert!(format!("{e:#}").contains("not a valid checkpoint"), "{e:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The tiny decoder is written once: what burn trains is what every runtime backend runs.
+#[test]
+fn tiny_decoder_matches_burn_on_every_backend() {
+    use ldm_edge::arch::tiny_decoder::{self, TinyDecoderConfig};
+    let cfg = TinyDecoderConfig {
+        latent_channels: 4,
+        out_channels: 3,
+        channels: 8,
+        blocks: 2,
+        factor: 4,
+    };
+    let z = gaussian(21, 2 * 4 * 5 * 6);
+    let mut store = ParamStore::new(device(false), false, 17);
+    let dev = store.device.clone();
+    let zt = BT::from_vec(z.clone(), &[2, 4, 5, 6], &dev);
+    let want = tiny_decoder::decode(
+        &mut BurnOps::new(&mut store),
+        &cfg,
+        tiny_decoder::PREFIX,
+        &zt,
+    )
+    .expect("burn forward");
+    assert_eq!(want.shape, vec![2, 3, 20, 24]);
+    let want = want.to_vec().expect("values");
+    let weights: std::collections::HashMap<String, HostTensor> = store
+        .to_host()
+        .expect("host")
+        .into_iter()
+        .map(|(n, s, d)| (n, HostTensor::new(s, d).expect("tensor")))
+        .collect();
+    assert_eq!(weights.len(), cfg.param_specs().expect("specs").len());
+    let graph = cfg.graph(2, 5, 6).expect("graph");
+    for be in ["reference", "cpu", "cpu-expanded"] {
+        let mut plan = select(be)
+            .expect("backend")
+            .prepare(&graph, &weights)
+            .expect("prepare");
+        let got = plan
+            .run(&[HostTensor::new(vec![2, 4, 5, 6], z.clone()).expect("z")])
+            .expect("run")
+            .swap_remove(0)
+            .data;
+        rel_close(&format!("tiny decoder on {be}"), &got, &want);
+    }
+}
