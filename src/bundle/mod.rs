@@ -85,3 +85,11 @@ pub enum BundleError {
     #[error("bad key file: {0}")]
     BadKey(String),
 }
+
+/// BLAKE3 of a whole file, streamed (the store names models by it).
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(*h.finalize().as_bytes())
+}

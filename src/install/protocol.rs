@@ -276,10 +276,8 @@ pub fn rollback(root: &Root) -> Result<Entry, InstallError> {
     model
         .verify_digest()
         .map_err(|e| InstallError::PreviousUnfit(e.to_string()))?;
-    let mut h = blake3::Hasher::new();
-    let mut f = File::open(&path).map_err(|e| io(&path, e))?;
-    std::io::copy(&mut f, &mut h).map_err(|e| io(&path, e))?;
-    if crate::bundle::keys::hex(h.finalize().as_bytes()) != prev.digest {
+    let d = crate::bundle::hash_file(&path).map_err(|e| io(&path, e))?;
+    if crate::bundle::keys::hex(&d) != prev.digest {
         return Err(InstallError::PreviousUnfit(
             "store file does not hash to its name".into(),
         ));

@@ -1,7 +1,5 @@
 //! `ldm status`: what the root has active and whether it is intact. Like a boot-time check, it
 //! first reverts an install that died before committing (when no install is running).
-use std::fs::File;
-
 use serde::Serialize;
 
 use super::fsutil::{device_memory, free_bytes, io};
@@ -37,10 +35,8 @@ pub struct StatusReport {
 
 fn check_file(root: &Root, e: &Entry) -> Result<(), String> {
     let path = root.model_path(&e.digest);
-    let mut f = File::open(&path).map_err(|err| io(&path, err).to_string())?;
-    let mut h = blake3::Hasher::new();
-    std::io::copy(&mut f, &mut h).map_err(|err| io(&path, err).to_string())?;
-    if hex(h.finalize().as_bytes()) != e.digest {
+    let d = crate::bundle::hash_file(&path).map_err(|err| io(&path, err).to_string())?;
+    if hex(&d) != e.digest {
         return Err("store file does not hash to its name".into());
     }
     let m = crate::model::Model::open(&path).map_err(|err| err.to_string())?;
