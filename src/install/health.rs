@@ -32,7 +32,7 @@ pub struct HealthReport {
     pub width: usize,
     pub height: usize,
     pub steps: usize,
-    /// Spread of the 8-bit output (max - min over all channels).
+    /// Largest spread of one 8-bit channel (max - min over the pixels).
     pub range: u8,
     pub seconds: f64,
 }
@@ -108,16 +108,24 @@ pub fn check(path: &Path, opts: &HealthOptions) -> Result<HealthReport, String> 
     if let Some(bad) = out.image.data.iter().find(|v| !v.is_finite()) {
         return Err(format!("image is not finite ({bad})"));
     }
-    let (lo, hi) = out
-        .rgb
-        .iter()
-        .fold((u8::MAX, u8::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let range = hi.saturating_sub(lo);
-    // A dead decoder (zero weights, saturated activations) gives one flat colour; 2 levels of
-    // 255 is below any real image's spread.
+    // Per channel: a dead decoder (zero weights, saturated activations) gives one flat
+    // colour, whose channels may differ from each other. 2 levels of 255 is below any real
+    // image's spread.
+    let range = (0..3)
+        .map(|c| {
+            let (lo, hi) = out
+                .rgb
+                .iter()
+                .skip(c)
+                .step_by(3)
+                .fold((u8::MAX, u8::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            hi.saturating_sub(lo)
+        })
+        .max()
+        .unwrap_or(0);
     if range < 2 {
         return Err(format!(
-            "image is constant (every 8-bit value within {lo}..={hi})"
+            "image is constant (each channel varies by at most {range} of 255)"
         ));
     }
     Ok(HealthReport {
