@@ -54,11 +54,9 @@ pub struct Manifest {
     /// Unix seconds.
     pub created: u64,
     pub expires: u64,
-    /// [`super::key_id`] of the signing key.
-    pub key_id: String,
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 9] = [
     "name",
     "version",
     "model_len",
@@ -68,7 +66,6 @@ const FIELDS: [&str; 10] = [
     "memory_bytes",
     "created",
     "expires",
-    "key_id",
 ];
 
 fn bad(field: &'static str, problem: impl Into<String>) -> BundleError {
@@ -180,10 +177,6 @@ impl Manifest {
         if expires <= created {
             return Err(bad("expires", "is not after `created`"));
         }
-        let key_id = string(&m, "key_id")?;
-        if !hex_lower(key_id, 16) {
-            return Err(bad("key_id", "must be 16 lowercase hex characters"));
-        }
         Ok(Manifest {
             name: name.to_string(),
             version,
@@ -194,7 +187,6 @@ impl Manifest {
             memory_bytes,
             created,
             expires,
-            key_id: key_id.to_string(),
         })
     }
 
@@ -210,7 +202,6 @@ impl Manifest {
             "memory_bytes": self.memory_bytes,
             "created": self.created,
             "expires": self.expires,
-            "key_id": self.key_id,
         });
         // A Value of strings and integers always serializes.
         serde_json::to_vec_pretty(&v).unwrap_or_default()

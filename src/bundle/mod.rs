@@ -1,10 +1,11 @@
 //! Signed model bundles (`.ldmb`): a manifest signed with ed25519, then the model file.
 //! The byte-level specification is `src/bundle/SPEC.md`.
 //!
-//! * [`BundleHeader::read`] reads and validates the preamble and manifest from a stream, so a
+//! * [`BundleHeader::read`] reads the preamble and the manifest's bytes from a stream, so a
 //!   device can refuse a bundle before it writes a single model byte.
-//! * [`BundleHeader::verify`] checks the signature against trusted keys (`verify_strict`).
-//! * [`BundleHeader::copy_model`] streams the model out while hashing it.
+//! * [`BundleHeader::verify`] checks the signature against trusted keys (`verify_strict`),
+//!   and only then parses the manifest.
+//! * [`Verified::copy_model`] streams the model out while hashing it.
 //! * [`write_bundle`] writes one (host side; signing needs a [`ed25519_dalek::SigningKey`]).
 pub mod keys;
 pub mod manifest;
@@ -13,8 +14,9 @@ pub mod writer;
 
 pub use keys::{key_id, parse_public_key, parse_secret_key, public_key_text, secret_key_text};
 pub use manifest::{Manifest, RuntimeVersion};
-pub use reader::BundleHeader;
-pub use writer::write_bundle;
+pub use reader::{BundleHeader, Verified};
+pub use writer::{key_id_bytes, write_bundle};
+pub use reader::signed_message;
 
 /// First 8 bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"LDMBNDL\0";
@@ -22,14 +24,14 @@ pub const MAGIC: [u8; 8] = *b"LDMBNDL\0";
 pub const VERSION: u32 = 1;
 /// Byte-order mark, a little-endian u32 (same as the model file's).
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
-/// Preamble: magic, version, byte-order mark, manifest length, reserved, signature.
-pub const PREAMBLE_LEN: usize = 8 + 4 + 4 + 4 + 4 + 64;
+/// Preamble: magic, version, byte-order mark, manifest length, reserved, key id, signature.
+pub const PREAMBLE_LEN: usize = 8 + 4 + 4 + 4 + 4 + 8 + 64;
 /// Largest manifest accepted, checked before anything is allocated.
 pub const MAX_MANIFEST_LEN: u32 = 64 << 10;
 /// Largest model a bundle may carry (1 TiB): far above any edge model, far below u64 overflow.
 pub const MAX_MODEL_LEN: u64 = 1 << 40;
-/// The signature covers this prefix followed by the manifest bytes, so a signature made for
-/// another purpose with the same key can never pass as a bundle signature.
+/// The signature covers this prefix, then preamble bytes 0..32, then the manifest bytes, so a
+/// signature made for another purpose with the same key can never pass as a bundle signature.
 pub const SIGNING_CONTEXT: &[u8] = b"ldm-bundle-v1\0";
 
 /// Everything that can be wrong with a bundle, one variant per validation rule.

@@ -10,12 +10,23 @@ use super::{
     SIGNING_CONTEXT, VERSION,
 };
 
-/// A bundle's validated preamble and manifest. The model bytes follow in the stream.
+/// A bundle's validated preamble and its manifest bytes, not yet trusted. The model bytes
+/// follow in the stream.
 #[derive(Debug, Clone)]
 pub struct BundleHeader {
-    pub manifest: Manifest,
+    key_id: [u8; 8],
     manifest_bytes: Vec<u8>,
     signature: [u8; 64],
+    /// Preamble bytes 0..32, which the signature covers with the manifest.
+    signed_preamble: [u8; 32],
+}
+
+/// A bundle whose signature verified and whose manifest parsed: only now is anything in the
+/// manifest believed.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub manifest: Manifest,
+    pub key_id: String,
 }
 
 /// Reads until `buf` is full or the stream ends; returns how much was read.
@@ -39,8 +50,8 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl BundleHeader {
-    /// Reads the preamble and manifest: every structural rule of SPEC.md except the signature
-    /// (see [`BundleHeader::verify`]) and the model bytes (see [`BundleHeader::copy_model`]).
+    /// Reads the preamble and the manifest's bytes, checking the preamble's rules. The manifest
+    /// is neither parsed nor trusted until [`BundleHeader::verify`].
     pub fn read(r: &mut impl Read) -> Result<Self, BundleError> {
         let mut pre = [0u8; PREAMBLE_LEN];
         let n = read_full(r, &mut pre)?;
@@ -69,43 +80,80 @@ impl BundleHeader {
         if reserved != 0 {
             return Err(BundleError::Reserved { found: reserved });
         }
+        let mut key_id = [0u8; 8];
+        key_id.copy_from_slice(&pre[24..32]);
         let mut signature = [0u8; 64];
-        signature.copy_from_slice(&pre[24..88]);
+        signature.copy_from_slice(&pre[32..96]);
+        let mut signed_preamble = [0u8; 32];
+        signed_preamble.copy_from_slice(&pre[..32]);
         let mut manifest_bytes = vec![0u8; len as usize];
         if read_full(r, &mut manifest_bytes)? < manifest_bytes.len() {
             return Err(BundleError::TruncatedManifest { len });
         }
-        let manifest = Manifest::parse(&manifest_bytes)?;
         Ok(BundleHeader {
-            manifest,
+            key_id,
             manifest_bytes,
             signature,
+            signed_preamble,
         })
     }
 
-    /// Checks the signature with the trusted key the manifest names, by `verify_strict`
-    /// (no malleable or small-order signatures). Returns that key.
-    pub fn verify<'k>(&self, trusted: &'k [VerifyingKey]) -> Result<&'k VerifyingKey, BundleError> {
+    /// The signing key's id as the preamble states it.
+    pub fn key_id(&self) -> String {
+        hex(&self.key_id)
+    }
+
+    /// Checks the signature with the trusted key the preamble names, by `verify_strict`
+    /// (no malleable or small-order signatures), then parses the manifest. Nothing in the
+    /// manifest is looked at before the signature holds.
+    pub fn verify(&self, trusted: &[VerifyingKey]) -> Result<Verified, BundleError> {
         if self.signature.iter().all(|&b| b == 0) {
             return Err(BundleError::Unsigned);
         }
-        let id = &self.manifest.key_id;
+        let id = self.key_id();
         let key = trusted
             .iter()
-            .find(|k| key_id(k) == *id)
+            .find(|k| key_id(k) == id)
             .ok_or_else(|| BundleError::UnknownKey {
                 key_id: id.clone(),
                 trusted: trusted.len(),
             })?;
         let sig = Signature::from_bytes(&self.signature);
-        let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + self.manifest_bytes.len());
-        msg.extend_from_slice(SIGNING_CONTEXT);
-        msg.extend_from_slice(&self.manifest_bytes);
-        key.verify_strict(&msg, &sig)
+        key.verify_strict(&self.signed_message(), &sig)
             .map_err(|_| BundleError::BadSignature { key_id: id.clone() })?;
-        Ok(key)
+        Ok(Verified {
+            manifest: Manifest::parse(&self.manifest_bytes)?,
+            key_id: id,
+        })
     }
 
+    /// The manifest without checking the signature, for host tools that show or route a
+    /// bundle. Devices use [`BundleHeader::verify`].
+    pub fn manifest_unverified(&self) -> Result<Manifest, BundleError> {
+        Manifest::parse(&self.manifest_bytes)
+    }
+
+    fn signed_message(&self) -> Vec<u8> {
+        signed_message(&self.signed_preamble, &self.manifest_bytes)
+    }
+
+    /// Bytes before the model: preamble + manifest.
+    pub fn header_len(&self) -> u64 {
+        (PREAMBLE_LEN + self.manifest_bytes.len()) as u64
+    }
+}
+
+/// What the signature covers: the context string, preamble bytes 0..32 (magic through key id)
+/// and the manifest.
+pub fn signed_message(preamble: &[u8; 32], manifest: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + 32 + manifest.len());
+    msg.extend_from_slice(SIGNING_CONTEXT);
+    msg.extend_from_slice(preamble);
+    msg.extend_from_slice(manifest);
+    msg
+}
+
+impl Verified {
     /// Copies exactly `model_len` bytes to `out` while hashing them, checks that the stream ends
     /// there and that the digest matches. `on_chunk` sees each chunk's length after it is
     /// written (progress, fault injection).
@@ -140,10 +188,5 @@ impl BundleHeader {
             });
         }
         Ok(())
-    }
-
-    /// Bytes before the model: preamble + manifest.
-    pub fn header_len(&self) -> u64 {
-        (PREAMBLE_LEN + self.manifest_bytes.len()) as u64
     }
 }

@@ -6,13 +6,18 @@ use std::path::Path;
 
 use ed25519_dalek::{Signer, SigningKey};
 
-use super::{
-    BundleError, Manifest, BYTE_ORDER_MARK, MAGIC, MAX_MANIFEST_LEN, SIGNING_CONTEXT, VERSION,
-};
+use super::{BundleError, Manifest, BYTE_ORDER_MARK, MAGIC, MAX_MANIFEST_LEN, VERSION};
+
+/// The first 8 bytes of BLAKE3(public key): the key id in the preamble.
+pub fn key_id_bytes(key: &SigningKey) -> [u8; 8] {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&blake3::hash(key.verifying_key().as_bytes()).as_bytes()[..8]);
+    id
+}
 
 /// Writes `manifest` signed by `key` followed by the model file's bytes. The manifest's
-/// `model_len`, `model_blake3` and `key_id` must already describe `model` and `key`; they are
-/// checked here so a bundle that would be refused everywhere is never written.
+/// `model_len` and `model_blake3` must already describe `model`; they are checked while the
+/// model is copied, so a bundle that would be refused everywhere is never written.
 pub fn write_bundle(
     manifest: &Manifest,
     key: &SigningKey,
@@ -28,15 +33,14 @@ pub fn write_bundle(
         })?;
     // Round-trip through the reader's rules.
     Manifest::parse(&bytes)?;
-    if manifest.key_id != super::key_id(&key.verifying_key()) {
-        return Err(BundleError::BadField {
-            field: "key_id",
-            problem: "does not name the signing key".into(),
-        });
-    }
-    let mut msg = SIGNING_CONTEXT.to_vec();
-    msg.extend_from_slice(&bytes);
-    let sig = key.sign(&msg).to_bytes();
+    let mut pre = [0u8; 32];
+    pre[..8].copy_from_slice(&MAGIC);
+    pre[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    pre[12..16].copy_from_slice(&BYTE_ORDER_MARK.to_le_bytes());
+    pre[16..20].copy_from_slice(&mlen.to_le_bytes());
+    // 20..24 reserved, zero.
+    pre[24..32].copy_from_slice(&key_id_bytes(key));
+    let sig = key.sign(&super::reader::signed_message(&pre, &bytes)).to_bytes();
 
     let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",
@@ -45,11 +49,7 @@ pub fn write_bundle(
     ));
     let result = (|| -> Result<u64, BundleError> {
         let mut w = BufWriter::new(File::create(&tmp)?);
-        w.write_all(&MAGIC)?;
-        w.write_all(&VERSION.to_le_bytes())?;
-        w.write_all(&BYTE_ORDER_MARK.to_le_bytes())?;
-        w.write_all(&mlen.to_le_bytes())?;
-        w.write_all(&0u32.to_le_bytes())?;
+        w.write_all(&pre)?;
         w.write_all(&sig)?;
         w.write_all(&bytes)?;
         let mut src = File::open(model)?;

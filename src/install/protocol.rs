@@ -10,7 +10,7 @@ use super::fsutil::{device_memory, free_bytes, fsync_dir, io, make_read_only};
 use super::health::{self, HealthOptions, HealthReport};
 use super::root::{exists, now, Entry, Fallback, Root, State};
 use super::{fault, InstallError};
-use crate::bundle::{BundleError, BundleHeader, RuntimeVersion};
+use crate::bundle::{BundleError, BundleHeader, Manifest, RuntimeVersion};
 
 /// Space kept free beyond the model itself (the pointer, logs, the file system's own needs).
 const SPACE_MARGIN: u64 = 4 << 20;
@@ -69,12 +69,13 @@ pub fn install(root: &Root, bundle: &Path, opts: &InstallOptions) -> Result<Outc
         Err(BundleError::Io(e)) => return Err(io(bundle, e)),
         Err(e) => return Ok(refused(e)),
     };
-    if let Err(e) = header.verify(&keys) {
-        return Ok(refused(e));
-    }
-    let m = &header.manifest;
+    let verified = match header.verify(&keys) {
+        Ok(v) => v,
+        Err(e) => return Ok(refused(e)),
+    };
+    let m = &verified.manifest;
     let digest = m.model_hex();
-    if let Some(reason) = policy(root, &state, &header, opts)? {
+    if let Some(reason) = policy(root, &state, m, opts)? {
         return Ok(reason);
     }
     root.create_dirs()?;
@@ -91,7 +92,7 @@ pub fn install(root: &Root, bundle: &Path, opts: &InstallOptions) -> Result<Outc
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let half = m.model_len / 2;
     let mut written = 0u64;
-    let copied = header.copy_model(&mut r, &mut w, |n| {
+    let copied = verified.copy_model(&mut r, &mut w, |n| {
         written += n;
         if written >= half && written - n < half.max(1) {
             fault::point("tmp-write");
@@ -188,10 +189,9 @@ pub fn install(root: &Root, bundle: &Path, opts: &InstallOptions) -> Result<Outc
 fn policy(
     root: &Root,
     state: &State,
-    header: &BundleHeader,
+    m: &Manifest,
     opts: &InstallOptions,
 ) -> Result<Option<Outcome>, InstallError> {
-    let m = &header.manifest;
     let runtime = RuntimeVersion::current();
     if m.min_runtime > runtime {
         return Ok(Some(refused(format!(

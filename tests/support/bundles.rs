@@ -16,7 +16,7 @@ pub fn now() -> u64 {
 }
 
 /// A manifest that describes `model` and is valid for a day.
-pub fn manifest(model: &[u8], key: &SigningKey, version: u64) -> Manifest {
+pub fn manifest(model: &[u8], _key: &SigningKey, version: u64) -> Manifest {
     Manifest {
         name: "test-model".into(),
         version,
@@ -27,30 +27,36 @@ pub fn manifest(model: &[u8], key: &SigningKey, version: u64) -> Manifest {
         memory_bytes: None,
         created: now() - 60,
         expires: now() + 86_400,
-        key_id: bundle::key_id(&key.verifying_key()),
     }
 }
 
 /// Builds bundle bytes by hand, so tests can make what `write_bundle` refuses to.
-pub fn raw(manifest: &[u8], key: Option<&SigningKey>, model: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&bundle::MAGIC);
-    out.extend_from_slice(&bundle::VERSION.to_le_bytes());
-    out.extend_from_slice(&bundle::BYTE_ORDER_MARK.to_le_bytes());
-    out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+/// `key` signs; the preamble names `named` (normally the same key).
+pub fn raw_named(
+    manifest: &[u8],
+    key: Option<&SigningKey>,
+    named: &SigningKey,
+    model: &[u8],
+) -> Vec<u8> {
+    let mut pre = [0u8; 32];
+    pre[..8].copy_from_slice(&bundle::MAGIC);
+    pre[8..12].copy_from_slice(&bundle::VERSION.to_le_bytes());
+    pre[12..16].copy_from_slice(&bundle::BYTE_ORDER_MARK.to_le_bytes());
+    pre[16..20].copy_from_slice(&(manifest.len() as u32).to_le_bytes());
+    pre[24..32].copy_from_slice(&bundle::key_id_bytes(named));
     let sig = match key {
-        Some(k) => {
-            let mut msg = bundle::SIGNING_CONTEXT.to_vec();
-            msg.extend_from_slice(manifest);
-            k.sign(&msg).to_bytes()
-        }
+        Some(k) => k.sign(&bundle::signed_message(&pre, manifest)).to_bytes(),
         None => [0u8; 64],
     };
+    let mut out = pre.to_vec();
     out.extend_from_slice(&sig);
     out.extend_from_slice(manifest);
     out.extend_from_slice(model);
     out
+}
+
+pub fn raw(manifest: &[u8], key: Option<&SigningKey>, model: &[u8]) -> Vec<u8> {
+    raw_named(manifest, key, key.unwrap_or(&SigningKey::from_bytes(&[1; 32])), model)
 }
 
 /// A signed bundle of `model` bytes.

@@ -162,7 +162,6 @@ pub fn create(a: CreateArgs) -> Result<()> {
         memory_bytes,
         created,
         expires,
-        key_id: bundle::key_id(&key.verifying_key()),
     };
     let len = bundle::write_bundle(&manifest, &key, &a.model, &a.output)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
@@ -172,7 +171,7 @@ pub fn create(a: CreateArgs) -> Result<()> {
         manifest.name,
         manifest.version,
         manifest.model_hex(),
-        manifest.key_id,
+        bundle::key_id(&key.verifying_key()),
         manifest
             .memory_bytes
             .map_or("n/a".into(), |m| format!("{} MiB", m >> 20)),
@@ -185,13 +184,17 @@ pub fn inspect(path: &Path, key: Option<&Path>) -> Result<()> {
     let f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let h = bundle::BundleHeader::read(&mut std::io::BufReader::new(f))
         .with_context(|| format!("{} is not a valid bundle", path.display()))?;
-    println!("{}", String::from_utf8_lossy(&h.manifest.to_bytes()));
-    if let Some(k) = key {
-        let text =
-            fs::read_to_string(k).with_context(|| format!("cannot read {}", k.display()))?;
-        let vk = bundle::parse_public_key(&text)?;
-        h.verify(std::slice::from_ref(&vk))?;
-        println!("signature: OK (key {})", bundle::key_id(&vk));
+    println!("key id: {}", h.key_id());
+    println!("{}", String::from_utf8_lossy(&h.manifest_unverified()?.to_bytes()));
+    match key {
+        Some(k) => {
+            let text =
+                fs::read_to_string(k).with_context(|| format!("cannot read {}", k.display()))?;
+            let vk = bundle::parse_public_key(&text)?;
+            h.verify(std::slice::from_ref(&vk))?;
+            println!("signature: OK (key {})", bundle::key_id(&vk));
+        }
+        None => println!("signature: not checked (give --key KEY.pub)"),
     }
     Ok(())
 }

@@ -246,14 +246,17 @@ pub fn bundle_info(path: &Path) -> Result<BundleInfo> {
     let len = f.metadata()?.len();
     let h = ldm_edge::bundle::BundleHeader::read(&mut std::io::BufReader::new(f))
         .with_context(|| format!("{} is not a valid bundle", path.display()))?;
+    let m = h
+        .manifest_unverified()
+        .with_context(|| format!("{} has a bad manifest", path.display()))?;
     let id = ldm_edge::bundle::hash_file(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(BundleInfo {
         path: path.to_path_buf(),
         len,
         id: ldm_edge::bundle::keys::hex(&id[..16]),
-        version: h.manifest.version,
-        model_digest: h.manifest.model_hex(),
-        model_len: h.manifest.model_len,
+        version: m.version,
+        model_digest: m.model_hex(),
+        model_len: m.model_len,
     })
 }
