@@ -45,10 +45,16 @@ fn check_file(root: &Root, e: &Entry) -> Result<(), String> {
 
 /// Reports the root's state; `verify` hashes and validates the active model.
 pub fn status(root: &Root, verify: bool) -> Result<StatusReport, InstallError> {
-    let (busy, recovered) = match root.lock() {
-        Ok(lock) => (false, root.recover(&lock)?),
-        Err(InstallError::Busy(_)) => (true, Vec::new()),
-        Err(e) => return Err(e),
+    // No lock file: nothing was ever installed here, so there is nothing to recover, and a
+    // status query must not be what creates the first file in a root.
+    let (busy, recovered) = if !root.dir.join("lock").exists() {
+        (false, Vec::new())
+    } else {
+        match root.lock() {
+            Ok(lock) => (false, root.recover(&lock)?),
+            Err(InstallError::Busy(_)) => (true, Vec::new()),
+            Err(e) => return Err(e),
+        }
     };
     let s = root.state()?;
     let active = s.active.clone().map(|entry| {

@@ -88,6 +88,7 @@ pub fn flash(d: &Device, b: &BundleInfo, bar: &ProgressBar, dry_run: bool) -> De
         r.status = Status::Failed;
         r.reason = Some(format!("{e:#}"));
     }
+    ssh::close(d);
     r.seconds = start.elapsed().as_secs_f64();
     bar.finish_with_message(format!(
         "{:?}{}",

@@ -61,6 +61,9 @@ pub struct Device {
     pub identity: Option<String>,
     pub ssh_options: Vec<String>,
     pub install_args: Vec<String>,
+    /// Where `flash` keeps this run's shared SSH connections (ControlPath); none: one
+    /// connection per command.
+    pub control_dir: Option<std::path::PathBuf>,
 }
 
 pub fn load(path: &Path) -> Result<Vec<Device>> {
@@ -97,6 +100,7 @@ pub fn load(path: &Path) -> Result<Vec<Device>> {
                 .install_args
                 .or_else(|| d.install_args.clone())
                 .unwrap_or_default(),
+            control_dir: None,
         });
     }
     Ok(out)

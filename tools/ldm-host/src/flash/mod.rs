@@ -48,7 +48,22 @@ struct Report {
 }
 
 pub fn flash(a: FlashArgs) -> Result<bool> {
-    let devices = fleet::load(&a.fleet)?;
+    let mut devices = fleet::load(&a.fleet)?;
+    // Shared connections live in a private directory of this run (sockets must not be
+    // reachable by other users; ssh also checks).
+    let control = std::env::temp_dir().join(format!("ldm-flash-{}", std::process::id()));
+    std::fs::create_dir_all(&control)
+        .with_context(|| format!("cannot create {}", control.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot protect {}", control.display()))?;
+    }
+    for d in &mut devices {
+        if !d.ssh_options.iter().any(|o| o.contains("ControlPath")) {
+            d.control_dir = Some(control.clone());
+        }
+    }
     let info = device::bundle_info(&a.bundle)?;
     let start = Instant::now();
     let multi = MultiProgress::with_draw_target(if a.quiet {
@@ -101,6 +116,7 @@ pub fn flash(a: FlashArgs) -> Result<bool> {
         seconds: start.elapsed().as_secs_f64(),
         devices: reports,
     };
+    let _ = std::fs::remove_dir_all(&control);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&a.report, &json)
         .with_context(|| format!("cannot write the report {}", a.report.display()))?;

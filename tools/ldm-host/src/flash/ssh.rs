@@ -22,24 +22,52 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// `ssh` with the device's options; the remote command follows.
-pub fn command(d: &Device, remote: &str) -> Command {
+/// `ssh` with the device's options, up to (not including) the destination.
+fn base(d: &Device) -> Command {
     let mut c = Command::new("ssh");
     // BatchMode: never prompt (a fleet run is unattended); a device that would ask is a failure.
     c.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
     c.args(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]);
     c.arg("-p").arg(d.port.to_string());
+    // One connection per device for all its commands (a handshake costs ~0.5 s on a small
+    // board); the master goes away with `close`, or by itself a minute after the last use.
+    if let Some(dir) = &d.control_dir {
+        c.args(["-o", "ControlMaster=auto", "-o", "ControlPersist=60"]);
+        c.arg("-o").arg(format!("ControlPath={}/%C", dir.display()));
+    }
     if let Some(i) = &d.identity {
         c.arg("-i").arg(i);
     }
     c.args(&d.ssh_options);
-    let target = match &d.user {
+    c
+}
+
+fn destination(d: &Device) -> String {
+    match &d.user {
         Some(u) => format!("{u}@{}", d.host),
         None => d.host.clone(),
-    };
-    c.arg(target).arg("--").arg(remote);
+    }
+}
+
+/// `ssh ... DEST -- REMOTE`.
+pub fn command(d: &Device, remote: &str) -> Command {
+    let mut c = base(d);
+    c.arg(destination(d)).arg("--").arg(remote);
     c.stdin(Stdio::null());
     c
+}
+
+/// Ends the device's shared connection, if any.
+pub fn close(d: &Device) {
+    if d.control_dir.is_some() {
+        let mut c = base(d);
+        c.args(["-O", "exit"]).arg(destination(d));
+        let _ = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Runs `remote` and collects its output.
