@@ -40,7 +40,11 @@ fn with_field(field: &str, value: Option<serde_json::Value>) -> Vec<u8> {
 macro_rules! assert_err {
     ($bytes:expr, $pat:pat) => {{
         let r = check(&$bytes);
-        assert!(matches!(r, Err($pat)), "expected {}, got {r:?}", stringify!($pat));
+        assert!(
+            matches!(r, Err($pat)),
+            "expected {}, got {r:?}",
+            stringify!($pat)
+        );
     }};
 }
 
@@ -112,23 +116,38 @@ fn reserved_must_be_zero() {
 #[test]
 fn truncated_manifest() {
     let b = good();
-    assert_err!(b[..bundle::PREAMBLE_LEN + 10], BundleError::TruncatedManifest { .. });
+    assert_err!(
+        b[..bundle::PREAMBLE_LEN + 10],
+        BundleError::TruncatedManifest { .. }
+    );
 }
 
 #[test]
 fn manifest_utf8() {
-    assert_err!(raw(b"{\"name\": \"\xff\"}", Some(&key(1)), &model()), BundleError::ManifestUtf8);
+    assert_err!(
+        raw(b"{\"name\": \"\xff\"}", Some(&key(1)), &model()),
+        BundleError::ManifestUtf8
+    );
 }
 
 #[test]
 fn manifest_json() {
-    assert_err!(raw(b"{\"name\": ", Some(&key(1)), &model()), BundleError::ManifestJson(_));
-    assert_err!(raw(b"", Some(&key(1)), &model()), BundleError::ManifestJson(_));
+    assert_err!(
+        raw(b"{\"name\": ", Some(&key(1)), &model()),
+        BundleError::ManifestJson(_)
+    );
+    assert_err!(
+        raw(b"", Some(&key(1)), &model()),
+        BundleError::ManifestJson(_)
+    );
 }
 
 #[test]
 fn manifest_not_object() {
-    assert_err!(raw(b"[1, 2]", Some(&key(1)), &model()), BundleError::ManifestNotObject);
+    assert_err!(
+        raw(b"[1, 2]", Some(&key(1)), &model()),
+        BundleError::ManifestNotObject
+    );
 }
 
 #[test]
@@ -136,7 +155,10 @@ fn duplicate_key() {
     let m = manifest(&model(), &key(1), 3).to_bytes();
     let text = String::from_utf8(m).unwrap();
     let dup = text.replacen('{', "{\"version\": 99,", 1);
-    assert_err!(raw(dup.as_bytes(), Some(&key(1)), &model()), BundleError::DuplicateKey(_));
+    assert_err!(
+        raw(dup.as_bytes(), Some(&key(1)), &model()),
+        BundleError::DuplicateKey(_)
+    );
 }
 
 #[test]
@@ -222,7 +244,10 @@ fn unsigned() {
 fn wrong_key() {
     // Signed by an untrusted key that names itself.
     let m = manifest(&model(), &key(2), 3);
-    assert_err!(signed(&m, &key(2), &model()), BundleError::UnknownKey { .. });
+    assert_err!(
+        signed(&m, &key(2), &model()),
+        BundleError::UnknownKey { .. }
+    );
     // Signed by an untrusted key that claims to be the trusted one.
     let m = manifest(&model(), &key(1), 3);
     let forged = bundles::raw_named(&m.to_bytes(), Some(&key(2)), &key(1), &model());
@@ -300,7 +325,10 @@ fn key_files() {
     let text = bundle::public_key_text(&k.verifying_key());
     assert_eq!(bundle::parse_public_key(&text).unwrap(), k.verifying_key());
     let s = bundle::secret_key_text(&k);
-    assert_eq!(bundle::parse_secret_key(&s).unwrap().to_bytes(), k.to_bytes());
+    assert_eq!(
+        bundle::parse_secret_key(&s).unwrap().to_bytes(),
+        k.to_bytes()
+    );
     assert!(bundle::parse_public_key("abc").is_err());
     assert!(bundle::parse_public_key(&"g".repeat(64)).is_err());
     // The identity point: small order, refused.

@@ -93,7 +93,10 @@ fn assert_clean(root: &Path, version: u64) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     have.sort();
-    assert_eq!(have, want, "store holds exactly the active and previous models");
+    assert_eq!(
+        have, want,
+        "store holds exactly the active and previous models"
+    );
 }
 
 #[test]
@@ -127,7 +130,15 @@ fn install_status_current_rollback_and_n_minus_1() {
     // generate --root uses the active model.
     let png = dir.join("out.png");
     let o = ldm(
-        &["generate", "a red circle", "--root", s(&root), "-o", s(&png), "-q"],
+        &[
+            "generate",
+            "a red circle",
+            "--root",
+            s(&root),
+            "-o",
+            s(&png),
+            "-q",
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -144,13 +155,24 @@ fn a_running_generate_keeps_its_mapped_model_through_installs_and_pruning() {
     let png = dir.join("long.png");
     // A long generation maps version 1, then two installs make it N-2 and prune its file.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ldm"))
-        .args(["generate", "a red circle", "--root", s(&root), "-o", s(&png), "-q"])
+        .args([
+            "generate",
+            "a red circle",
+            "--root",
+            s(&root),
+            "-o",
+            s(&png),
+            "-q",
+        ])
         .args(["--steps", "400"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(600));
-    let v1_file = root.join(format!("store/{}.ldm", status(&root)["active"]["digest"].as_str().unwrap()));
+    let v1_file = root.join(format!(
+        "store/{}.ldm",
+        status(&root)["active"]["digest"].as_str().unwrap()
+    ));
     for v in 2..=3 {
         let b = dir.join(format!("v{v}.ldmb"));
         make_bundle(&variant(&dir, v), v, &b, |_| {});
@@ -192,9 +214,17 @@ fn refusals_leave_the_root_byte_identical() {
         b[at] ^= 0x01;
         (name, b, why, vec![])
     };
-    cases.push(flip("flipped byte in manifest", manifest_at + mlen / 2, "signature"));
+    cases.push(flip(
+        "flipped byte in manifest",
+        manifest_at + mlen / 2,
+        "signature",
+    ));
     cases.push(flip("flipped byte in signature", 40, "signature"));
-    cases.push(flip("flipped byte in model", good_bytes.len() - 1000, "digest mismatch"));
+    cases.push(flip(
+        "flipped byte in model",
+        good_bytes.len() - 1000,
+        "digest mismatch",
+    ));
     let mut unsigned = good_bytes.clone();
     unsigned[32..96].fill(0);
     cases.push(("unsigned", unsigned, "unsigned", vec![]));
@@ -219,7 +249,12 @@ fn refusals_leave_the_root_byte_identical() {
         bundles::signed(&m, &key(2), &bytes)
     };
     cases.push(("wrong key", other, "not among the", vec![]));
-    cases.push(("older version", with(1, &m1, "old", &|_| {}), "not newer", vec![]));
+    cases.push((
+        "older version",
+        with(1, &m1, "old", &|_| {}),
+        "not newer",
+        vec![],
+    ));
     cases.push((
         "equal version, other model",
         with(2, &m3, "eq", &|_| {}),
@@ -243,7 +278,9 @@ fn refusals_leave_the_root_byte_identical() {
     ));
     cases.push((
         "runtime too old",
-        with(3, &m3, "rt", &|m| m.min_runtime = bundle::RuntimeVersion(99, 0, 0)),
+        with(3, &m3, "rt", &|m| {
+            m.min_runtime = bundle::RuntimeVersion(99, 0, 0)
+        }),
         "needs runtime",
         vec![],
     ));
@@ -268,7 +305,10 @@ fn refusals_leave_the_root_byte_identical() {
         assert_eq!(code, Some(3), "{name}: expected a refusal, got {out} {err}");
         assert_eq!(out["status"], "refused", "{name}: {out}");
         let reason = out["reason"].as_str().unwrap_or("");
-        assert!(reason.contains(why), "{name}: reason `{reason}` lacks `{why}`");
+        assert!(
+            reason.contains(why),
+            "{name}: reason `{reason}` lacks `{why}`"
+        );
         assert_eq!(tree_hash(&root), before, "{name}: the root changed");
         eprintln!("refused as it should ({name}): {reason}");
     }
@@ -320,13 +360,20 @@ fn unhealthy_models_are_rolled_back() {
         );
         eprintln!("rolled back as it should: {reason}");
         assert_clean(&root, 1);
-        assert_eq!(tree_hash(&root), before, "a rolled-back install leaves the root as it was");
+        assert_eq!(
+            tree_hash(&root),
+            before,
+            "a rolled-back install leaves the root as it was"
+        );
     }
     // On an empty root, a failed first install leaves no model.
     let empty = new_root(&dir.join("fresh"));
     let b = dir.join("bad2.ldmb");
     let (code, out, _) = install(&empty, &b, &[]);
-    assert_eq!((code, out["status"].as_str()), (Some(4), Some("rolled_back")));
+    assert_eq!(
+        (code, out["status"].as_str()),
+        (Some(4), Some("rolled_back"))
+    );
     assert!(status(&empty)["active"].is_null());
 }
 
@@ -348,7 +395,17 @@ fn crash_at_every_fault_point_leaves_a_verified_model() {
             let png = dir.join("loop.png");
             while !stop.load(Ordering::SeqCst) {
                 let o = ldm(
-                    &["generate", "a red circle", "--root", s(&root), "-o", s(&png), "-q", "--steps", "4"],
+                    &[
+                        "generate",
+                        "a red circle",
+                        "--root",
+                        s(&root),
+                        "-o",
+                        s(&png),
+                        "-q",
+                        "--steps",
+                        "4",
+                    ],
                     &[],
                 );
                 runs.fetch_add(1, Ordering::SeqCst);
@@ -364,7 +421,10 @@ fn crash_at_every_fault_point_leaves_a_verified_model() {
             let b = dir.join(format!("v{v}.ldmb"));
             make_bundle(&variant(&dir, v), v, &b, |_| {});
             let (code, out, err) = install(&root, &b, &[("LDM_FAULT_AT", point)]);
-            assert_eq!(code, None, "{point}: expected an abort, got {code:?} {out} {err}");
+            assert_eq!(
+                code, None,
+                "{point}: expected an abort, got {code:?} {out} {err}"
+            );
             assert!(err.contains(point), "{point}: {err}");
             // Before the commit's rename the new model never became committed: the old one is
             // active again; from that rename on, the new one.
@@ -374,14 +434,21 @@ fn crash_at_every_fault_point_leaves_a_verified_model() {
             eprintln!("crash at {point}: status shows version {expect}, verified, no leftovers");
             // A later install works.
             let (code, out, err) = install(&root, &b, &[]);
-            assert_eq!(code, Some(0), "{point}: the next install failed: {out} {err}");
+            assert_eq!(
+                code,
+                Some(0),
+                "{point}: the next install failed: {out} {err}"
+            );
             assert_clean(&root, v);
             active = v;
         }
         stop.store(true, Ordering::SeqCst);
     });
     let (runs, failures) = (runs.into_inner(), failures.into_inner());
-    eprintln!("generate loop: {runs} runs, {failures} failures during {} crashes", points.len());
+    eprintln!(
+        "generate loop: {runs} runs, {failures} failures during {} crashes",
+        points.len()
+    );
     assert!(runs >= 3, "the generate loop hardly ran ({runs})");
     assert_eq!(failures, 0);
 }

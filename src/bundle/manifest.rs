@@ -100,8 +100,7 @@ fn hex_lower(s: &str, len: usize) -> bool {
 pub fn valid_board(b: &str) -> bool {
     !b.is_empty()
         && b.len() <= MAX_BOARD_LEN
-        && b
-            .bytes()
+        && b.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
@@ -121,7 +120,10 @@ impl Manifest {
         }
         let name = string(&m, "name")?;
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            return Err(bad("name", "must be 1..=256 bytes without control characters"));
+            return Err(bad(
+                "name",
+                "must be 1..=256 bytes without control characters",
+            ));
         }
         let version = uint(&m, "version")?;
         if version == 0 {

@@ -14,9 +14,9 @@ pub mod writer;
 
 pub use keys::{key_id, parse_public_key, parse_secret_key, public_key_text, secret_key_text};
 pub use manifest::{Manifest, RuntimeVersion};
+pub use reader::signed_message;
 pub use reader::{BundleHeader, Verified};
 pub use writer::{key_id_bytes, write_bundle};
-pub use reader::signed_message;
 
 /// First 8 bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"LDMBNDL\0";

@@ -6,8 +6,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::keys::{hex, key_id};
 use super::{
-    BundleError, Manifest, BYTE_ORDER_MARK, MAGIC, MAX_MANIFEST_LEN, PREAMBLE_LEN,
-    SIGNING_CONTEXT, VERSION,
+    BundleError, Manifest, BYTE_ORDER_MARK, MAGIC, MAX_MANIFEST_LEN, PREAMBLE_LEN, SIGNING_CONTEXT,
+    VERSION,
 };
 
 /// A bundle's validated preamble and its manifest bytes, not yet trusted. The model bytes
@@ -111,13 +111,14 @@ impl BundleHeader {
             return Err(BundleError::Unsigned);
         }
         let id = self.key_id();
-        let key = trusted
-            .iter()
-            .find(|k| key_id(k) == id)
-            .ok_or_else(|| BundleError::UnknownKey {
-                key_id: id.clone(),
-                trusted: trusted.len(),
-            })?;
+        let key =
+            trusted
+                .iter()
+                .find(|k| key_id(k) == id)
+                .ok_or_else(|| BundleError::UnknownKey {
+                    key_id: id.clone(),
+                    trusted: trusted.len(),
+                })?;
         let sig = Signature::from_bytes(&self.signature);
         key.verify_strict(&self.signed_message(), &sig)
             .map_err(|_| BundleError::BadSignature { key_id: id.clone() })?;

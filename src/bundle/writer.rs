@@ -40,7 +40,9 @@ pub fn write_bundle(
     pre[16..20].copy_from_slice(&mlen.to_le_bytes());
     // 20..24 reserved, zero.
     pre[24..32].copy_from_slice(&key_id_bytes(key));
-    let sig = key.sign(&super::reader::signed_message(&pre, &bytes)).to_bytes();
+    let sig = key
+        .sign(&super::reader::signed_message(&pre, &bytes))
+        .to_bytes();
 
     let tmp = out.with_file_name(format!(
         ".{}.tmp-{}",

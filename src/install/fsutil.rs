@@ -24,10 +24,7 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), InstallError> {
 /// directory. `fault` names the four fault points (`<fault>-write`, ...).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], fault: &str) -> Result<(), InstallError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("state");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.tmp"));
     super::fault::point(&format!("{fault}-write"));
     let mut f = OpenOptions::new()

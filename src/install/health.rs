@@ -63,8 +63,7 @@ pub fn check(path: &Path, opts: &HealthOptions) -> Result<HealthReport, String> 
         .file
         .verify_digest()
         .map_err(|e| format!("model digest: {e}"))?;
-    let backend =
-        crate::backend::select(&opts.backend).map_err(|e| format!("backend: {e}"))?;
+    let backend = crate::backend::select(&opts.backend).map_err(|e| format!("backend: {e}"))?;
     let pipe = Pipeline::new(&model, backend);
     let cfg = &model.config;
     // The smallest image the UNet takes, at most the native size: 8 latent pixels a side.

@@ -290,4 +290,3 @@ pub fn rollback(root: &Root) -> Result<Entry, InstallError> {
     root.set_state(&next, "rollback")?;
     Ok(prev)
 }
-

@@ -56,7 +56,12 @@ pub fn raw_named(
 }
 
 pub fn raw(manifest: &[u8], key: Option<&SigningKey>, model: &[u8]) -> Vec<u8> {
-    raw_named(manifest, key, key.unwrap_or(&SigningKey::from_bytes(&[1; 32])), model)
+    raw_named(
+        manifest,
+        key,
+        key.unwrap_or(&SigningKey::from_bytes(&[1; 32])),
+        model,
+    )
 }
 
 /// A signed bundle of `model` bytes.

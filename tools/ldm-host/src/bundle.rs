@@ -133,7 +133,11 @@ pub fn create(a: CreateArgs) -> Result<()> {
     let expires = match a.expires_at {
         Some(t) => t,
         None => created
-            .checked_add(a.expires_in_days.checked_mul(86_400).context("expiry overflows")?)
+            .checked_add(
+                a.expires_in_days
+                    .checked_mul(86_400)
+                    .context("expiry overflows")?,
+            )
             .context("expiry overflows")?,
     };
     let min_runtime = match &a.min_runtime {
@@ -185,7 +189,10 @@ pub fn inspect(path: &Path, key: Option<&Path>) -> Result<()> {
     let h = bundle::BundleHeader::read(&mut std::io::BufReader::new(f))
         .with_context(|| format!("{} is not a valid bundle", path.display()))?;
     println!("key id: {}", h.key_id());
-    println!("{}", String::from_utf8_lossy(&h.manifest_unverified()?.to_bytes()));
+    println!(
+        "{}",
+        String::from_utf8_lossy(&h.manifest_unverified()?.to_bytes())
+    );
     match key {
         Some(k) => {
             let text =

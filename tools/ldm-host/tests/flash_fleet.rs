@@ -175,7 +175,10 @@ impl Fleet {
         self.daemons.push(child);
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "sshd on {port} never listened");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd on {port} never listened"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
@@ -217,8 +220,17 @@ impl Fleet {
         let key = self.dir.join("fleet.key");
         let v = version.to_string();
         let o = ldm_host(&[
-            "bundle", "create", s(model), "--key", s(&key), "--version", &v, "--boards",
-            "rpi4,jetson", "-o", s(out),
+            "bundle",
+            "create",
+            s(model),
+            "--key",
+            s(&key),
+            "--version",
+            &v,
+            "--boards",
+            "rpi4,jetson",
+            "-o",
+            s(out),
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
@@ -236,7 +248,15 @@ impl Drop for Fleet {
 /// Runs `flash` and returns (success, report).
 fn flash(bundle: &Path, fleet: &Path, report: &Path, extra: &[&str]) -> (bool, Value) {
     let mut args = vec![
-        "flash", s(bundle), "--fleet", s(fleet), "--parallel", "4", "--report", s(report), "-q",
+        "flash",
+        s(bundle),
+        "--fleet",
+        s(fleet),
+        "--parallel",
+        "4",
+        "--report",
+        s(report),
+        "-q",
     ];
     args.extend_from_slice(extra);
     let o = ldm_host(&args);
@@ -333,7 +353,11 @@ fn flash_a_fleet_over_ssh() {
     let dead_port = free_port();
     let dead_root = dir.join("root-dead");
     let fleet_toml = dir.join("fleet.toml");
-    fleet.fleet_file(&fleet_toml, &[&a, &b, &c, &d], &[("dev-dead", dead_port, &dead_root)]);
+    fleet.fleet_file(
+        &fleet_toml,
+        &[&a, &b, &c, &d],
+        &[("dev-dead", dead_port, &dead_root)],
+    );
     let bundle1 = dir.join("v1.ldmb");
     fleet.bundle(&repo().join("models/shapes-32.ldm"), 1, &bundle1);
     let len = std::fs::metadata(&bundle1).unwrap().len();
@@ -350,19 +374,28 @@ fn flash_a_fleet_over_ssh() {
     .unwrap();
 
     // A dry run changes nothing and sends nothing.
-    let hashes: Vec<String> = [&a, &b, &c, &d].iter().map(|x| tree_hash(&x.root)).collect();
+    let hashes: Vec<String> = [&a, &b, &c, &d]
+        .iter()
+        .map(|x| tree_hash(&x.root))
+        .collect();
     let (_, r) = flash(&bundle1, &fleet_toml, &dir.join("dry.json"), &["--dry-run"]);
     for x in [&a, &b, &c] {
         assert_eq!(device(&r, &x.name)["status"], "would_install", "{r}");
     }
     assert_eq!(device(&r, "dev-c")["resumed_from"].as_u64(), Some(half));
-    let after: Vec<String> = [&a, &b, &c, &d].iter().map(|x| tree_hash(&x.root)).collect();
+    let after: Vec<String> = [&a, &b, &c, &d]
+        .iter()
+        .map(|x| tree_hash(&x.root))
+        .collect();
     assert_eq!(hashes, after, "a dry run changed a device");
 
     let t = Instant::now();
     let (ok, r) = flash(&bundle1, &fleet_toml, &dir.join("r1.json"), &[]);
     eprintln!("first flash: {:.2} s", t.elapsed().as_secs_f64());
-    assert!(!ok, "flash must fail when some devices did not take the update");
+    assert!(
+        !ok,
+        "flash must fail when some devices did not take the update"
+    );
     for x in [&a, &b, &c] {
         let e = device(&r, &x.name);
         assert_eq!(e["status"], "installed", "{e}");
@@ -370,7 +403,10 @@ fn flash_a_fleet_over_ssh() {
         assert_eq!(e["install"]["health"]["width"].as_u64(), Some(32));
         assert_eq!(active_version(&x.root), Some(1));
         // The staged bundle is gone once installed.
-        let left: Vec<_> = std::fs::read_dir(x.root.join("incoming")).unwrap().flatten().collect();
+        let left: Vec<_> = std::fs::read_dir(x.root.join("incoming"))
+            .unwrap()
+            .flatten()
+            .collect();
         assert!(left.is_empty(), "{left:?}");
     }
     assert_eq!(device(&r, "dev-a")["bytes_sent"].as_u64(), Some(len));
@@ -379,15 +415,24 @@ fn flash_a_fleet_over_ssh() {
     assert_eq!(ec["bytes_sent"].as_u64(), Some(len - half), "{ec}");
     let es = device(&r, "dev-small");
     assert_eq!(es["status"], "refused", "{es}");
-    assert!(es["reason"].as_str().unwrap().contains("not enough space"), "{es}");
+    assert!(
+        es["reason"].as_str().unwrap().contains("not enough space"),
+        "{es}"
+    );
     assert_eq!(es["bytes_sent"].as_u64(), Some(0));
     assert_eq!(active_version(&d.root), None);
     let ed = device(&r, "dev-dead");
     assert_eq!(ed["status"], "failed", "{ed}");
-    assert!(ed["reason"].as_str().unwrap().contains("unreachable"), "{ed}");
+    assert!(
+        ed["reason"].as_str().unwrap().contains("unreachable"),
+        "{ed}"
+    );
 
     // The second flash is a no-op: nothing sent, nothing changed.
-    let hashes: Vec<String> = [&a, &b, &c, &d].iter().map(|x| tree_hash(&x.root)).collect();
+    let hashes: Vec<String> = [&a, &b, &c, &d]
+        .iter()
+        .map(|x| tree_hash(&x.root))
+        .collect();
     let (_, r) = flash(&bundle1, &fleet_toml, &dir.join("r2.json"), &[]);
     for x in [&a, &b, &c] {
         let e = device(&r, &x.name);
@@ -396,7 +441,10 @@ fn flash_a_fleet_over_ssh() {
     }
     assert_eq!(device(&r, "dev-small")["status"], "refused");
     assert_eq!(device(&r, "dev-dead")["status"], "failed");
-    let after: Vec<String> = [&a, &b, &c, &d].iter().map(|x| tree_hash(&x.root)).collect();
+    let after: Vec<String> = [&a, &b, &c, &d]
+        .iter()
+        .map(|x| tree_hash(&x.root))
+        .collect();
     assert_eq!(hashes, after, "the second flash changed a device");
 
     // An unhealthy model is rolled back, and the report says why.
@@ -424,7 +472,9 @@ fn flash_throughput() {
     }
     let dir = scratch("throughput");
     let mut fleet = Fleet::new(&dir);
-    let devs: Vec<Dev> = (0..4).map(|i| fleet.device(&format!("dev-{i}"), None)).collect();
+    let devs: Vec<Dev> = (0..4)
+        .map(|i| fleet.device(&format!("dev-{i}"), None))
+        .collect();
     let toml = dir.join("fleet.toml");
     fleet.fleet_file(&toml, &devs.iter().collect::<Vec<_>>(), &[]);
     let b = dir.join("v1.ldmb");

@@ -78,12 +78,7 @@ pub fn flash(d: &Device, b: &BundleInfo, bar: &ProgressBar, dry_run: bool) -> De
         seconds: 0.0,
         install: None,
     };
-    let c = Ctx {
-        d,
-        b,
-        bar,
-        dry_run,
-    };
+    let c = Ctx { d, b, bar, dry_run };
     if let Err(e) = run(&c, &mut r) {
         r.status = Status::Failed;
         r.reason = Some(format!("{e:#}"));
@@ -93,7 +88,9 @@ pub fn flash(d: &Device, b: &BundleInfo, bar: &ProgressBar, dry_run: bool) -> De
     bar.finish_with_message(format!(
         "{:?}{}",
         r.status,
-        r.reason.as_deref().map_or(String::new(), |s| format!(": {s}"))
+        r.reason
+            .as_deref()
+            .map_or(String::new(), |s| format!(": {s}"))
     ));
     r
 }
@@ -106,7 +103,10 @@ fn run(c: &Ctx, r: &mut DeviceReport) -> Result<()> {
     let (d, b) = (c.d, c.b);
     let root = quote(&d.root);
     c.bar.set_message("probing");
-    let o = ssh::run(d, &format!("{} status --root {root} --json --no-verify", ldm(c)))?;
+    let o = ssh::run(
+        d,
+        &format!("{} status --root {root} --json --no-verify", ldm(c)),
+    )?;
     if ssh::is_ssh_failure(&o) {
         anyhow::bail!("unreachable: {}", ssh::last_line(&o.stderr));
     }
@@ -209,7 +209,10 @@ fn run(c: &Ctx, r: &mut DeviceReport) -> Result<()> {
             ),
         )?;
         if ssh::is_ssh_failure(&o) {
-            anyhow::bail!("connection lost during install: {}", ssh::last_line(&o.stderr));
+            anyhow::bail!(
+                "connection lost during install: {}",
+                ssh::last_line(&o.stderr)
+            );
         }
         let out: Option<Value> = serde_json::from_slice(&o.stdout).ok();
         let Some(out) = out else {

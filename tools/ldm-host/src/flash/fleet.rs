@@ -78,7 +78,11 @@ pub fn load(path: &Path) -> Result<Vec<Device>> {
     let mut out: Vec<Device> = Vec::new();
     for e in f.device {
         if out.iter().any(|o| o.name == e.name) {
-            bail!("device name `{}` appears twice in {}", e.name, path.display());
+            bail!(
+                "device name `{}` appears twice in {}",
+                e.name,
+                path.display()
+            );
         }
         let s = e.settings;
         out.push(Device {
@@ -90,7 +94,10 @@ pub fn load(path: &Path) -> Result<Vec<Device>> {
                 .root
                 .or_else(|| d.root.clone())
                 .unwrap_or_else(|| ldm_edge::install::DEFAULT_ROOT.to_string()),
-            ldm: s.ldm.or_else(|| d.ldm.clone()).unwrap_or_else(|| "ldm".into()),
+            ldm: s
+                .ldm
+                .or_else(|| d.ldm.clone())
+                .unwrap_or_else(|| "ldm".into()),
             identity: s.identity.or_else(|| d.identity.clone()),
             ssh_options: s
                 .ssh_options

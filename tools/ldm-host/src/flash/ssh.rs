@@ -27,7 +27,12 @@ fn base(d: &Device) -> Command {
     let mut c = Command::new("ssh");
     // BatchMode: never prompt (a fleet run is unattended); a device that would ask is a failure.
     c.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]);
-    c.args(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]);
+    c.args([
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+    ]);
     c.arg("-p").arg(d.port.to_string());
     // One connection per device for all its commands (a handshake costs ~0.5 s on a small
     // board); the master goes away with `close`, or by itself a minute after the last use.
@@ -101,8 +106,7 @@ pub fn send(
     from: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
-    let mut src =
-        File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut src = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     src.seek(SeekFrom::Start(from))
         .with_context(|| format!("cannot seek in {}", file.display()))?;
     let mut child = command(d, remote)
