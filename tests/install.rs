@@ -452,3 +452,43 @@ fn crash_at_every_fault_point_leaves_a_verified_model() {
     assert!(runs >= 3, "the generate loop hardly ran ({runs})");
     assert_eq!(failures, 0);
 }
+
+#[test]
+fn crash_while_reverting_or_recovering_leaves_a_verified_model() {
+    use ldm_edge::install::fault::{RECOVER_POINTS, REVERT_POINTS};
+    let dir = bundles::temp_dir("install-crash-revert");
+    let root = new_root(&dir);
+    let b1 = dir.join("v1.ldmb");
+    make_bundle(&variant(&dir, 1), 1, &b1, |_| {});
+    assert_eq!(install(&root, &b1, &[]).0, Some(0));
+    // An unhealthy model: its install reverts, and dies at each point of the revert.
+    let bad = dir.join("bad.ldmb");
+    make_bundle(&broken(&dir, 2, false), 2, &bad, |_| {});
+    for point in REVERT_POINTS {
+        let (code, out, err) = install(&root, &bad, &[("LDM_FAULT_AT", point)]);
+        assert_eq!(code, None, "{point}: expected an abort, got {out} {err}");
+        assert_clean(&root, 1);
+        eprintln!("crash at {point}: status shows version 1, verified, no leftovers");
+    }
+    // An install that died pending; the recovery that `status` runs dies at each of its points.
+    let b2 = dir.join("v2.ldmb");
+    make_bundle(&variant(&dir, 2), 2, &b2, |_| {});
+    for point in RECOVER_POINTS {
+        let (code, ..) = install(&root, &b2, &[("LDM_FAULT_AT", "health")]);
+        assert_eq!(code, None);
+        let o = ldm(
+            &["status", "--root", s(&root), "--json"],
+            &[("LDM_FAULT_AT", point)],
+        );
+        assert_eq!(
+            o.status.code(),
+            None,
+            "{point}: recovery should have aborted"
+        );
+        assert_clean(&root, 1);
+        eprintln!("crash in recovery at {point}: status shows version 1, verified, no leftovers");
+    }
+    let (code, out, err) = install(&root, &b2, &[]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert_clean(&root, 2);
+}

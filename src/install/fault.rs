@@ -2,7 +2,7 @@
 //! (no destructors, no flushes: what a power cut or `kill -9` leaves) when `ldm install`
 //! reaches that point. Every write, fsync and rename of the protocol has one.
 
-/// Every fault point of `ldm install`, in the order the protocol reaches them.
+/// Every fault point of a successful `ldm install`, in the order the protocol reaches them.
 pub const POINTS: &[&str] = &[
     "tmp-create",
     "tmp-write",
@@ -19,6 +19,24 @@ pub const POINTS: &[&str] = &[
     "commit-rename",
     "commit-fsync-dir",
     "prune",
+];
+
+/// The points of an install whose health check fails, after `health`: the pointer goes back.
+pub const REVERT_POINTS: &[&str] = &[
+    "revert-write",
+    "revert-fsync",
+    "revert-rename",
+    "revert-fsync-dir",
+    "revert-prune",
+];
+
+/// The points of the recovery that the next `ldm install`, `status` or `rollback` runs after
+/// an install died with the pointer pending.
+pub const RECOVER_POINTS: &[&str] = &[
+    "recover-write",
+    "recover-fsync",
+    "recover-rename",
+    "recover-fsync-dir",
 ];
 
 /// Aborts the process if `LDM_FAULT_AT` names `point`. Called just before the operation.

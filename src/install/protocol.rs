@@ -173,6 +173,7 @@ pub fn install(root: &Root, bundle: &Path, opts: &InstallOptions) -> Result<Outc
         }
         Err(reason) => {
             root.set_state(&state, "revert")?;
+            fault::point("revert-prune");
             for line in root.prune(&state)? {
                 log::info!("prune: {line}");
             }
