@@ -372,6 +372,14 @@ fn flash_a_fleet_over_ssh() {
         &bytes[..half as usize],
     )
     .unwrap();
+    // dev-b holds a same-named partial file of garbage (another writer, a disk error): its
+    // install is refused, and flash sends the whole bundle again once.
+    std::fs::create_dir_all(b.root.join("incoming")).unwrap();
+    std::fs::write(
+        b.root.join(format!("incoming/{id}.ldmb.part")),
+        vec![0x5au8; half as usize],
+    )
+    .unwrap();
 
     // A dry run changes nothing and sends nothing.
     let hashes: Vec<String> = [&a, &b, &c, &d]
@@ -410,6 +418,9 @@ fn flash_a_fleet_over_ssh() {
         assert!(left.is_empty(), "{left:?}");
     }
     assert_eq!(device(&r, "dev-a")["bytes_sent"].as_u64(), Some(len));
+    let eb = device(&r, "dev-b");
+    assert_eq!(eb["resumed_from"].as_u64(), Some(half), "{eb}");
+    assert_eq!(eb["bytes_sent"].as_u64(), Some(len - half + len), "{eb}");
     let ec = device(&r, "dev-c");
     assert_eq!(ec["resumed_from"].as_u64(), Some(half), "{ec}");
     assert_eq!(ec["bytes_sent"].as_u64(), Some(len - half), "{ec}");
