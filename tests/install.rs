@@ -312,6 +312,18 @@ fn refusals_leave_the_root_byte_identical() {
         assert_eq!(tree_hash(&root), before, "{name}: the root changed");
         eprintln!("refused as it should ({name}): {reason}");
     }
+    // A fresh root (keys and board only) is left byte-identical too, even by a refusal that
+    // comes only after the model has streamed to disk.
+    let fresh = new_root(&dir.join("fresh"));
+    let before = tree_hash(&fresh);
+    // (The version cases are valid bundles on a root with no model.)
+    for (name, bytes, _, env) in cases.iter().filter(|c| !c.0.contains("version")) {
+        let p = dir.join("case.ldmb");
+        std::fs::write(&p, bytes).unwrap();
+        let (code, out, _) = install(&fresh, &p, env);
+        assert_eq!(code, Some(3), "{name} on a fresh root: {out}");
+        assert_eq!(tree_hash(&fresh), before, "{name}: the fresh root changed");
+    }
     // And the genuine bundle still installs afterwards.
     let (code, out, err) = install(&root, &good, &[]);
     assert_eq!(code, Some(0), "{out} {err}");

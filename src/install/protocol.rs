@@ -78,7 +78,7 @@ pub fn install(root: &Root, bundle: &Path, opts: &InstallOptions) -> Result<Outc
     if let Some(reason) = policy(root, &state, m, opts)? {
         return Ok(reason);
     }
-    root.create_dirs()?;
+    let created = root.create_dirs()?;
     let target = root.model_path(&digest);
 
     // 1. Stream the model into tmp/ while hashing; fsync.
@@ -109,6 +109,10 @@ pub fn install(root: &Root, bundle: &Path, opts: &InstallOptions) -> Result<Outc
         Err(e) => {
             drop(w);
             let _ = fs::remove_file(&tmp);
+            // A refusal leaves the root as it found it.
+            for d in created.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
             return match e {
                 BundleError::Io(e) => Err(io(bundle, e)),
                 e => Ok(refused(e)),

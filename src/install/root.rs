@@ -71,8 +71,9 @@ pub struct Root {
     pub dir: PathBuf,
 }
 
-/// An exclusive lock on the root, held by installs, rollbacks and recoveries; released when
-/// dropped or when the process dies (flock).
+/// An exclusive lock on the root directory itself (flock on its descriptor, so taking it writes
+/// nothing), held by installs, rollbacks and recoveries; released when dropped or when the
+/// process dies.
 pub struct RootLock {
     _file: File,
 }
@@ -97,24 +98,23 @@ impl Root {
         self.store_dir().join(format!("{digest}.ldm"))
     }
 
-    /// Creates the directories an install writes into (idempotent).
-    pub fn create_dirs(&self) -> Result<(), InstallError> {
-        for d in [self.keys_dir(), self.store_dir(), self.tmp_dir()] {
-            fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+    /// Creates the directories an install writes into; returns those it created, so a refusal
+    /// can take them away again.
+    pub fn create_dirs(&self) -> Result<Vec<PathBuf>, InstallError> {
+        let mut created = Vec::new();
+        for d in [self.store_dir(), self.tmp_dir()] {
+            if !exists(&d) {
+                fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+                created.push(d);
+            }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Takes the root's lock; fails at once if another process holds it.
     pub fn lock(&self) -> Result<RootLock, InstallError> {
         fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
-        let path = self.dir.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
+        let file = File::open(&self.dir).map_err(|e| io(&self.dir, e))?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(InstallError::Busy(self.dir.display().to_string()));

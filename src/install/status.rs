@@ -45,9 +45,8 @@ fn check_file(root: &Root, e: &Entry) -> Result<(), String> {
 
 /// Reports the root's state; `verify` hashes and validates the active model.
 pub fn status(root: &Root, verify: bool) -> Result<StatusReport, InstallError> {
-    // No lock file: nothing was ever installed here, so there is nothing to recover, and a
-    // status query must not be what creates the first file in a root.
-    let (busy, recovered) = if !root.dir.join("lock").exists() {
+    // No root: nothing to recover, and a status query must not create one.
+    let (busy, recovered) = if !root.dir.is_dir() {
         (false, Vec::new())
     } else {
         match root.lock() {
