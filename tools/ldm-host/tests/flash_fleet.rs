@@ -381,6 +381,10 @@ fn flash_a_fleet_over_ssh() {
     )
     .unwrap();
 
+    // dev-a holds a stale partial of some other bundle, which the flash clears away.
+    std::fs::create_dir_all(a.root.join("incoming")).unwrap();
+    std::fs::write(a.root.join("incoming/0123.ldmb.part"), b"old").unwrap();
+
     // A dry run changes nothing and sends nothing.
     let hashes: Vec<String> = [&a, &b, &c, &d]
         .iter()

@@ -179,9 +179,11 @@ fn run(c: &Ctx, r: &mut DeviceReport) -> Result<()> {
             });
             c.bar.set_length(b.len);
             c.bar.set_position(resumed);
+            // Partial transfers of other bundles are dead weight on a small disk.
+            let qdir = quote(&dir);
             let cmd = format!(
-                "mkdir -p {} && {} >> {part}",
-                quote(&dir),
+                "mkdir -p {qdir} && for f in {qdir}/*.ldmb.part; do [ \"$f\" = {part} ] || \
+                 rm -f \"$f\"; done && {} >> {part}",
                 if resumed == 0 {
                     format!("rm -f {part} && cat")
                 } else {
