@@ -20,6 +20,9 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "ldm/install_cmd.rs"]
+mod install_cmd;
+
 /// Large blocks come from their own mappings with a bounded reuse cache, so the memory planner's
 /// prediction holds (see `ldm_edge::alloc`).
 #[global_allocator]
@@ -50,6 +53,12 @@ enum Cmd {
     Bench(BenchArgs),
     /// List Vulkan devices with their capabilities and limits.
     Devices,
+    /// Install a signed model bundle: verify, store, switch, health-check, commit or revert.
+    Install(install_cmd::InstallArgs),
+    /// Show the install root's active and previous models and check the active one.
+    Status(install_cmd::StatusArgs),
+    /// Make the previous model active again.
+    Rollback(install_cmd::RootArg),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +67,10 @@ struct GenerateArgs {
     prompt: String,
     #[arg(long, short = 'm', default_value = DEFAULT_MODEL)]
     model: PathBuf,
+    /// Use the active model of this install root (`ldm install`; devices use /var/lib/ldm)
+    /// instead of --model.
+    #[arg(long, conflicts_with = "model")]
+    root: Option<PathBuf>,
     #[arg(long, short = 'n', default_value = "")]
     negative_prompt: String,
     /// Image size WxH, e.g. 64x64 [default: the model's native size].
@@ -289,6 +302,24 @@ fn open_model(path: &Path, task: Task) -> Result<Model> {
     Ok(model)
 }
 
+/// The root's active model. An install may prune the file between reading the pointer and
+/// opening it (only N-2, so only after two installs); reading the pointer again then finds the
+/// current one.
+fn open_active(root: &Path) -> Result<Model> {
+    let root = ldm_edge::install::Root::new(root);
+    let mut tries = 0;
+    loop {
+        let path = root.active_model()?;
+        match open_model(&path, Task::Txt2img) {
+            Err(e) if tries < 3 && !path.exists() => {
+                tries += 1;
+                log::info!("active model moved while opening ({e:#}); reading the pointer again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn read_image(path: &Path) -> Result<Tensor> {
     load_rgb(path).with_context(|| format!("cannot read image {}", path.display()))
 }
@@ -433,7 +464,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.strength.is_some() && a.init_image.is_none() {
         anyhow::bail!("--strength needs --init-image");
     }
-    let model = open_model(&a.model, Task::Txt2img)?;
+    let model = match &a.root {
+        Some(root) => open_active(root)?,
+        None => open_model(&a.model, Task::Txt2img)?,
+    };
     let s = &a.sample;
     let mut req = Txt2Img::new(&model, &a.prompt)?;
     req.negative_prompt = a.negative_prompt;
@@ -751,6 +785,14 @@ fn devices() -> anyhow::Result<()> {
     anyhow::bail!("this build has no Vulkan backend (built without the `vulkan` feature)")
 }
 
+/// Commands with their own exit codes (install: refused, rolled back).
+fn exit(r: Result<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so printing into a closed pipe (`ldm info m.ldm | head -1`) would
     // panic; a command-line tool should just stop, as the shell expects.
@@ -762,6 +804,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::Install(a) => return exit(install_cmd::install(a)),
+        Cmd::Status(a) => return exit(install_cmd::status(a)),
+        Cmd::Rollback(a) => return exit(install_cmd::rollback(a)),
         Cmd::Generate(a) => generate(a),
         Cmd::Inpaint(a) => inpaint(a),
         Cmd::Upscale(a) => upscale(a),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub mod dtype;
 pub mod quant;
 pub mod reader;
-mod strict_json;
+pub(crate) mod strict_json;
 pub mod writer;
 
 pub use dtype::DType;

@@ -6,8 +6,10 @@ use ldm_edge::format::DType;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bundle;
 mod dataset;
 mod eval;
+mod flash;
 mod import;
 mod init;
 mod preview;
@@ -95,6 +97,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: preview::PreviewCmd,
     },
+    /// Make a fleet signing key pair: KEY.key (secret) and KEY.pub (for devices' keys/).
+    Keygen(bundle::KeygenArgs),
+    /// Signed model bundles for `ldm install`: `bundle create`, `bundle inspect`.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCmd),
+    /// Push a bundle to a fleet over SSH and install it on every device; writes a JSON report.
+    Flash(flash::FlashArgs),
     /// Measure a shapes model: text alignment read back by an analytic checker (at the model's
     /// guidance and at 1.0), and autoencoder reconstruction PSNR.
     Eval(eval::EvalArgs),
@@ -174,6 +183,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,
         Cmd::Preview { cmd } => preview::run(cmd)?,
+        Cmd::Keygen(a) => bundle::keygen(a)?,
+        Cmd::Bundle(bundle::BundleCmd::Create(a)) => bundle::create(a)?,
+        Cmd::Bundle(bundle::BundleCmd::Inspect { bundle, key }) => {
+            bundle::inspect(&bundle, key.as_deref())?
+        }
+        Cmd::Flash(a) => {
+            if !flash::flash(a)? {
+                bail!("not every device took the update (see the report)");
+            }
+        }
     }
     Ok(())
 }
