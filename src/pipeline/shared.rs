@@ -184,7 +184,8 @@ impl<'m> Pipeline<'m> {
             Decoder::Tiny => {
                 self.require_tiny()?;
             }
-            Decoder::Linear => self.require_linear()?,
+            // Checked by `with_preview`, when previews are asked for.
+            Decoder::Linear => {}
             Decoder::Full => {
                 return Err(Error::Input(
                     "previews use the linear map or the tiny decoder, not the full decoder".into(),
