@@ -99,6 +99,7 @@ impl Denoiser {
                         init.len()
                     )));
                 }
+                let first = sched.eval_index(first);
                 (sched.add_noise(z0, &init, first), first)
             }
         };
@@ -121,7 +122,9 @@ impl Denoiser {
                 None => out,
             };
             x = sched.step(&eps, i, &x, &mut noise);
-            progress.tick();
+            if sched.completes_step(i) {
+                progress.tick();
+            }
         }
         let latents = Tensor::new(self.latent_shape.clone(), x)?;
         super::shared::check_finite(&latents, "the final latent")?;
