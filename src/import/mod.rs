@@ -8,7 +8,9 @@
 mod clip_bpe;
 mod configs;
 mod fields;
+mod json;
 pub mod safetensors;
+mod scheduler_config;
 mod single_file;
 
 use crate::arch::{ModelConfig, TEXT, UNET, VAE};
@@ -61,7 +63,7 @@ pub struct Import {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    json::parse(&text, &path.display().to_string())
 }
 
 fn fields(dir: &Path, rel: &str) -> Result<Fields> {
@@ -215,7 +217,7 @@ impl Import {
         let (vae, latent_scale, _) = configs::vae(fields(dir, "vae/config.json")?)?;
         let text = configs::clip_text(fields(dir, "text_encoder/config.json")?)?;
         let (schedule, kind) =
-            configs::scheduler(&read_json(&dir.join("scheduler/scheduler_config.json"))?)?;
+            scheduler_config::scheduler(read_json(&dir.join(scheduler_config::FILE))?)?;
         // SD-inpainting checkpoints carry the mask and masked-image latent as 5 extra UNet
         // inputs, in the order our inpaint task uses; anything else is not a task we run.
         let z = vae.latent_channels;

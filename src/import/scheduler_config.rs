@@ -1,0 +1,244 @@
+//! `scheduler/scheduler_config.json` -> (schedule, default sampler).
+//!
+//! The class names the sampler; every key that changes its math is read and honoured, or
+//! refused by name when we do not implement that setting; keys of code paths we never take
+//! (e.g. thresholding ratios with thresholding off) are ignored, and keys unknown to us are
+//! logged at debug level (see [`Fields::finish`]). Absent keys take diffusers' own defaults for
+//! that class, so a hand-trimmed config means what it means to diffusers.
+//! A class we do not implement imports with a warning naming the sampler used instead.
+use super::fields::Fields;
+use crate::sampler::{FinalSigma, SamplerKind, ScheduleConfig, TimestepSpacing};
+use crate::{Error, Result};
+use serde_json::{json, Value};
+
+pub const FILE: &str = "scheduler/scheduler_config.json";
+
+/// What an unimplemented scheduler class imports as: DDIM shares every class's noise
+/// schedule and is deterministic.
+const FALLBACK: SamplerKind = SamplerKind::Ddim;
+
+/// The sampler for a diffusers scheduler class (`None`: not implemented).
+fn kind_of(class: &str) -> Option<SamplerKind> {
+    Some(match class {
+        "DDIMScheduler" => SamplerKind::Ddim,
+        "DDPMScheduler" => SamplerKind::Ddpm,
+        "PNDMScheduler" => SamplerKind::Pndm,
+        "EulerDiscreteScheduler" => SamplerKind::Euler,
+        "EulerAncestralDiscreteScheduler" => SamplerKind::EulerAncestral,
+        "HeunDiscreteScheduler" => SamplerKind::Heun,
+        // The algorithm (ODE or SDE) is read below.
+        "DPMSolverMultistepScheduler" => SamplerKind::DpmSolverPP2M,
+        "UniPCMultistepScheduler" => SamplerKind::UniPc,
+        "LCMScheduler" => SamplerKind::Lcm,
+        _ => return None,
+    })
+}
+
+/// diffusers' default `timestep_spacing` per class.
+fn default_spacing(kind: SamplerKind) -> TimestepSpacing {
+    match kind {
+        SamplerKind::Ddim | SamplerKind::Ddpm | SamplerKind::Pndm | SamplerKind::Lcm => {
+            TimestepSpacing::Leading
+        }
+        _ => TimestepSpacing::Linspace,
+    }
+}
+
+pub fn scheduler(v: Value) -> Result<(ScheduleConfig, SamplerKind)> {
+    let class = v
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut f = Fields::new(FILE, v)?;
+    let mut kind = match kind_of(&class) {
+        Some(k) => k,
+        None => {
+            log::warn!(
+                "{FILE}: scheduler class {class:?} is not implemented; the model will use the \
+                 `{FALLBACK}` sampler over the same noise schedule (choose another with \
+                 `ldm generate --sampler`)"
+            );
+            FALLBACK
+        }
+    };
+    let mut cfg = ScheduleConfig {
+        num_train_timesteps: f.or("num_train_timesteps", 1000)?,
+        beta_start: f.float_or("beta_start", 0.0001)?,
+        beta_end: f.float_or("beta_end", 0.02)?,
+        beta_schedule: f.or("beta_schedule", crate::sampler::BetaSchedule::Linear)?,
+        prediction: f.or("prediction_type", crate::sampler::Prediction::Epsilon)?,
+        steps_offset: f.or("steps_offset", 0)?,
+        timestep_spacing: f.or("timestep_spacing", default_spacing(kind))?,
+        ..ScheduleConfig::default()
+    };
+    // Every class we implement computes betas from the schedule; these would replace them.
+    f.expect_null("trained_betas")?;
+    f.expect("rescale_betas_zero_snr", json!(false))?;
+    f.expect("thresholding", json!(false))?;
+    // Only read with thresholding or clip_sample on, which are refused.
+    f.ignore(&[
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "clip_sample_range",
+    ]);
+    if kind_of(&class).is_none() {
+        // Only the schedule is taken from a class we do not implement.
+        f.finish()?;
+        return Ok((cfg, kind));
+    }
+    match kind {
+        SamplerKind::Ddim => {
+            // Our DDIM is diffusers' with SD's settings.
+            f.expect("clip_sample", json!(false))?;
+            f.expect("set_alpha_to_one", json!(false))?;
+        }
+        SamplerKind::Ddpm => {
+            if f.or("clip_sample", true)? {
+                return Err(refused("clip_sample", json!(true), "false"));
+            }
+            f.expect("variance_type", json!("fixed_small"))?;
+        }
+        SamplerKind::Pndm => {
+            if !f.or("skip_prk_steps", false)? {
+                return Err(refused(
+                    "skip_prk_steps",
+                    json!(false),
+                    "true (PLMS, as Stable Diffusion ships it; the Runge-Kutta warm-up is not \
+                     implemented)",
+                ));
+            }
+            cfg.set_alpha_to_one = f.or("set_alpha_to_one", false)?;
+        }
+        SamplerKind::EulerAncestral => {}
+        SamplerKind::Euler | SamplerKind::Heun => {
+            cfg.use_karras_sigmas = f.or("use_karras_sigmas", false)?;
+            sigma_variants(&mut f)?;
+            if kind == SamplerKind::Euler {
+                cfg.final_sigmas_type = f.or("final_sigmas_type", FinalSigma::Zero)?;
+                f.expect("interpolation_type", json!("linear"))?;
+                f.expect("timestep_type", json!("discrete"))?;
+                f.expect_null("sigma_min")?;
+                f.expect_null("sigma_max")?;
+            } else {
+                f.expect("clip_sample", json!(false))?;
+            }
+        }
+        SamplerKind::DpmSolverPP2M | SamplerKind::DpmSolverPP2MSde | SamplerKind::UniPc => {
+            cfg.use_karras_sigmas = f.or("use_karras_sigmas", false)?;
+            cfg.final_sigmas_type = f.or("final_sigmas_type", FinalSigma::Zero)?;
+            cfg.lower_order_final = f.or("lower_order_final", true)?;
+            sigma_variants(&mut f)?;
+            f.expect("solver_order", json!(2))?;
+            f.expect("use_flow_sigmas", json!(false))?;
+            f.expect("use_dynamic_shifting", json!(false))?;
+            // Only read with flow sigmas or dynamic shifting, both refused above.
+            f.ignore(&["flow_shift", "time_shift_type"]);
+            if kind == SamplerKind::UniPc {
+                f.expect("solver_type", json!("bh2"))?;
+                f.expect("predict_x0", json!(true))?;
+                f.expect_null("solver_p")?;
+                f.expect_null("sigma_min")?;
+                f.expect_null("sigma_max")?;
+                f.expect_null("shift_terminal")?;
+                if let Some(d) = f.raw("disable_corrector") {
+                    if d.as_array().is_none_or(|a| !a.is_empty()) {
+                        return Err(refused("disable_corrector", d, "[]"));
+                    }
+                }
+            } else {
+                kind = match f.or("algorithm_type", "dpmsolver++".to_string())?.as_str() {
+                    "dpmsolver++" => SamplerKind::DpmSolverPP2M,
+                    "sde-dpmsolver++" => SamplerKind::DpmSolverPP2MSde,
+                    a => {
+                        return Err(refused(
+                            "algorithm_type",
+                            json!(a),
+                            "\"dpmsolver++\" or \"sde-dpmsolver++\"",
+                        ))
+                    }
+                };
+                f.expect("solver_type", json!("midpoint"))?;
+                f.expect("euler_at_final", json!(false))?;
+                f.expect("use_lu_lambdas", json!(false))?;
+                f.expect_null("variance_type")?;
+                let clip = f.float_or("lambda_min_clipped", f64::NEG_INFINITY)?;
+                if clip.is_nan() {
+                    return Err(refused("lambda_min_clipped", json!("NaN"), "a number"));
+                }
+                cfg.lambda_min_clipped = clip.is_finite().then_some(clip);
+            }
+        }
+        SamplerKind::Lcm => {
+            // Our LCM sampler is diffusers' with these defaults (LCM-SD1.5's own config).
+            f.expect(
+                "original_inference_steps",
+                json!(crate::sampler::lcm::ORIGINAL_STEPS),
+            )?;
+            f.expect("timestep_scaling", json!(10.0))?;
+            f.expect("clip_sample", json!(false))?;
+            // LCM steps between trained timesteps >= 0, so the final alpha is never read.
+            f.ignore(&["set_alpha_to_one"]);
+        }
+    }
+    f.finish()?;
+    Ok((cfg, kind))
+}
+
+/// The sigma schedules other than Karras' (exponential, beta) are not implemented.
+fn sigma_variants(f: &mut Fields) -> Result<()> {
+    f.expect("use_exponential_sigmas", json!(false))?;
+    f.expect("use_beta_sigmas", json!(false))
+}
+
+fn refused(key: &str, val: Value, supported: &str) -> Error {
+    Error::Config(format!(
+        "{FILE}: unsupported config field `{key}` = {val} (only {supported} is supported)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LCM-SD1.5's scheduler_config.json as diffusers writes it (the keys that matter).
+    fn lcm_config() -> Value {
+        json!({
+            "_class_name": "LCMScheduler",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "num_train_timesteps": 1000,
+            "original_inference_steps": 50,
+            "prediction_type": "epsilon",
+            "set_alpha_to_one": true,
+            "steps_offset": 1,
+            "timestep_scaling": 10.0
+        })
+    }
+
+    #[test]
+    fn lcm_scheduler_imports_as_lcm() {
+        let (cfg, kind) = scheduler(lcm_config()).unwrap();
+        assert_eq!(kind, SamplerKind::Lcm);
+        assert_eq!(cfg.num_train_timesteps, 1000);
+    }
+
+    #[test]
+    fn lcm_settings_we_do_not_implement_are_refused_by_name() {
+        for (k, bad) in [
+            ("original_inference_steps", json!(100)),
+            ("timestep_scaling", json!(5.0)),
+            ("clip_sample", json!(true)),
+        ] {
+            let mut v = lcm_config();
+            v[k] = bad;
+            let e = scheduler(v).unwrap_err().to_string();
+            assert!(e.contains(k), "{e}");
+        }
+        let mut v = lcm_config();
+        v["timestep_scaling"] = json!(10);
+        assert!(scheduler(v).is_ok(), "10 and 10.0 are the same setting");
+    }
+}
