@@ -66,6 +66,12 @@ fn read_json(path: &Path) -> Result<Value> {
     json::parse(&text, &path.display().to_string())
 }
 
+/// A diffusers `scheduler_config.json`'s text -> (schedule, the sampler it names), as
+/// `Import::from_diffusers` reads it (Python's `Infinity`/`NaN` accepted).
+pub fn read_scheduler_config(text: &str) -> Result<(crate::sampler::ScheduleConfig, SamplerKind)> {
+    scheduler_config::scheduler(json::parse(text, scheduler_config::FILE)?)
+}
+
 fn fields(dir: &Path, rel: &str) -> Result<Fields> {
     Fields::new(rel, read_json(&dir.join(rel))?)
 }
