@@ -241,4 +241,149 @@ mod tests {
         v["timestep_scaling"] = json!(10);
         assert!(scheduler(v).is_ok(), "10 and 10.0 are the same setting");
     }
+
+    /// DPMSolverMultistepScheduler().save_pretrained() of diffusers 0.42, verbatim apart from the
+    /// SD betas: `-Infinity` and all.
+    const DPM: &str = r#"{
+  "_class_name": "DPMSolverMultistepScheduler",
+  "_diffusers_version": "0.42.1",
+  "algorithm_type": "dpmsolver++",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "dynamic_thresholding_ratio": 0.995,
+  "euler_at_final": false,
+  "final_sigmas_type": "zero",
+  "flow_shift": 1.0,
+  "lambda_min_clipped": -Infinity,
+  "lower_order_final": true,
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "rescale_betas_zero_snr": false,
+  "sample_max_value": 1.0,
+  "solver_order": 2,
+  "solver_type": "midpoint",
+  "steps_offset": 0,
+  "thresholding": false,
+  "time_shift_type": "exponential",
+  "timestep_spacing": "linspace",
+  "trained_betas": null,
+  "use_beta_sigmas": false,
+  "use_dynamic_shifting": false,
+  "use_exponential_sigmas": false,
+  "use_flow_sigmas": false,
+  "use_karras_sigmas": false,
+  "use_lu_lambdas": false,
+  "variance_type": null
+}"#;
+
+    fn dpm() -> Value {
+        super::super::json::parse(DPM, FILE).unwrap()
+    }
+
+    #[test]
+    fn diffusers_dpm_config_with_minus_infinity_imports() {
+        assert!(
+            serde_json::from_str::<Value>(DPM).is_err(),
+            "strict JSON refuses it"
+        );
+        let (cfg, kind) = scheduler(dpm()).unwrap();
+        assert_eq!(kind, SamplerKind::DpmSolverPP2M);
+        assert_eq!(cfg.lambda_min_clipped, None);
+        assert_eq!(cfg.timestep_spacing, TimestepSpacing::Linspace);
+        assert_eq!(cfg.steps_offset, 0);
+        assert!(cfg.lower_order_final && !cfg.use_karras_sigmas);
+    }
+
+    #[test]
+    fn dpm_settings_are_honoured() {
+        let mut v = dpm();
+        v["algorithm_type"] = json!("sde-dpmsolver++");
+        v["use_karras_sigmas"] = json!(true);
+        v["final_sigmas_type"] = json!("sigma_min");
+        v["lower_order_final"] = json!(false);
+        v["lambda_min_clipped"] = json!(-5.1);
+        let (cfg, kind) = scheduler(v).unwrap();
+        assert_eq!(kind, SamplerKind::DpmSolverPP2MSde);
+        assert!(cfg.use_karras_sigmas && !cfg.lower_order_final);
+        assert_eq!(cfg.final_sigmas_type, FinalSigma::SigmaMin);
+        assert_eq!(cfg.lambda_min_clipped, Some(-5.1));
+    }
+
+    #[test]
+    fn settings_we_do_not_implement_are_refused_by_name() {
+        let cases: [(&str, &str, Value); 14] = [
+            ("DPMSolverMultistepScheduler", "solver_order", json!(3)),
+            (
+                "DPMSolverMultistepScheduler",
+                "algorithm_type",
+                json!("dpmsolver"),
+            ),
+            ("DPMSolverMultistepScheduler", "solver_type", json!("heun")),
+            ("DPMSolverMultistepScheduler", "use_lu_lambdas", json!(true)),
+            (
+                "DPMSolverMultistepScheduler",
+                "lambda_min_clipped",
+                json!("NaN"),
+            ),
+            ("DPMSolverMultistepScheduler", "thresholding", json!(true)),
+            (
+                "EulerDiscreteScheduler",
+                "interpolation_type",
+                json!("log_linear"),
+            ),
+            (
+                "EulerDiscreteScheduler",
+                "use_exponential_sigmas",
+                json!(true),
+            ),
+            ("EulerDiscreteScheduler", "sigma_max", json!(80.0)),
+            ("HeunDiscreteScheduler", "clip_sample", json!(true)),
+            ("PNDMScheduler", "skip_prk_steps", json!(false)),
+            ("UniPCMultistepScheduler", "disable_corrector", json!([1])),
+            ("UniPCMultistepScheduler", "predict_x0", json!(false)),
+            (
+                "UniPCMultistepScheduler",
+                "beta_schedule",
+                json!("squaredcos_cap_v2"),
+            ),
+        ];
+        for (class, key, val) in cases {
+            let mut v = json!({"_class_name": class, "skip_prk_steps": true});
+            v[key] = val;
+            let e = match scheduler(v) {
+                Ok(_) => panic!("{class} {key} accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(key), "{class}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_defaults_are_diffusers() {
+        let v = json!({"_class_name": "EulerDiscreteScheduler", "some_future_key": 1});
+        let (cfg, kind) = scheduler(v).unwrap();
+        assert_eq!(kind, SamplerKind::Euler);
+        // EulerDiscreteScheduler's own defaults.
+        assert_eq!(cfg.timestep_spacing, TimestepSpacing::Linspace);
+        assert_eq!(
+            (cfg.beta_start, cfg.beta_end, cfg.steps_offset),
+            (0.0001, 0.02, 0)
+        );
+        let (cfg, _) =
+            scheduler(json!({"_class_name": "PNDMScheduler", "skip_prk_steps": true})).unwrap();
+        assert_eq!(cfg.timestep_spacing, TimestepSpacing::Leading);
+    }
+
+    #[test]
+    fn an_unimplemented_class_falls_back_with_its_schedule() {
+        let v = json!({"_class_name": "KDPM2DiscreteScheduler", "beta_start": 0.00085,
+                       "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                       "use_karras_sigmas": true});
+        let (cfg, kind) = scheduler(v).unwrap();
+        assert_eq!(kind, FALLBACK);
+        assert_eq!(cfg.beta_end, 0.012);
+        // Its settings belong to a sampler we do not run, so they are not applied to DDIM.
+        assert!(!cfg.use_karras_sigmas);
+    }
 }
