@@ -9,6 +9,7 @@ mod clip_bpe;
 mod configs;
 mod fields;
 mod json;
+pub mod lora;
 pub mod safetensors;
 mod scheduler_config;
 mod single_file;
@@ -59,6 +60,10 @@ pub struct Import {
     files: Vec<SafeTensors>,
     /// Our parameter path -> its tensor in `files`, in `param_specs` order.
     plan: Vec<(String, Vec<usize>, Source)>,
+    /// LoRA updates merged into the weights as they are loaded (before any quantization).
+    lora: lora::LoraMerge,
+    /// The LoRA files merged, `FILE:SCALE`, for the provenance.
+    loras: Vec<String>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -388,7 +393,23 @@ impl Import {
             source,
             files,
             plan,
+            lora: lora::LoraMerge::new(),
+            loras: Vec::new(),
         })
+    }
+
+    /// Merges a LoRA file (kohya or diffusers/PEFT layout; see [`lora`]) at `scale` into the
+    /// UNet and text encoder weights as they are loaded and written. Returns the number of
+    /// layers it adapts.
+    pub fn add_lora(&mut self, file: &Path, scale: f32) -> Result<usize> {
+        let params: BTreeMap<String, Vec<usize>> = self
+            .plan
+            .iter()
+            .map(|(p, s, _)| (p.clone(), s.clone()))
+            .collect();
+        let n = self.lora.add(file, scale, &params)?;
+        self.loras.push(format!("{}:{scale}", file.display()));
+        Ok(n)
     }
 
     /// Our parameter paths and shapes, in the order they are written.
@@ -403,7 +424,9 @@ impl Import {
             .iter()
             .find(|(p, _, _)| p == path)
             .ok_or_else(|| Error::MissingWeight(path.to_string()))?;
-        src.load(&self.files)
+        let mut data = src.load(&self.files)?;
+        self.lora.apply(path, &mut data);
+        Ok(data)
     }
 
     /// Number of tensors that will be written.
@@ -427,6 +450,7 @@ impl Import {
             "provenance": {
                 "kind": "imported",
                 "source": self.source,
+                "lora": self.loras,
                 "dtype": format!("{dtype:?}"),
                 "recipe": recipe,
                 "tool": concat!("ldm-edge ", env!("CARGO_PKG_VERSION")),
@@ -434,7 +458,8 @@ impl Import {
         });
         let mut w = ModelWriter::new(meta)?;
         for (path, shape, src) in &self.plan {
-            let data = src.load(&self.files)?;
+            let mut data = src.load(&self.files)?;
+            self.lora.apply(path, &mut data);
             let d = match dtype {
                 DType::Q8 | DType::Q4 if shape.len() < 2 => DType::F32,
                 d => d,
