@@ -134,7 +134,7 @@ fn bad_input_is_a_clear_error() {
         "prompt is empty",
     );
     fails_with(&generate(&out, &["--size", "30x32"]), "multiple of");
-    fails_with(&generate(&out, &["--sampler", "heun"]), "heun");
+    fails_with(&generate(&out, &["--sampler", "kdpm2"]), "kdpm2");
     fails_with(&generate(&out, &["--steps", "0"]), "steps");
     fails_with(&generate(&out, &["--backend", "tpu"]), "unknown backend");
     fails_with(
