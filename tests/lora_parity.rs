@@ -63,7 +63,10 @@ fn parity(layout: &str, file: &Path) {
         "{layout}: max abs error text {e_text:.2e} unet {e_unet:.2e} (the LoRA moves them by \
          {d_text:.2e} and {d_unet:.2e})"
     );
-    assert!(d_text > 1e-2 && d_unet > 1e-2, "{layout}: LoRA had no effect");
+    assert!(
+        d_text > 1e-2 && d_unet > 1e-2,
+        "{layout}: LoRA had no effect"
+    );
     assert!(e_text <= 1e-5, "{layout} text encoder: {e_text}");
     assert!(e_unet <= 1e-5, "{layout} unet: {e_unet}");
 }
@@ -124,9 +127,21 @@ fn unmatched_lora_keys_are_listed() {
         &[
             (&format!("{q}.lora_down.weight"), vec![1, 16], vec![0.1; 16]),
             (&format!("{q}.lora_up.weight"), vec![16, 1], vec![0.1; 16]),
-            ("lora_unet_no_such_layer.lora_down.weight", vec![1, 4], vec![0.0; 4]),
-            ("lora_unet_no_such_layer.lora_up.weight", vec![4, 1], vec![0.0; 4]),
-            ("lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha", vec![], vec![1.0]),
+            (
+                "lora_unet_no_such_layer.lora_down.weight",
+                vec![1, 4],
+                vec![0.0; 4],
+            ),
+            (
+                "lora_unet_no_such_layer.lora_up.weight",
+                vec![4, 1],
+                vec![0.0; 4],
+            ),
+            (
+                "lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha",
+                vec![],
+                vec![1.0],
+            ),
             ("something_else", vec![1], vec![0.0]),
         ],
     );

@@ -89,7 +89,8 @@ struct SampleArgs {
     guidance: Option<f32>,
     #[arg(long, short = 's', default_value_t = 0)]
     seed: u64,
-    /// ddim, ddpm, euler_a, dpmpp_2m or lcm [default: the model's].
+    /// ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_sde, unipc or lcm
+    /// [default: the model's].
     #[arg(long)]
     sampler: Option<String>,
     /// DDIM eta (0 = deterministic).
