@@ -41,7 +41,7 @@ struct Fixture {
 fn samplers_step_like_diffusers_schedulers() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures/schedulers.json");
     let f: Fixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(f.cases.len(), 19);
+    assert_eq!(f.cases.len(), 21);
     let mut seen = std::collections::HashSet::new();
     for c in &f.cases {
         let mut cfg_json = c.config.clone();
@@ -201,6 +201,12 @@ fn heun_pipeline_matches_diffusers() {
 #[test]
 fn pndm_pipeline_matches_diffusers() {
     pipeline("pndm", "pndm", false);
+}
+
+#[test]
+fn pndm_with_runge_kutta_warm_up_pipeline_matches_diffusers() {
+    // PNDMScheduler's own default, skip_prk_steps false: 12 Runge-Kutta evaluations first.
+    pipeline("pndm_prk", "pndm", false);
 }
 
 #[test]

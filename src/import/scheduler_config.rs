@@ -100,14 +100,7 @@ pub fn scheduler(v: Value) -> Result<(ScheduleConfig, SamplerKind)> {
             f.expect("variance_type", json!("fixed_small"))?;
         }
         SamplerKind::Pndm => {
-            if !f.or("skip_prk_steps", false)? {
-                return Err(refused(
-                    "skip_prk_steps",
-                    json!(false),
-                    "true (PLMS, as Stable Diffusion ships it; the Runge-Kutta warm-up is not \
-                     implemented)",
-                ));
-            }
+            cfg.skip_prk_steps = f.or("skip_prk_steps", false)?;
             cfg.set_alpha_to_one = f.or("set_alpha_to_one", false)?;
         }
         SamplerKind::EulerAncestral => {}
@@ -312,7 +305,7 @@ mod tests {
 
     #[test]
     fn settings_we_do_not_implement_are_refused_by_name() {
-        let cases: [(&str, &str, Value); 14] = [
+        let cases: [(&str, &str, Value); 13] = [
             ("DPMSolverMultistepScheduler", "solver_order", json!(3)),
             (
                 "DPMSolverMultistepScheduler",
@@ -339,7 +332,6 @@ mod tests {
             ),
             ("EulerDiscreteScheduler", "sigma_max", json!(80.0)),
             ("HeunDiscreteScheduler", "clip_sample", json!(true)),
-            ("PNDMScheduler", "skip_prk_steps", json!(false)),
             ("UniPCMultistepScheduler", "disable_corrector", json!([1])),
             ("UniPCMultistepScheduler", "predict_x0", json!(false)),
             (
@@ -370,9 +362,10 @@ mod tests {
             (cfg.beta_start, cfg.beta_end, cfg.steps_offset),
             (0.0001, 0.02, 0)
         );
-        let (cfg, _) =
-            scheduler(json!({"_class_name": "PNDMScheduler", "skip_prk_steps": true})).unwrap();
+        let (cfg, _) = scheduler(json!({"_class_name": "PNDMScheduler"})).unwrap();
         assert_eq!(cfg.timestep_spacing, TimestepSpacing::Leading);
+        // PNDMScheduler's default is the Runge-Kutta warm-up.
+        assert!(!cfg.skip_prk_steps);
     }
 
     #[test]

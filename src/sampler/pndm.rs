@@ -1,8 +1,15 @@
-//! Pseudo linear multistep sampling (PLMS; Liu et al. 2022, "Pseudo Numerical Methods for
-//! Diffusion Models", arXiv 2202.09778) as diffusers' `PNDMScheduler` with
-//! `skip_prk_steps=True`, the setting Stable Diffusion ships (`scheduling_pndm.py`,
-//! `set_timesteps` and `step_plms`; the Runge-Kutta warm-up of `skip_prk_steps=False` is not
-//! implemented and refused on import).
+//! Pseudo numerical methods (PNDM; Liu et al. 2022, "Pseudo Numerical Methods for Diffusion
+//! Models", arXiv 2202.09778) as diffusers' `PNDMScheduler` (`scheduling_pndm.py`,
+//! `set_timesteps`, `step_prk`, `step_plms`): PLMS throughout with `skip_prk_steps=True` (what
+//! Stable Diffusion ships), or first three pseudo Runge-Kutta steps with `skip_prk_steps=False`
+//! (diffusers' default).
+//!
+//! With the Runge-Kutta warm-up (`prk`), the last four ascending timesteps `a < b < c < d` and
+//! `h = N // n // 2` give 12 evaluations `d, c+h, c+h, c, c, b+h, b+h, b, b, a+h, a+h, a`, four
+//! per step: each transfers the step's first sample with its own output (to `t - h`, `t`, `t - h`
+//! as diffusers computes the targets), and the fourth with `(e1 + 2 e2 + 2 e3 + e4) / 6`; the
+//! first output of each step joins the history, so PLMS continues from `a` at fourth order
+//! (`T[:-3]` reversed). diffusers needs at least 4 steps for this.
 //!
 //! - Timesteps `T` ascending by the spacing (linspace rounded, leading with `steps_offset`,
 //!   trailing), then run as `T(n-1), T(n-2), T(n-2), T(n-3), ..., T0`: n + 1 model evaluations
@@ -36,8 +43,15 @@ pub struct PndmScheduler {
     counter: usize,
     /// The latest (at most 4) model outputs, oldest first.
     ets: Vec<Vec<f32>>,
-    /// The sample of the first call, for the second.
+    /// The sample of the first call, for the second (PLMS), or of a Runge-Kutta step's first
+    /// evaluation, for its others.
     cur_sample: Option<Vec<f32>>,
+    /// Evaluations of the Runge-Kutta warm-up (12, or 0 with `skip_prk_steps`).
+    prk_len: usize,
+    /// `N // n // 2`, the Runge-Kutta half step.
+    half: usize,
+    /// The Runge-Kutta weighted sum so far.
+    rk_sum: Vec<f32>,
 }
 
 /// The ascending integer timesteps `_timesteps` of diffusers' PNDM `set_timesteps`.
@@ -66,18 +80,43 @@ impl PndmScheduler {
     pub fn new(cfg: &ScheduleConfig, steps: usize) -> Result<Self, SamplerError> {
         let schedule = NoiseSchedule::new(cfg)?;
         let t = base_timesteps(cfg, steps);
-        // concat(T[:-1], T[-2:-1], T[-1:])[::-1]
-        let mut plms: Vec<usize> = t[..t.len() - 1].to_vec();
-        if t.len() >= 2 {
-            plms.push(t[t.len() - 2]);
-        }
-        plms.push(t[t.len() - 1]);
-        plms.reverse();
         let ratio = cfg.num_train_timesteps / steps;
+        let half = ratio / 2;
+        let plms: Vec<usize> = if cfg.skip_prk_steps {
+            // concat(T[:-1], T[-2:-1], T[-1:])[::-1]
+            let mut p: Vec<usize> = t[..t.len() - 1].to_vec();
+            if t.len() >= 2 {
+                p.push(t[t.len() - 2]);
+            }
+            p.push(t[t.len() - 1]);
+            p.reverse();
+            p
+        } else {
+            if steps < 4 {
+                return Err(SamplerError::InvalidTimesteps(format!(
+                    "pndm with its Runge-Kutta warm-up (skip_prk_steps false) needs at least 4 \
+                     steps, got {steps}"
+                )));
+            }
+            // (T[-4:].repeat(2) + tile([0, h], 4))[:-1].repeat(2)[1:-1][::-1], then T[:-3][::-1]
+            let last4 = &t[t.len() - 4..];
+            let pairs: Vec<usize> = last4.iter().flat_map(|&x| [x, x + half]).collect();
+            let doubled: Vec<usize> = pairs[..pairs.len() - 1]
+                .iter()
+                .flat_map(|&x| [x, x])
+                .collect();
+            let mut p: Vec<usize> = doubled[1..doubled.len() - 1]
+                .iter()
+                .rev()
+                .copied()
+                .collect();
+            p.extend(t[..t.len() - 3].iter().rev());
+            p
+        };
         let timesteps: Vec<f32> = plms.iter().map(|&t| t as f32).collect();
         super::schedule::check_timesteps_in_range(&timesteps, cfg)?;
-        // The second call evaluates at T(n-2) but transfers from T(n-2) + ratio.
-        if plms.len() > 1 && plms[1] + ratio >= cfg.num_train_timesteps {
+        // The second PLMS call evaluates at T(n-2) but transfers from T(n-2) + ratio.
+        if cfg.skip_prk_steps && plms.len() > 1 && plms[1] + ratio >= cfg.num_train_timesteps {
             return Err(SamplerError::InvalidTimesteps(format!(
                 "pndm with {steps} steps and {:?} spacing would step from timestep {}, outside \
                  the trained range",
@@ -99,6 +138,9 @@ impl PndmScheduler {
             counter: 0,
             ets: Vec::new(),
             cur_sample: None,
+            prk_len: if cfg.skip_prk_steps { 0 } else { 12 },
+            half,
+            rk_sum: Vec::new(),
         })
     }
 
@@ -127,6 +169,48 @@ impl PndmScheduler {
     }
 }
 
+impl PndmScheduler {
+    /// diffusers' `step_prk` for call `counter` (< 12).
+    fn step_prk(&mut self, model_output: &[f32], step: usize, sample: &[f32]) -> Vec<f32> {
+        let c = self.counter;
+        let t_in = self.timesteps[step] as isize;
+        let prev = t_in - if c % 2 == 1 { 0 } else { self.half as isize };
+        let t = self.timesteps[c / 4 * 4] as usize;
+        let add = |sum: &mut Vec<f32>, w: f32| {
+            if sum.is_empty() {
+                *sum = vec![0.0; model_output.len()];
+            }
+            for (s, &m) in sum.iter_mut().zip(model_output) {
+                *s += w * m;
+            }
+        };
+        let e: Vec<f32> = match c % 4 {
+            0 => {
+                self.rk_sum.clear();
+                add(&mut self.rk_sum, 1.0 / 6.0);
+                self.ets.push(model_output.to_vec());
+                self.cur_sample = Some(sample.to_vec());
+                model_output.to_vec()
+            }
+            1 | 2 => {
+                add(&mut self.rk_sum, 1.0 / 3.0);
+                model_output.to_vec()
+            }
+            _ => {
+                let sum = std::mem::take(&mut self.rk_sum);
+                sum.iter()
+                    .zip(model_output)
+                    .map(|(&s, &m)| s + (1.0 / 6.0) * m)
+                    .collect()
+            }
+        };
+        let from = self.cur_sample.clone().unwrap_or_else(|| sample.to_vec());
+        let out = self.transfer(&from, t, prev, &e);
+        self.counter += 1;
+        out
+    }
+}
+
 /// `sum_i w_i e_i / d` over the latest outputs (oldest first in `ets`).
 fn combine(ets: &[Vec<f32>], w: &[f32], d: f32) -> Vec<f32> {
     let k = ets.len();
@@ -148,8 +232,12 @@ impl Scheduler for PndmScheduler {
         &self.timesteps
     }
 
-    /// Every call after the first completes a step: n + 1 evaluations make n steps.
+    /// PLMS: every call after the first completes a step (n + 1 evaluations make n steps);
+    /// with the Runge-Kutta warm-up every fourth of its 12, then every PLMS call.
     fn completes_step(&self, i: usize) -> bool {
+        if self.prk_len > 0 {
+            return if i < self.prk_len { i % 4 == 3 } else { true };
+        }
         i > 0 || self.timesteps.len() == 1
     }
 
@@ -161,6 +249,9 @@ impl Scheduler for PndmScheduler {
         _noise: &mut NoiseGen,
     ) -> Vec<f32> {
         check_step_args("pndm", self.timesteps.len(), step, model_output, sample);
+        if self.counter < self.prk_len {
+            return self.step_prk(model_output, step, sample);
+        }
         let mut t = self.timesteps[step] as usize;
         let mut prev = t as isize - self.ratio as isize;
         if self.counter != 1 {
@@ -227,6 +318,22 @@ mod tests {
     }
 
     #[test]
+    fn runge_kutta_timesteps_follow_diffusers() {
+        // PNDMScheduler(SD config, skip_prk_steps=False).set_timesteps(5).timesteps
+        let cfg = ScheduleConfig {
+            skip_prk_steps: false,
+            ..ScheduleConfig::default()
+        };
+        let s = PndmScheduler::new(&cfg, 5).unwrap();
+        assert_eq!(
+            s.timesteps(),
+            [801., 701., 701., 601., 601., 501., 501., 401., 401., 301., 301., 201., 201., 1.]
+        );
+        assert_eq!((0..14).filter(|&i| s.completes_step(i)).count(), 5);
+        assert!(PndmScheduler::new(&cfg, 3).is_err());
+    }
+
+    #[test]
     fn oracle_converges_to_x0() {
         // Only leading spacing moves by exactly N // n between evaluations; with the others
         // diffusers' stride lands beside the next timestep (mirrored here, tested against
@@ -236,15 +343,18 @@ mod tests {
         for base in all_configs().into_iter().filter(|c| {
             c.timestep_spacing == TimestepSpacing::Leading && c.prediction == Prediction::Epsilon
         }) {
-            // With the final alpha 1 the last transfer lands on x0 itself.
-            let cfg = ScheduleConfig {
-                set_alpha_to_one: true,
-                ..base
-            };
-            for steps in [10, 30] {
-                let mut s = PndmScheduler::new(&cfg, steps).unwrap();
-                let out = run_from_noise(&mut s, &cfg, 5);
-                assert_close(&out, &x0(), 1e-3, &format!("pndm {cfg:?} {steps}"));
+            for skip_prk_steps in [true, false] {
+                // With the final alpha 1 the last transfer lands on x0 itself.
+                let cfg = ScheduleConfig {
+                    set_alpha_to_one: true,
+                    skip_prk_steps,
+                    ..base.clone()
+                };
+                for steps in [10, 30] {
+                    let mut s = PndmScheduler::new(&cfg, steps).unwrap();
+                    let out = run_from_noise(&mut s, &cfg, 5);
+                    assert_close(&out, &x0(), 1e-3, &format!("pndm {cfg:?} {steps}"));
+                }
             }
         }
     }

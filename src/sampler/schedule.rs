@@ -81,6 +81,8 @@ pub struct ScheduleConfig {
     pub lambda_min_clipped: Option<f64>,
     /// PNDM's final step goes to alpha 1 (pure data) instead of `alphas_cumprod[0]`.
     pub set_alpha_to_one: bool,
+    /// PNDM without its Runge-Kutta warm-up (PLMS from the first step), as SD ships it.
+    pub skip_prk_steps: bool,
 }
 
 impl Default for ScheduleConfig {
@@ -100,6 +102,7 @@ impl Default for ScheduleConfig {
             lower_order_final: true,
             lambda_min_clipped: None,
             set_alpha_to_one: false,
+            skip_prk_steps: true,
         }
     }
 }
