@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import diffusers
-from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
-                       PNDMScheduler, StableDiffusionPipeline, UniPCMultistepScheduler)
+from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
+                       StableDiffusionPipeline, UniPCMultistepScheduler)
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_mod
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_mod
 from make_lcm_fixture import NoiseGen
 
 HERE = Path(__file__).resolve().parent
@@ -40,13 +42,17 @@ CLASSES = {
     "PNDMScheduler": PNDMScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
+    "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
 }
 
 
 def inject(stream):
-    """Make DPM-Solver's SDE noise come from `stream` (our generator's port)."""
-    dpm_mod.randn_tensor = lambda shape, generator=None, device=None, dtype=None: \
+    """Make the stochastic schedulers' noise (DPM-Solver SDE, Euler ancestral) come from
+    `stream` (our generator's port)."""
+    fake = lambda shape, generator=None, device=None, dtype=None: \
         torch.from_numpy(stream.sample(int(np.prod(shape)))).reshape(shape).to(dtype)
+    dpm_mod.randn_tensor = fake
+    euler_a_mod.randn_tensor = fake
 
 
 def case(cls_name, kwargs, steps, seed, n=16):
@@ -106,6 +112,8 @@ CASES = [
     ("UniPCMultistepScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction"), 7),
     ("UniPCMultistepScheduler", dict(timestep_spacing="trailing", final_sigmas_type="sigma_min"), 5),
     ("UniPCMultistepScheduler", dict(final_sigmas_type="sigma_min", lower_order_final=False), 5),
+    ("EulerAncestralDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1), 5),
+    ("EulerAncestralDiscreteScheduler", dict(prediction_type="v_prediction"), 4),
 ]
 
 # Pipeline variants on the sd1 fixture: (name, class, settings, steps). SD-style settings.
@@ -118,6 +126,7 @@ VARIANTS = [
     ("pndm", "PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=False), 5),
     ("pndm_prk", "PNDMScheduler", dict(skip_prk_steps=False), 5),
     ("unipc", "UniPCMultistepScheduler", dict(timestep_spacing="trailing"), 5),
+    ("euler_a", "EulerAncestralDiscreteScheduler", dict(), 5),
     ("dpmpp_2m_sde", "DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++",
                                                         use_karras_sigmas=True), 6),
 ]
