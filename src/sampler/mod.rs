@@ -112,6 +112,18 @@ impl SamplerKind {
             SamplerKind::Lcm => "lcm",
         }
     }
+
+    /// Whether the sampler walks a sigma schedule, so Karras sigmas apply to it.
+    pub fn uses_sigmas(self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Euler
+                | SamplerKind::Heun
+                | SamplerKind::DpmSolverPP2M
+                | SamplerKind::DpmSolverPP2MSde
+                | SamplerKind::UniPc
+        )
+    }
 }
 
 impl fmt::Display for SamplerKind {
