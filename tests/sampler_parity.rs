@@ -6,12 +6,13 @@
 //! - whole pipelines: the sd1 tiny fixture imported with each variant's scheduler_config.json
 //!   (saved by diffusers) in place of its own, run with the sampler the import stored as the
 //!   model's default, and compared with diffusers' image at >= 45 dB.
-use ldm_edge::backend::select;
+use ldm_edge::backend::Backend;
+use ldm_edge::backend::{select, Tensor};
 use ldm_edge::format::DType;
 use ldm_edge::import::{read_scheduler_config, Import};
 use ldm_edge::model::Model;
-use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
-use ldm_edge::sampler::{make_scheduler, NoiseGen};
+use ldm_edge::pipeline::{Cancel, Img2Img, Pipeline, Txt2Img};
+use ldm_edge::sampler::{make_scheduler, NoiseGen, SamplerKind};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +111,10 @@ fn variant_dir(name: &str) -> PathBuf {
 
 /// sd1 with the variant's scheduler config, imported; checks the stored default sampler.
 fn import_variant(name: &str, want_sampler: &str, karras: bool) -> Model {
-    let d = std::env::temp_dir().join(format!("ldm-sched-{}-{name}", std::process::id()));
+    // Tests run in parallel and may import the same variant: one folder and file per call.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("ldm-sched-{}-{name}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     copy_dir(&fixture("sd1"), &d);
     std::fs::copy(
@@ -121,14 +125,41 @@ fn import_variant(name: &str, want_sampler: &str, karras: bool) -> Model {
     let imp = Import::from_diffusers(&d).unwrap();
     assert_eq!(imp.sampler.sampler, want_sampler, "{name}");
     assert_eq!(imp.sampler.schedule.use_karras_sigmas, karras, "{name}");
-    let out = tmp("sched", &format!("{name}.ldm"));
+    let out = tmp("sched", &format!("{name}-{call}.ldm"));
     imp.write(DType::F32, &out, "tests/sampler_parity.rs")
         .unwrap();
     let _ = std::fs::remove_dir_all(&d);
     Model::open(&out).unwrap()
 }
 
+/// Vulkan tests fail when no device exists under CI=true / LDM_REQUIRE_VULKAN=1 and skip loudly
+/// elsewhere, like tests/parity.rs.
+fn backend(name: &str) -> Option<Box<dyn Backend>> {
+    match select(name) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("LDM_REQUIRE_VULKAN").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "backend {name} is required here but unavailable: {e}"
+            );
+            eprintln!(
+                "SKIP: backend {name} unavailable ({e}); set LDM_REQUIRE_VULKAN=1 to fail instead"
+            );
+            None
+        }
+    }
+}
+
 fn pipeline(name: &str, want_sampler: &str, karras: bool) {
+    pipeline_on(name, want_sampler, karras, "cpu", 45.0);
+}
+
+fn pipeline_on(name: &str, want_sampler: &str, karras: bool, backend_name: &str, min_psnr: f64) {
+    let Some(be) = backend(backend_name) else {
+        return;
+    };
     let m = import_variant(name, want_sampler, karras);
     let inp: Value = serde_json::from_str(
         &std::fs::read_to_string(variant_dir(name).join("ref/inputs.json")).unwrap(),
@@ -146,7 +177,7 @@ fn pipeline(name: &str, want_sampler: &str, karras: bool) {
     assert_eq!(inp["pipe_noise_seed"], 1);
     req.seed = 0;
     req.init_noise = Some(reference("sd1", "pipe_latents.npy"));
-    let pipe = Pipeline::new(&m, select("cpu").unwrap());
+    let pipe = Pipeline::new(&m, be);
     let mut ticks = 0;
     let out = pipe
         .txt2img(&req, &mut |_| ticks += 1, &Cancel::new())
@@ -168,9 +199,56 @@ fn pipeline(name: &str, want_sampler: &str, karras: bool) {
     }
     let psnr = 10.0 * (1.0 / (se / (h * w * 3) as f64).max(1e-20)).log10();
     eprintln!(
-        "{name} ({want_sampler}): final latents max abs {e_lat:.2e}, image PSNR {psnr:.1} dB"
+        "{name} ({want_sampler}) on {backend_name}: final latents max abs {e_lat:.2e}, image PSNR \
+         {psnr:.1} dB"
     );
-    assert!(psnr >= 45.0, "{name}: PSNR {psnr} < 45");
+    assert!(
+        psnr >= min_psnr,
+        "{name} on {backend_name}: PSNR {psnr} < {min_psnr}"
+    );
+}
+
+/// The samplers run the same loop on every backend: the two with the most state on Vulkan.
+#[test]
+fn heun_and_dpmpp_2m_sde_pipelines_on_vulkan_match_diffusers() {
+    pipeline_on("heun", "heun", false, "vulkan", 40.0);
+    pipeline_on("dpmpp_2m_sde", "dpmpp_2m_sde", true, "vulkan", 40.0);
+}
+
+/// img2img starts every sampler (those that evaluate some steps twice included) at the right
+/// evaluation and reports one progress step per step it runs.
+#[test]
+fn img2img_runs_every_sampler_with_one_report_per_step() {
+    let image = Tensor::new(
+        vec![1, 3, 16, 16],
+        (0..768).map(|i| ((i as f32) * 0.37).sin() * 0.8).collect(),
+    )
+    .unwrap();
+    // PLMS from pndm's config; the Runge-Kutta warm-up from pndm_prk's.
+    for (variant, kinds) in [
+        ("pndm", SamplerKind::ALL.to_vec()),
+        ("pndm_prk", vec![SamplerKind::Pndm]),
+    ] {
+        let m = import_variant(variant, "pndm", false);
+        for &kind in &kinds {
+            let mut req = Img2Img::new(&m, "a red cat", image.clone()).unwrap();
+            req.params.sampler = kind;
+            req.params.steps = 6;
+            req.strength = 0.5;
+            let want = req.steps_to_run();
+            let pipe = Pipeline::new(&m, select("cpu").unwrap());
+            let mut ticks = 0;
+            let out = pipe
+                .img2img(&req, &mut |_| ticks += 1, &Cancel::new())
+                .unwrap_or_else(|e| panic!("{variant} {kind}: {e}"));
+            assert!(out.latents.data.iter().all(|v| v.is_finite()), "{kind}");
+            // The Runge-Kutta warm-up restarts at a late start (diffusers' call counter), so
+            // its evaluations do not map onto steps one to one.
+            if variant == "pndm" {
+                assert_eq!(ticks, want, "{kind}: progress reports");
+            }
+        }
+    }
 }
 
 #[test]

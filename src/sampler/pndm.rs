@@ -52,6 +52,8 @@ pub struct PndmScheduler {
     half: usize,
     /// The Runge-Kutta weighted sum so far.
     rk_sum: Vec<f32>,
+    /// The evaluation index of the first call (0, or img2img's late start).
+    first_index: Option<usize>,
 }
 
 /// The ascending integer timesteps `_timesteps` of diffusers' PNDM `set_timesteps`.
@@ -141,6 +143,7 @@ impl PndmScheduler {
             prk_len: if cfg.skip_prk_steps { 0 } else { 12 },
             half,
             rk_sum: Vec::new(),
+            first_index: None,
         })
     }
 
@@ -232,13 +235,14 @@ impl Scheduler for PndmScheduler {
         &self.timesteps
     }
 
-    /// PLMS: every call after the first completes a step (n + 1 evaluations make n steps);
-    /// with the Runge-Kutta warm-up every fourth of its 12, then every PLMS call.
+    /// PLMS: every call after the first completes a step (n + 1 evaluations make n steps,
+    /// also from img2img's late start); with the Runge-Kutta warm-up every fourth of its 12,
+    /// then every PLMS call.
     fn completes_step(&self, i: usize) -> bool {
         if self.prk_len > 0 {
             return if i < self.prk_len { i % 4 == 3 } else { true };
         }
-        i > 0 || self.timesteps.len() == 1
+        i != self.first_index.unwrap_or(0) || self.timesteps.len() == 1
     }
 
     fn step(
@@ -249,6 +253,7 @@ impl Scheduler for PndmScheduler {
         _noise: &mut NoiseGen,
     ) -> Vec<f32> {
         check_step_args("pndm", self.timesteps.len(), step, model_output, sample);
+        self.first_index.get_or_insert(step);
         if self.counter < self.prk_len {
             return self.step_prk(model_output, step, sample);
         }
