@@ -110,9 +110,9 @@ pub fn multistep_timesteps(
 
 /// The multistep solvers' `(timesteps, sigmas)`: with Karras sigmas, `steps` of them between
 /// the smallest and largest training sigma, their timesteps the rounded `sigma_to_t`;
-/// otherwise the training sigmas interpolated at `timesteps`. Then the final sigma:
-/// `sigma_min_last` is what diffusers appends for `final_sigmas_type = "sigma_min"` (DPM-Solver:
-/// the smallest training sigma; UniPC with Karras sigmas: the last Karras sigma).
+/// otherwise the training sigmas interpolated at `timesteps`. Then the final sigma, per
+/// `final_sigmas_type`; for `sigma_min` diffusers appends the smallest training sigma, except
+/// UniPC with Karras sigmas, which appends the last Karras sigma (`karras_final_is_last`).
 pub fn multistep_sigmas(
     cfg: &ScheduleConfig,
     schedule: &NoiseSchedule,
