@@ -70,10 +70,13 @@ def kohya_file(pipe, g):
             else:
                 down = torch.randn(RANK, w.shape[1], generator=g) * 0.2
                 up = torch.randn(w.shape[0], RANK, generator=g) * 0.2
-            alpha = torch.tensor(float(RANK) / 2 + 1)  # alpha != rank: the scale matters
+            # kohya saves fp16; the deltas below use the rounded values, as diffusers will.
+            down, up = down.half(), up.half()
+            alpha = torch.tensor(float(RANK) / 2 + 1).half()  # alpha != rank: the scale matters
             sd[base + ".lora_down.weight"] = down
             sd[base + ".lora_up.weight"] = up
             sd[base + ".alpha"] = alpha
+            down, up, alpha = down.float(), up.float(), alpha.float()
             deltas[(comp, path)] = (alpha / RANK) * (up.flatten(1) @ down.flatten(1)).reshape(w.shape)
     return sd, deltas
 
@@ -159,10 +162,12 @@ def main():
     assert any(c == "text_encoder" for c, _ in deltas) and len(deltas) > 20, len(deltas)
     reference(pipe, "peft")
 
-    # A LoRA for another base model: the same names, a wider first attention.
-    sd, _ = kohya_file(base, g)
-    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    sd[k + ".lora_down.weight"] = torch.randn(RANK, 24, generator=g)
+    # A LoRA for another base model: the same names, a wider first attention (two layers kept:
+    # one that fits and the one that does not).
+    full, _ = kohya_file(base, g)
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_"
+    sd = {n: t for n, t in full.items() if n.startswith(k + "q.") or n.startswith(k + "k.")}
+    sd[k + "q.lora_down.weight"] = torch.randn(RANK, 24, generator=g).half()
     save_file(sd, OUT / "other_base.safetensors")
     (OUT / "ref" / "inputs.json").write_text(json.dumps({"scales": scales, "rank": RANK}, indent=1) + "\n")
     print("ok:", sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file()), "bytes")
