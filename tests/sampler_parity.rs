@@ -42,7 +42,7 @@ struct Fixture {
 fn samplers_step_like_diffusers_schedulers() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures/schedulers.json");
     let f: Fixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(f.cases.len(), 23);
+    assert_eq!(f.cases.len(), 25);
     let mut seen = std::collections::HashSet::new();
     for c in &f.cases {
         let mut cfg_json = c.config.clone();
@@ -89,7 +89,7 @@ fn samplers_step_like_diffusers_schedulers() {
             s.num_steps()
         );
     }
-    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_eq!(seen.len(), 8, "{seen:?}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -296,6 +296,12 @@ fn unipc_pipeline_matches_diffusers() {
 fn euler_ancestral_pipeline_matches_diffusers() {
     // Stochastic: diffusers drew its noise from our generator's stream.
     pipeline("euler_a", "euler_a", false);
+}
+
+#[test]
+fn ddpm_pipeline_matches_diffusers() {
+    // Stochastic: diffusers drew its noise from our generator's stream.
+    pipeline("ddpm", "ddpm", false);
 }
 
 #[test]

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import diffusers
-from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+from diffusers import (DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
                        StableDiffusionPipeline, UniPCMultistepScheduler)
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_mod
+import diffusers.schedulers.scheduling_ddpm as ddpm_mod
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_mod
 from make_lcm_fixture import NoiseGen
 
@@ -43,16 +44,18 @@ CLASSES = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
     "UniPCMultistepScheduler": UniPCMultistepScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
+    "DDPMScheduler": DDPMScheduler,
 }
 
 
 def inject(stream):
-    """Make the stochastic schedulers' noise (DPM-Solver SDE, Euler ancestral) come from
+    """Make the stochastic schedulers' noise (DPM-Solver SDE, Euler ancestral, DDPM) come from
     `stream` (our generator's port)."""
     fake = lambda shape, generator=None, device=None, dtype=None: \
         torch.from_numpy(stream.sample(int(np.prod(shape)))).reshape(shape).to(dtype)
     dpm_mod.randn_tensor = fake
     euler_a_mod.randn_tensor = fake
+    ddpm_mod.randn_tensor = fake
 
 
 def case(cls_name, kwargs, steps, seed, n=16):
@@ -114,6 +117,9 @@ CASES = [
     ("UniPCMultistepScheduler", dict(final_sigmas_type="sigma_min", lower_order_final=False), 5),
     ("EulerAncestralDiscreteScheduler", dict(timestep_spacing="leading", steps_offset=1), 5),
     ("EulerAncestralDiscreteScheduler", dict(prediction_type="v_prediction"), 4),
+    ("DDPMScheduler", dict(clip_sample=False, timestep_spacing="leading", steps_offset=1), 5),
+    ("DDPMScheduler", dict(clip_sample=False, timestep_spacing="linspace",
+                           prediction_type="v_prediction"), 4),
 ]
 
 # Pipeline variants on the sd1 fixture: (name, class, settings, steps). SD-style settings.
@@ -127,6 +133,7 @@ VARIANTS = [
     ("pndm_prk", "PNDMScheduler", dict(skip_prk_steps=False), 5),
     ("unipc", "UniPCMultistepScheduler", dict(timestep_spacing="trailing"), 5),
     ("euler_a", "EulerAncestralDiscreteScheduler", dict(), 5),
+    ("ddpm", "DDPMScheduler", dict(clip_sample=False), 5),
     ("dpmpp_2m_sde", "DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++",
                                                         use_karras_sigmas=True), 6),
 ]
