@@ -42,7 +42,7 @@ struct Fixture {
 fn samplers_step_like_diffusers_schedulers() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures/schedulers.json");
     let f: Fixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(f.cases.len(), 25);
+    assert_eq!(f.cases.len(), 29);
     let mut seen = std::collections::HashSet::new();
     for c in &f.cases {
         let mut cfg_json = c.config.clone();

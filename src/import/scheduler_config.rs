@@ -122,7 +122,10 @@ pub fn scheduler(v: Value) -> Result<(ScheduleConfig, SamplerKind)> {
             cfg.final_sigmas_type = f.or("final_sigmas_type", FinalSigma::Zero)?;
             cfg.lower_order_final = f.or("lower_order_final", true)?;
             sigma_variants(&mut f)?;
-            f.expect("solver_order", json!(2))?;
+            cfg.solver_order = f.or("solver_order", 2)?;
+            if !(1..=2).contains(&cfg.solver_order) {
+                return Err(refused("solver_order", json!(cfg.solver_order), "1 or 2"));
+            }
             f.expect("use_flow_sigmas", json!(false))?;
             f.expect("use_dynamic_shifting", json!(false))?;
             // Only read with flow sigmas or dynamic shifting, both refused above.
@@ -134,11 +137,7 @@ pub fn scheduler(v: Value) -> Result<(ScheduleConfig, SamplerKind)> {
                 f.expect_null("sigma_min")?;
                 f.expect_null("sigma_max")?;
                 f.expect_null("shift_terminal")?;
-                if let Some(d) = f.raw("disable_corrector") {
-                    if d.as_array().is_none_or(|a| !a.is_empty()) {
-                        return Err(refused("disable_corrector", d, "[]"));
-                    }
-                }
+                cfg.disable_corrector = f.or("disable_corrector", Vec::new())?;
             } else {
                 kind = match f.or("algorithm_type", "dpmsolver++".to_string())?.as_str() {
                     "dpmsolver++" => SamplerKind::DpmSolverPP2M,
@@ -152,7 +151,7 @@ pub fn scheduler(v: Value) -> Result<(ScheduleConfig, SamplerKind)> {
                     }
                 };
                 f.expect("solver_type", json!("midpoint"))?;
-                f.expect("euler_at_final", json!(false))?;
+                cfg.euler_at_final = f.or("euler_at_final", false)?;
                 f.expect("use_lu_lambdas", json!(false))?;
                 f.expect_null("variance_type")?;
                 let clip = f.float_or("lambda_min_clipped", f64::NEG_INFINITY)?;
@@ -332,7 +331,7 @@ mod tests {
             ),
             ("EulerDiscreteScheduler", "sigma_max", json!(80.0)),
             ("HeunDiscreteScheduler", "clip_sample", json!(true)),
-            ("UniPCMultistepScheduler", "disable_corrector", json!([1])),
+            ("UniPCMultistepScheduler", "disable_corrector", json!("all")),
             ("UniPCMultistepScheduler", "predict_x0", json!(false)),
             (
                 "UniPCMultistepScheduler",

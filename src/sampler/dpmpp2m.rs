@@ -34,8 +34,11 @@ pub enum DpmAlgorithm {
 pub struct DpmSolverPP2MScheduler {
     prediction: Prediction,
     algorithm: DpmAlgorithm,
-    /// `final_sigmas_type = zero`, or `lower_order_final` below 15 steps: the last step is first order.
+    /// `final_sigmas_type = zero`, `euler_at_final`, or `lower_order_final` below 15 steps: the
+    /// last step is first order.
     last_first_order: bool,
+    /// `solver_order = 1`: every step is first order.
+    first_order_only: bool,
     timesteps: Vec<f32>,
     /// One per timestep plus the final one.
     sigmas: Vec<f32>,
@@ -71,12 +74,20 @@ impl DpmSolverPP2MScheduler {
             // diffusers; the sigmas still decrease strictly.
             super::schedule::check_timesteps(&timesteps, cfg)?;
         }
+        if !(1..=2).contains(&cfg.solver_order) {
+            return Err(SamplerError::InvalidConfig(format!(
+                "DPM-Solver++ solver_order {} is not implemented (1 or 2)",
+                cfg.solver_order
+            )));
+        }
         let last_first_order = cfg.final_sigmas_type == super::FinalSigma::Zero
+            || cfg.euler_at_final
             || (cfg.lower_order_final && steps < 15);
         Ok(Self {
             prediction: cfg.prediction,
             algorithm,
             last_first_order,
+            first_order_only: cfg.solver_order == 1,
             timesteps,
             sigmas,
             last: None,
@@ -124,7 +135,7 @@ impl Scheduler for DpmSolverPP2MScheduler {
             Some((prev_step, d_prev)) if *prev_step + 1 == step && step > 0 => Some(d_prev),
             _ => None,
         }
-        .filter(|_| !(last_step && self.last_first_order));
+        .filter(|_| !(last_step && self.last_first_order) && !self.first_order_only);
         let prev = if self.sigmas[step + 1] == 0.0 {
             // First order to sigma 0: sigma_t = 0 and e^-h = 0, so x' = D0 exactly for both
             // algorithms. Written out to avoid evaluating 0 * ln(0).

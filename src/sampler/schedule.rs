@@ -83,6 +83,12 @@ pub struct ScheduleConfig {
     pub set_alpha_to_one: bool,
     /// PNDM without its Runge-Kutta warm-up (PLMS from the first step), as SD ships it.
     pub skip_prk_steps: bool,
+    /// Order of the multistep solvers (DPM-Solver++, UniPC): 1 or 2.
+    pub solver_order: usize,
+    /// DPM-Solver++ takes a first-order (Euler) last step whatever the step count.
+    pub euler_at_final: bool,
+    /// UniPC skips its corrector after these steps (diffusers' `disable_corrector`).
+    pub disable_corrector: Vec<usize>,
 }
 
 impl Default for ScheduleConfig {
@@ -103,6 +109,9 @@ impl Default for ScheduleConfig {
             lambda_min_clipped: None,
             set_alpha_to_one: false,
             skip_prk_steps: true,
+            solver_order: 2,
+            euler_at_final: false,
+            disable_corrector: Vec::new(),
         }
     }
 }

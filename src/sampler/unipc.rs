@@ -25,6 +25,9 @@ use super::{NoiseGen, NoiseSchedule, Prediction, SamplerError, ScheduleConfig, S
 pub struct UniPcScheduler {
     prediction: Prediction,
     lower_order_final: bool,
+    solver_order: usize,
+    /// Steps after which the corrector is skipped.
+    disable_corrector: Vec<usize>,
     timesteps: Vec<f32>,
     sigmas: Vec<f32>,
     /// Data predictions of the last two steps, newest last, with their step index.
@@ -36,6 +39,12 @@ pub struct UniPcScheduler {
 impl UniPcScheduler {
     pub fn new(cfg: &ScheduleConfig, steps: usize) -> Result<Self, SamplerError> {
         let schedule = NoiseSchedule::new(cfg)?;
+        if !(1..=2).contains(&cfg.solver_order) {
+            return Err(SamplerError::InvalidConfig(format!(
+                "UniPC solver_order {} is not implemented (1 or 2)",
+                cfg.solver_order
+            )));
+        }
         // UniPC has no lambda_min_clipped.
         let plain = ScheduleConfig {
             lambda_min_clipped: None,
@@ -50,6 +59,8 @@ impl UniPcScheduler {
         Ok(Self {
             prediction: cfg.prediction,
             lower_order_final: cfg.lower_order_final,
+            solver_order: cfg.solver_order,
+            disable_corrector: cfg.disable_corrector.clone(),
             timesteps,
             sigmas,
             outputs: Vec::new(),
@@ -103,7 +114,10 @@ impl Scheduler for UniPcScheduler {
         }
         // Corrector (UniC) of the sample this step was handed.
         let mut x = sample.to_vec();
-        if let (Some((x_prev, order)), Some((_, m0))) = (self.last.as_ref(), self.outputs.last()) {
+        let corrector = step > 0 && !self.disable_corrector.contains(&(step - 1));
+        if let (true, Some((x_prev, order)), Some((_, m0))) =
+            (corrector, self.last.as_ref(), self.outputs.last())
+        {
             let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step]);
             let (_, sigma_s0) = alpha_sigma(self.sigmas[step - 1]);
             let lambda_s0 = lambda(self.sigmas[step - 1]);
@@ -138,9 +152,9 @@ impl Scheduler for UniPcScheduler {
         }
         let left = self.timesteps.len() - step;
         let this_order = if self.lower_order_final {
-            left.min(2)
+            left.min(self.solver_order)
         } else {
-            2
+            self.solver_order
         };
         let order = this_order.min(self.outputs.len());
         // Predictor (UniP) from the corrected sample.
