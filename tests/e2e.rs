@@ -119,11 +119,42 @@ fn init_noise_round_trips_with_save_latents() {
 
 #[test]
 fn every_sampler_runs() {
-    for s in ["ddim", "ddpm", "euler_a", "dpmpp_2m"] {
+    for s in [
+        "ddim",
+        "ddpm",
+        "pndm",
+        "euler",
+        "euler_a",
+        "heun",
+        "dpmpp_2m",
+        "dpmpp_2m_sde",
+        "unipc",
+    ] {
         let out = tmp(&format!("s-{s}.png"));
         ok(&generate(&out, &["--sampler", s, "--guidance", "3"]));
         assert!(image::open(&out).is_ok());
     }
+}
+
+#[test]
+fn karras_sigmas_from_the_command_line() {
+    let plain = tmp("k-plain.png");
+    let karras = tmp("k-karras.png");
+    ok(&generate(&plain, &["--sampler", "dpmpp_2m"]));
+    ok(&generate(&karras, &["--sampler", "dpmpp_2m", "--karras"]));
+    assert_ne!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&karras).unwrap(),
+        "--karras has no effect"
+    );
+    // The default model's schedule is not Karras', so --no-karras changes nothing.
+    let off = tmp("k-off.png");
+    ok(&generate(&off, &["--sampler", "dpmpp_2m", "--no-karras"]));
+    assert_eq!(std::fs::read(&plain).unwrap(), std::fs::read(&off).unwrap());
+    fails_with(
+        &generate(&tmp("k-ddim.png"), &["--sampler", "ddim", "--karras"]),
+        "Karras",
+    );
 }
 
 #[test]
@@ -134,7 +165,7 @@ fn bad_input_is_a_clear_error() {
         "prompt is empty",
     );
     fails_with(&generate(&out, &["--size", "30x32"]), "multiple of");
-    fails_with(&generate(&out, &["--sampler", "heun"]), "heun");
+    fails_with(&generate(&out, &["--sampler", "kdpm2"]), "kdpm2");
     fails_with(&generate(&out, &["--steps", "0"]), "steps");
     fails_with(&generate(&out, &["--backend", "tpu"]), "unknown backend");
     fails_with(

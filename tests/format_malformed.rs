@@ -212,6 +212,10 @@ fn bad_json() {
         "",
         "{\"tensors\":[]} x",
         "{\"tensors\":[],}",
+        // Python's non-finite tokens are accepted in imported diffusers configs only; the
+        // model file's own header stays strict JSON.
+        "{\"tensors\":[],\"x\":-Infinity}",
+        "{\"tensors\":[],\"x\":NaN}",
     ]
     .into_iter()
     .enumerate()

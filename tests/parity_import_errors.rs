@@ -128,11 +128,6 @@ fn unsupported_config_fields_are_named() {
             "class_embed_type",
             serde_json::json!("timestep"),
         ),
-        (
-            "unet/config.json",
-            "some_future_option",
-            serde_json::json!(1),
-        ),
         ("vae/config.json", "shift_factor", serde_json::json!(0.1)),
         (
             "text_encoder/config.json",
@@ -149,6 +144,32 @@ fn unsupported_config_fields_are_named() {
         let e = edit_config(&format!("field{i}"), file, key, value);
         assert!(e.contains(key), "{file} {key}: {e}");
     }
+}
+
+/// Keys this importer does not know (newer diffusers/transformers add them all the time) are
+/// ignored with a debug log, and Python's non-finite number tokens parse, in every config.
+#[test]
+fn unknown_config_fields_and_python_infinity_are_accepted() {
+    let d = broken_copy("future-keys");
+    for file in [
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "scheduler/scheduler_config.json",
+        "model_index.json",
+    ] {
+        let p = d.join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let body = text.trim_end().strip_suffix('}').unwrap();
+        // As Python's json.dumps writes them: bare Infinity / -Infinity / NaN.
+        let edited = format!(
+            "{body},\n  \"some_future_option\": 1,\n  \"future_inf\": -Infinity,\n  \
+             \"future_nan\": NaN,\n  \"future_max\": Infinity\n}}\n"
+        );
+        std::fs::write(&p, edited).unwrap();
+    }
+    let imp = Import::from_diffusers(&d).unwrap();
+    assert_eq!(imp.sampler.sampler, "ddim");
 }
 
 #[test]

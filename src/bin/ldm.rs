@@ -104,9 +104,17 @@ struct SampleArgs {
     guidance: Option<f32>,
     #[arg(long, short = 's', default_value_t = 0)]
     seed: u64,
-    /// ddim, ddpm, euler_a, dpmpp_2m or lcm [default: the model's].
+    /// ddim, ddpm, pndm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_sde, unipc or lcm
+    /// [default: the model's].
     #[arg(long)]
     sampler: Option<String>,
+    /// Karras sigmas for euler, heun, dpmpp_2m, dpmpp_2m_sde and unipc ("DPM++ 2M Karras")
+    /// [default: the model's schedule].
+    #[arg(long, conflicts_with = "no_karras")]
+    karras: bool,
+    /// The plain sigma schedule even where the model's says Karras.
+    #[arg(long)]
+    no_karras: bool,
     /// DDIM eta (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f32,
@@ -169,6 +177,9 @@ impl SampleArgs {
         }
         if let Some(name) = &self.sampler {
             p.sampler = name.parse()?;
+        }
+        if self.karras || self.no_karras {
+            p.karras = Some(self.karras);
         }
         Ok(())
     }
@@ -585,6 +596,9 @@ fn upscale(a: UpscaleArgs) -> Result<()> {
     req.prompt = a.prompt;
     req.negative_prompt = a.negative_prompt;
     req.overlap = a.overlap;
+    if s.karras || s.no_karras {
+        anyhow::bail!("--karras/--no-karras do not apply to upscale (its models sample with ddim)");
+    }
     req.seed = s.seed;
     req.eta = s.eta;
     if let Some(n) = s.steps {

@@ -11,8 +11,8 @@ fn read(path: &Path) -> Result<String> {
 }
 
 fn parse(path: &Path) -> Result<Value> {
-    serde_json::from_str(&read(path)?)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    // transformers writes its configs with Python's json: Infinity/NaN may appear.
+    super::json::parse(&read(path)?, &path.display().to_string())
 }
 
 /// A special token entry: a string or `{"content": ...}` (AddedToken).

@@ -3,9 +3,8 @@
 //! cannot change an f32 result.
 use super::fields::Fields;
 use crate::arch::{HiddenAct, TextEncoderConfig, TextEncoderKind, UNetConfig, VaeConfig};
-use crate::sampler::{SamplerKind, ScheduleConfig};
-use crate::{Error, Result};
-use serde_json::{json, Value};
+use crate::Result;
+use serde_json::json;
 
 /// An int or a per-level list, as diffusers allows for `attention_head_dim` and friends.
 #[derive(serde::Deserialize)]
@@ -237,116 +236,4 @@ pub fn clip_text(mut f: Fields) -> Result<TextEncoderConfig> {
     f.finish()?;
     cfg.validate()?;
     Ok(cfg)
-}
-
-/// scheduler_config.json -> (schedule, default sampler). The schedule keys deserialize directly;
-/// settings that would change the math of our samplers are refused by name.
-pub fn scheduler(v: &Value) -> Result<(ScheduleConfig, SamplerKind)> {
-    let file = "scheduler/scheduler_config.json";
-    let err = |k: &str, val: &Value| {
-        Error::Config(format!(
-            "{file}: unsupported config field `{k}` = {val} (only the default is supported)"
-        ))
-    };
-    let class = v.get("_class_name").and_then(Value::as_str).unwrap_or("");
-    let kind = match class {
-        "DDIMScheduler" => SamplerKind::Ddim,
-        "EulerAncestralDiscreteScheduler" => SamplerKind::EulerAncestral,
-        "DPMSolverMultistepScheduler" => SamplerKind::DpmSolverPP2M,
-        "DDPMScheduler" => SamplerKind::Ddpm,
-        "LCMScheduler" => SamplerKind::Lcm,
-        // SD 1.5 ships PNDM, SD 2.x Euler/DDIM: same noise schedule, and DDIM is our default.
-        other => {
-            log::warn!("scheduler {other:?} is not implemented; the default sampler is ddim");
-            SamplerKind::Ddim
-        }
-    };
-    for (k, ok) in [
-        ("thresholding", json!(false)),
-        ("rescale_betas_zero_snr", json!(false)),
-        ("trained_betas", Value::Null),
-    ] {
-        if let Some(val) = v.get(k) {
-            if *val != ok {
-                return Err(err(k, val));
-            }
-        }
-    }
-    if kind == SamplerKind::Ddim && class == "DDIMScheduler" {
-        // Our DDIM is diffusers' with clip_sample=False, set_alpha_to_one=False (SD's settings).
-        for k in ["clip_sample", "set_alpha_to_one"] {
-            if let Some(val) = v.get(k).filter(|x| **x != json!(false)) {
-                return Err(err(k, val));
-            }
-        }
-    }
-    if kind == SamplerKind::Lcm {
-        // Our LCM sampler is diffusers' with these defaults (LCM-SD1.5's own config).
-        let lcm_defaults = [
-            (
-                "original_inference_steps",
-                json!(crate::sampler::lcm::ORIGINAL_STEPS),
-            ),
-            ("timestep_scaling", json!(10.0)),
-            ("clip_sample", json!(false)),
-        ];
-        for (k, ok) in lcm_defaults {
-            if let Some(val) = v.get(k) {
-                // 10 and 10.0 are the same setting.
-                let same = *val == ok || (val.is_number() && val.as_f64() == ok.as_f64());
-                if !same {
-                    return Err(err(k, val));
-                }
-            }
-        }
-    }
-    let cfg: ScheduleConfig =
-        serde_json::from_value(v.clone()).map_err(|e| Error::Config(format!("{file}: {e}")))?;
-    Ok((cfg, kind))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// LCM-SD1.5's scheduler_config.json as diffusers writes it (the keys that matter).
-    fn lcm_config() -> Value {
-        json!({
-            "_class_name": "LCMScheduler",
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "beta_start": 0.00085,
-            "clip_sample": false,
-            "num_train_timesteps": 1000,
-            "original_inference_steps": 50,
-            "prediction_type": "epsilon",
-            "set_alpha_to_one": true,
-            "steps_offset": 1,
-            "timestep_scaling": 10.0
-        })
-    }
-
-    #[test]
-    fn lcm_scheduler_imports_as_lcm() {
-        let (cfg, kind) = scheduler(&lcm_config()).unwrap();
-        assert_eq!(kind, SamplerKind::Lcm);
-        assert_eq!(cfg.num_train_timesteps, 1000);
-    }
-
-    #[test]
-    fn lcm_settings_we_do_not_implement_are_refused_by_name() {
-        for (k, bad) in [
-            ("original_inference_steps", json!(100)),
-            ("timestep_scaling", json!(5.0)),
-            ("clip_sample", json!(true)),
-        ] {
-            let mut v = lcm_config();
-            v[k] = bad;
-            let e = scheduler(&v).unwrap_err().to_string();
-            assert!(e.contains(k), "{e}");
-        }
-        let mut v = lcm_config();
-        v["timestep_scaling"] = json!(10);
-        assert!(scheduler(&v).is_ok(), "10 and 10.0 are the same setting");
-    }
 }

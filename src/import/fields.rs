@@ -1,6 +1,7 @@
-//! Reading a diffusers/transformers config.json field by field, so that every key is either
-//! used, checked to hold the one value we implement, or explicitly ignored: anything else is an
-//! error naming the file and the field, never a silently different model.
+//! Reading a diffusers/transformers config.json field by field: every key we know is used,
+//! checked to hold the one value we implement (an error naming the file and the field, never a
+//! silently different model), or explicitly ignored; keys we do not know are logged at debug
+//! level and ignored, since newer diffusers/transformers versions keep adding them.
 use crate::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -89,19 +90,33 @@ impl Fields {
         self.used.extend(keys.iter().map(|k| k.to_string()));
     }
 
-    /// Errors on the first field neither used nor ignored. `_`-prefixed keys are bookkeeping
-    /// (`_class_name`, `_diffusers_version`, `_name_or_path`).
+    /// A float field that Python may have written as `Infinity`, `-Infinity` or `NaN`
+    /// (see [`super::json`]); `default` when absent or null.
+    pub fn float_or(&mut self, key: &str, default: f64) -> Result<f64> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => {
+                super::json::number(&v).ok_or_else(|| self.err(key, format!("{v} is not a number")))
+            }
+        }
+    }
+
+    /// Fields neither used nor ignored. Every key we know to change the math is read or
+    /// refused by name above; the rest are keys newer diffusers/transformers versions add
+    /// (bookkeeping, options of code paths we do not take), so they are logged at debug level
+    /// and ignored rather than failing an import.
     pub fn finish(self) -> Result<()> {
-        match self
+        for k in self
             .map
             .keys()
-            .find(|k| !k.starts_with('_') && !self.used.contains(*k))
+            .filter(|k| !k.starts_with('_') && !self.used.contains(*k))
         {
-            Some(k) => Err(Error::Config(format!(
-                "{}: unsupported config field `{k}` = {} (unknown to this importer)",
-                self.file, self.map[k]
-            ))),
-            None => Ok(()),
+            log::debug!(
+                "{}: ignoring config field `{k}` = {} (unknown to this importer)",
+                self.file,
+                self.map[k]
+            );
         }
+        Ok(())
     }
 }

@@ -8,7 +8,10 @@
 mod clip_bpe;
 mod configs;
 mod fields;
+mod json;
+pub mod lora;
 pub mod safetensors;
+mod scheduler_config;
 mod single_file;
 
 use crate::arch::{ModelConfig, TEXT, UNET, VAE};
@@ -57,11 +60,21 @@ pub struct Import {
     files: Vec<SafeTensors>,
     /// Our parameter path -> its tensor in `files`, in `param_specs` order.
     plan: Vec<(String, Vec<usize>, Source)>,
+    /// LoRA updates merged into the weights as they are loaded (before any quantization).
+    lora: lora::LoraMerge,
+    /// The LoRA files merged, `FILE:SCALE`, for the provenance.
+    loras: Vec<String>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    json::parse(&text, &path.display().to_string())
+}
+
+/// A diffusers `scheduler_config.json`'s text -> (schedule, the sampler it names), as
+/// `Import::from_diffusers` reads it (Python's `Infinity`/`NaN` accepted).
+pub fn read_scheduler_config(text: &str) -> Result<(crate::sampler::ScheduleConfig, SamplerKind)> {
+    scheduler_config::scheduler(json::parse(text, scheduler_config::FILE)?)
 }
 
 fn fields(dir: &Path, rel: &str) -> Result<Fields> {
@@ -215,7 +228,7 @@ impl Import {
         let (vae, latent_scale, _) = configs::vae(fields(dir, "vae/config.json")?)?;
         let text = configs::clip_text(fields(dir, "text_encoder/config.json")?)?;
         let (schedule, kind) =
-            configs::scheduler(&read_json(&dir.join("scheduler/scheduler_config.json"))?)?;
+            scheduler_config::scheduler(read_json(&dir.join(scheduler_config::FILE))?)?;
         // SD-inpainting checkpoints carry the mask and masked-image latent as 5 extra UNet
         // inputs, in the order our inpaint task uses; anything else is not a task we run.
         let z = vae.latent_channels;
@@ -380,7 +393,23 @@ impl Import {
             source,
             files,
             plan,
+            lora: lora::LoraMerge::new(),
+            loras: Vec::new(),
         })
+    }
+
+    /// Merges a LoRA file (kohya or diffusers/PEFT layout; see [`lora`]) at `scale` into the
+    /// UNet and text encoder weights as they are loaded and written. Returns the number of
+    /// layers it adapts.
+    pub fn add_lora(&mut self, file: &Path, scale: f32) -> Result<usize> {
+        let params: BTreeMap<String, Vec<usize>> = self
+            .plan
+            .iter()
+            .map(|(p, s, _)| (p.clone(), s.clone()))
+            .collect();
+        let n = self.lora.add(file, scale, &params)?;
+        self.loras.push(format!("{}:{scale}", file.display()));
+        Ok(n)
     }
 
     /// Our parameter paths and shapes, in the order they are written.
@@ -395,7 +424,9 @@ impl Import {
             .iter()
             .find(|(p, _, _)| p == path)
             .ok_or_else(|| Error::MissingWeight(path.to_string()))?;
-        src.load(&self.files)
+        let mut data = src.load(&self.files)?;
+        self.lora.apply(path, &mut data);
+        Ok(data)
     }
 
     /// Number of tensors that will be written.
@@ -420,6 +451,7 @@ impl Import {
             "provenance": {
                 "kind": "imported",
                 "source": self.source,
+                "lora": self.loras,
                 "dtype": format!("{dtype:?}"),
                 "recipe": recipe,
                 "tool": concat!("ldm-edge ", env!("CARGO_PKG_VERSION")),
@@ -429,7 +461,8 @@ impl Import {
         let mut w = ModelWriter::new(meta)?;
         map.add_to(&mut w)?;
         for (path, shape, src) in &self.plan {
-            let data = src.load(&self.files)?;
+            let mut data = src.load(&self.files)?;
+            self.lora.apply(path, &mut data);
             let d = match dtype {
                 DType::Q8 | DType::Q4 if shape.len() < 2 => DType::F32,
                 d => d,

@@ -24,6 +24,8 @@ pub struct SafeTensors {
     map: memmap2::Mmap,
     data_start: usize,
     pub entries: BTreeMap<String, Entry>,
+    /// The header's `__metadata__` (string to string; LoRA files keep their adapter config here).
+    pub metadata: BTreeMap<String, String>,
 }
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -67,8 +69,18 @@ impl SafeTensors {
             .ok_or_else(|| bad(path, "header is not a JSON object"))?;
         let data_len = map.len() - data_start;
         let mut entries = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
         for (name, v) in obj {
             if name == "__metadata__" {
+                let m = v
+                    .as_object()
+                    .ok_or_else(|| bad(path, "__metadata__ is not an object"))?;
+                for (k, v) in m {
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| bad(path, format!("__metadata__ `{k}` is not a string")))?;
+                    metadata.insert(k.clone(), v.to_string());
+                }
                 continue;
             }
             let e: RawEntry = serde_json::from_value(v.clone())
@@ -106,6 +118,7 @@ impl SafeTensors {
             map,
             data_start,
             entries,
+            metadata,
         })
     }
 

@@ -13,6 +13,8 @@ pub(crate) struct Sampling<'a> {
     pub steps: usize,
     pub sampler: SamplerKind,
     pub eta: f32,
+    /// Karras sigmas on or off instead of the model's schedule setting (None: the model's).
+    pub karras: Option<bool>,
     pub seed: u64,
     /// Replaces the seed's initial noise [1, z, h, w] when given.
     pub init_noise: Option<&'a Tensor>,
@@ -81,7 +83,21 @@ impl Denoiser {
         progress: &mut Steps,
         cancel: &Cancel,
     ) -> Result<Tensor> {
-        let mut sched = make_scheduler(s.sampler, schedule, s.steps, s.eta)
+        let schedule = match s.karras {
+            Some(true) if !s.sampler.uses_sigmas() => {
+                return Err(Error::Input(format!(
+                    "Karras sigmas apply to euler, heun, dpmpp_2m, dpmpp_2m_sde and unipc, not \
+                     to {}",
+                    s.sampler
+                )))
+            }
+            Some(k) => ScheduleConfig {
+                use_karras_sigmas: k,
+                ..schedule.clone()
+            },
+            None => schedule.clone(),
+        };
+        let mut sched = make_scheduler(s.sampler, &schedule, s.steps, s.eta)
             .map_err(|e| Error::Input(e.to_string()))?;
         let init = self.initial_noise(s)?;
         let (mut x, first_step) = match start {
@@ -99,6 +115,7 @@ impl Denoiser {
                         init.len()
                     )));
                 }
+                let first = sched.eval_index(first);
                 (sched.add_noise(z0, &init, first), first)
             }
         };
@@ -121,6 +138,10 @@ impl Denoiser {
                 None => out,
             };
             x = sched.step(&eps, i, &x, &mut noise);
+            // Some samplers (Heun, PNDM's warm-up) take several evaluations per user step.
+            if !sched.completes_step(i) {
+                continue;
+            }
             if progress.wants_preview() {
                 // The sampler's estimate of the clean latent shows the final image; the noisy
                 // latent itself would show mostly noise until the last steps.

@@ -21,6 +21,8 @@ pub struct Txt2Img {
     pub sampler: SamplerKind,
     /// DDIM's eta (0 = deterministic).
     pub eta: f32,
+    /// Karras sigmas on or off for the sigma-space samplers (None: the model's schedule).
+    pub karras: Option<bool>,
     pub width: usize,
     pub height: usize,
     /// Initial latent noise [1, z, h, w]; replaces the seeded noise when given.
@@ -38,6 +40,7 @@ impl Txt2Img {
             seed: 0,
             sampler: d.kind()?,
             eta: 0.0,
+            karras: None,
             width: model.config.image_size,
             height: model.config.image_size,
             init_noise: None,
@@ -49,6 +52,7 @@ impl Txt2Img {
             steps: self.steps,
             sampler: self.sampler,
             eta: self.eta,
+            karras: self.karras,
             seed: self.seed,
             init_noise: self.init_noise.as_ref(),
         }

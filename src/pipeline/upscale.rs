@@ -195,6 +195,7 @@ impl Pipeline<'_> {
                 steps: req.steps,
                 sampler: req.sampler,
                 eta: req.eta,
+                karras: None,
                 seed: req.seed,
                 init_noise: None,
             },

@@ -1,76 +1,93 @@
-//! DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095) as diffusers'
-//! `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-//! solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero")`.
+//! DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095) and its SDE variant as diffusers'
+//! `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++" | "sde-dpmsolver++",
+//! solver_order=2, solver_type="midpoint")`, `scheduling_dpmsolver_multistep.py`.
 //!
-//! - Timesteps: diffusers' DPM-Solver rules, which differ from DDIM's: "leading" uses
-//!   `N // (steps + 1)` and drops the last of `steps + 1` values (SD, 20 steps: 941, 894, ..., 48),
-//!   "linspace" rounds `linspace(0, N - 1, steps + 1)` and drops the last; "trailing" is DDIM's.
-//! - Sigmas: interpolated training sigmas at those timesteps, then a final sigma of 0.
+//! - Timesteps and sigmas: [`sigmas::multistep_timesteps`] and [`sigmas::multistep_sigmas`]
+//!   (DPM-Solver's spacing rules, which differ from DDIM's; `lambda_min_clipped`; Karras sigmas
+//!   with rounded timesteps; the final sigma per `final_sigmas_type`).
 //! - With `alpha = 1 / sqrt(sigma^2 + 1)`, `sigma_t = sigma * alpha`, `lambda = ln alpha - ln sigma_t`,
-//!   `h = lambda_next - lambda_cur`, and data predictions `D0` (this step) and `D_prev`:
-//!   first order `x' = (sigma_next/sigma_cur) x - alpha_next (e^-h - 1) D0`; second order (midpoint)
-//!   adds `- 0.5 alpha_next (e^-h - 1) D1` with `D1 = (D0 - D_prev) h / h_prev`.
-//! - Order: the first step has no history, so it is first order; so is the final step, to sigma
-//!   0 (diffusers' `final_sigmas_type="zero"` forces it, whatever `lower_order_final` says; below
-//!   15 steps `lower_order_final` would too). Every other step is second order. After img2img's
-//!   late start the first step called is first order as well.
-//! - Deterministic: the noise generator is not used.
-use super::schedule::{check_timesteps, np_linspace, trailing_timesteps};
+//!   `h = lambda_next - lambda_cur`, and data predictions `D0` (this step) and `D_prev`,
+//!   `D1 = (D0 - D_prev) h / h_prev`:
+//!   - ODE (`dpmsolver++`): first order `x' = (s'/s) x - a' (e^-h - 1) D0`; second order
+//!     (midpoint) adds `- 0.5 a' (e^-h - 1) D1`;
+//!   - SDE (`sde-dpmsolver++`): first order
+//!     `x' = (s'/s) e^-h x + a' (1 - e^-2h) D0 + s' sqrt(1 - e^-2h) z`; second order adds
+//!     `+ 0.5 a' (1 - e^-2h) D1`. `z` is drawn from the seeded [`NoiseGen`] on every step, also
+//!     the last, as diffusers' `randn_tensor` is.
+//! - Order: the first step has no history, so it is first order, and so is the step after an
+//!   img2img late start. The last step is first order when the final sigma is 0 or when
+//!   `lower_order_final` holds with fewer than 15 steps (diffusers' `step`). Every other step is
+//!   second order.
 use super::scheduler::check_step_args;
-use super::{
-    NoiseGen, NoiseSchedule, Prediction, SamplerError, ScheduleConfig, Scheduler, TimestepSpacing,
-};
+use super::sigmas::{self, alpha_sigma, lambda};
+use super::{NoiseGen, NoiseSchedule, Prediction, SamplerError, ScheduleConfig, Scheduler};
+
+/// Which DPM-Solver++ update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpmAlgorithm {
+    /// The probability-flow ODE solver (`dpmsolver++`).
+    Ode,
+    /// The SDE solver (`sde-dpmsolver++`): fresh noise every step.
+    Sde,
+}
 
 pub struct DpmSolverPP2MScheduler {
     prediction: Prediction,
+    algorithm: DpmAlgorithm,
+    /// `final_sigmas_type = zero`, `euler_at_final`, or `lower_order_final` below 15 steps: the
+    /// last step is first order.
+    last_first_order: bool,
+    /// `solver_order = 1`: every step is first order.
+    first_order_only: bool,
     timesteps: Vec<f32>,
-    /// One per timestep plus the final 0.
+    /// One per timestep plus the final one.
     sigmas: Vec<f32>,
     /// The previous step's index and data prediction, for the second-order update.
     last: Option<(usize, Vec<f32>)>,
 }
 
-/// diffusers' DPM-Solver `set_timesteps` (with `lambda_min_clipped = -inf`, so the last
-/// timestep is N).
-pub fn dpm_timesteps(cfg: &ScheduleConfig, steps: usize) -> Vec<f32> {
-    let n = cfg.num_train_timesteps;
-    match cfg.timestep_spacing {
-        TimestepSpacing::Linspace => np_linspace(0.0, (n - 1) as f64, steps + 1)
-            .into_iter()
-            .rev()
-            .take(steps)
-            .map(|t| t.round_ties_even() as f32)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = n / (steps + 1);
-            (1..=steps)
-                .rev()
-                .map(|i| (i * ratio + cfg.steps_offset) as f32)
-                .collect()
-        }
-        TimestepSpacing::Trailing => trailing_timesteps(n, steps),
+/// diffusers' DPM-Solver `set_timesteps` timesteps (without Karras sigmas).
+#[cfg(test)]
+fn dpm_timesteps(cfg: &ScheduleConfig, steps: usize) -> Vec<f32> {
+    match NoiseSchedule::new(cfg) {
+        Ok(s) => sigmas::multistep_timesteps(cfg, &s, steps),
+        Err(_) => Vec::new(),
     }
-}
-
-/// `(alpha_t, sigma_t)` of the VP process at Karras sigma `sigma`.
-fn alpha_sigma(sigma: f32) -> (f32, f32) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
-
-fn lambda(alpha: f32, sigma: f32) -> f32 {
-    alpha.ln() - sigma.ln()
 }
 
 impl DpmSolverPP2MScheduler {
     pub fn new(cfg: &ScheduleConfig, steps: usize) -> Result<Self, SamplerError> {
+        Self::with_algorithm(cfg, steps, DpmAlgorithm::Ode)
+    }
+
+    pub fn with_algorithm(
+        cfg: &ScheduleConfig,
+        steps: usize,
+        algorithm: DpmAlgorithm,
+    ) -> Result<Self, SamplerError> {
         let schedule = NoiseSchedule::new(cfg)?;
-        let timesteps = dpm_timesteps(cfg, steps);
-        check_timesteps(&timesteps, cfg)?;
-        let mut sigmas = schedule.interp_sigmas(&timesteps);
-        sigmas.push(0.0);
+        let ts = sigmas::multistep_timesteps(cfg, &schedule, steps);
+        let (timesteps, sigmas) = sigmas::multistep_sigmas(cfg, &schedule, ts, false);
+        super::schedule::check_timesteps_in_range(&timesteps, cfg)?;
+        if !cfg.use_karras_sigmas {
+            // Karras timesteps are rounded model inputs and may repeat at many steps, as in
+            // diffusers; the sigmas still decrease strictly.
+            super::schedule::check_timesteps(&timesteps, cfg)?;
+        }
+        if !(1..=2).contains(&cfg.solver_order) {
+            return Err(SamplerError::InvalidConfig(format!(
+                "DPM-Solver++ solver_order {} is not implemented (1 or 2)",
+                cfg.solver_order
+            )));
+        }
+        let last_first_order = cfg.final_sigmas_type == super::FinalSigma::Zero
+            || cfg.euler_at_final
+            || (cfg.lower_order_final && steps < 15);
         Ok(Self {
             prediction: cfg.prediction,
+            algorithm,
+            last_first_order,
+            first_order_only: cfg.solver_order == 1,
             timesteps,
             sigmas,
             last: None,
@@ -92,7 +109,7 @@ impl Scheduler for DpmSolverPP2MScheduler {
         model_output: &[f32],
         step: usize,
         sample: &[f32],
-        _noise: &mut NoiseGen,
+        noise: &mut NoiseGen,
     ) -> Vec<f32> {
         check_step_args("dpmpp_2m", self.timesteps.len(), step, model_output, sample);
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
@@ -109,37 +126,50 @@ impl Scheduler for DpmSolverPP2MScheduler {
                 .map(|(&v, &x)| alpha_s0 * x - sigma_s0 * v)
                 .collect(),
         };
+        let z = match self.algorithm {
+            DpmAlgorithm::Sde => noise.sample(sample.len()),
+            DpmAlgorithm::Ode => Vec::new(),
+        };
         let last_step = step + 1 == self.timesteps.len();
+        let history = match &self.last {
+            Some((prev_step, d_prev)) if *prev_step + 1 == step && step > 0 => Some(d_prev),
+            _ => None,
+        }
+        .filter(|_| !(last_step && self.last_first_order) && !self.first_order_only);
         let prev = if self.sigmas[step + 1] == 0.0 {
-            // First order to sigma 0: sigma_t = 0 and e^-h = 0, so x' = D0 exactly. Written out
-            // to avoid evaluating 0 * ln(0).
+            // First order to sigma 0: sigma_t = 0 and e^-h = 0, so x' = D0 exactly for both
+            // algorithms. Written out to avoid evaluating 0 * ln(0).
             d0.clone()
         } else {
             let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
-            let lambda_s0 = lambda(alpha_s0, sigma_s0);
-            let h = lambda(alpha_t, sigma_t) - lambda_s0;
-            let c_x = sigma_t / sigma_s0;
-            let c_d = alpha_t * ((-h).exp() - 1.0);
-            match &self.last {
-                Some((prev_step, d_prev)) if *prev_step + 1 == step && step > 0 && !last_step => {
-                    let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
-                    let r0 = (lambda_s0 - lambda(alpha_s1, sigma_s1)) / h;
-                    sample
-                        .iter()
-                        .zip(&d0)
-                        .zip(d_prev)
-                        .map(|((&x, &m0), &m1)| {
-                            let d1 = (1.0 / r0) * (m0 - m1);
-                            c_x * x - c_d * m0 - 0.5 * c_d * d1
-                        })
-                        .collect()
-                }
-                _ => sample
-                    .iter()
-                    .zip(&d0)
-                    .map(|(&x, &m0)| c_x * x - c_d * m0)
-                    .collect(),
-            }
+            let lambda_s0 = lambda(self.sigmas[step]);
+            let h = lambda(self.sigmas[step + 1]) - lambda_s0;
+            // x' = c_x x + c_d (D0 + 0.5 D1) + c_z z
+            let (c_x, c_d, c_z) = match self.algorithm {
+                DpmAlgorithm::Ode => (sigma_t / sigma_s0, -(alpha_t * ((-h).exp() - 1.0)), 0.0),
+                DpmAlgorithm::Sde => (
+                    sigma_t / sigma_s0 * (-h).exp(),
+                    alpha_t * (1.0 - (-2.0 * h).exp()),
+                    sigma_t * (1.0 - (-2.0 * h).exp()).sqrt(),
+                ),
+            };
+            let d1_scale = history.map(|_| {
+                let r0 = (lambda_s0 - lambda(self.sigmas[step - 1])) / h;
+                1.0 / r0
+            });
+            (0..sample.len())
+                .map(|k| {
+                    let (x, m0) = (sample[k], d0[k]);
+                    let mut v = c_x * x + c_d * m0;
+                    if let (Some(d_prev), Some(s)) = (history, d1_scale) {
+                        v += 0.5 * c_d * (s * (m0 - d_prev[k]));
+                    }
+                    if let Some(&zk) = z.get(k) {
+                        v += c_z * zk;
+                    }
+                    v
+                })
+                .collect()
         };
         self.last = Some((step, d0));
         prev
@@ -168,6 +198,7 @@ impl Scheduler for DpmSolverPP2MScheduler {
 mod tests {
     use super::*;
     use crate::sampler::testutil::*;
+    use crate::sampler::TimestepSpacing;
 
     #[test]
     fn timesteps_follow_diffusers_dpm_rules() {

@@ -42,6 +42,17 @@ pub enum Prediction {
     VPrediction,
 }
 
+/// The last sigma of a sigma-space schedule (diffusers' `final_sigmas_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalSigma {
+    /// The chain ends at sigma 0: the last step returns the model's clean estimate.
+    #[default]
+    Zero,
+    /// The chain ends at the smallest training sigma, `sqrt((1 - a_0) / a_0)`.
+    SigmaMin,
+}
+
 /// Training-time noise schedule plus how inference steps are laid out.
 ///
 /// The serde names are diffusers' `scheduler_config.json` keys, so such a file deserializes
@@ -57,6 +68,27 @@ pub struct ScheduleConfig {
     pub prediction: Prediction,
     pub steps_offset: usize,
     pub timestep_spacing: TimestepSpacing,
+    /// Karras et al. (2022) sigmas (rho = 7) between the schedule's extremes instead of the
+    /// training sigmas at the spaced timesteps (Euler, Heun, DPM-Solver++, UniPC).
+    pub use_karras_sigmas: bool,
+    /// Where sigma-space samplers end (Euler, DPM-Solver++, UniPC).
+    pub final_sigmas_type: FinalSigma,
+    /// Multistep solvers (DPM-Solver++, UniPC) drop to first order at the end: always for
+    /// UniPC, below 15 steps for DPM-Solver++ (diffusers' rule).
+    pub lower_order_final: bool,
+    /// DPM-Solver's `lambda_min_clipped`: timesteps whose log-SNR is below it are not sampled.
+    /// `None` is diffusers' default of -infinity (no clipping).
+    pub lambda_min_clipped: Option<f64>,
+    /// PNDM's final step goes to alpha 1 (pure data) instead of `alphas_cumprod[0]`.
+    pub set_alpha_to_one: bool,
+    /// PNDM without its Runge-Kutta warm-up (PLMS from the first step), as SD ships it.
+    pub skip_prk_steps: bool,
+    /// Order of the multistep solvers (DPM-Solver++, UniPC): 1 or 2.
+    pub solver_order: usize,
+    /// DPM-Solver++ takes a first-order (Euler) last step whatever the step count.
+    pub euler_at_final: bool,
+    /// UniPC skips its corrector after these steps (diffusers' `disable_corrector`).
+    pub disable_corrector: Vec<usize>,
 }
 
 impl Default for ScheduleConfig {
@@ -71,6 +103,15 @@ impl Default for ScheduleConfig {
             prediction: Prediction::Epsilon,
             steps_offset: 1,
             timestep_spacing: TimestepSpacing::Leading,
+            use_karras_sigmas: false,
+            final_sigmas_type: FinalSigma::Zero,
+            lower_order_final: true,
+            lambda_min_clipped: None,
+            set_alpha_to_one: false,
+            skip_prk_steps: true,
+            solver_order: 2,
+            euler_at_final: false,
+            disable_corrector: Vec::new(),
         }
     }
 }
@@ -152,10 +193,18 @@ impl NoiseSchedule {
     /// `np.interp(timesteps, arange(N), sigmas)` in f64, cast to f32 (diffusers' Euler and
     /// DPM-Solver `set_timesteps`). Fractional timesteps interpolate linearly.
     pub fn interp_sigmas(&self, timesteps: &[f32]) -> Vec<f32> {
+        self.interp_sigmas_f64(timesteps)
+            .into_iter()
+            .map(|s| s as f32)
+            .collect()
+    }
+
+    /// [`Self::interp_sigmas`] before the cast to f32 (Karras sigmas start from these).
+    pub fn interp_sigmas_f64(&self, timesteps: &[f32]) -> Vec<f64> {
         let fp: Vec<f64> = self.sigmas().into_iter().map(f64::from).collect();
         timesteps
             .iter()
-            .map(|&t| np_interp_unit_grid(t as f64, &fp) as f32)
+            .map(|&t| np_interp_unit_grid(t as f64, &fp))
             .collect()
     }
 }
@@ -205,6 +254,22 @@ pub(crate) fn trailing_timesteps(n: usize, steps: usize) -> Vec<f32> {
 /// Rejects timesteps the model was never trained on, or repeated ones (which would make a
 /// sampler step by zero).
 pub(crate) fn check_timesteps(ts: &[f32], cfg: &ScheduleConfig) -> Result<(), SamplerError> {
+    check_timesteps_in_range(ts, cfg)?;
+    if ts.windows(2).any(|w| w[1] >= w[0]) {
+        return Err(SamplerError::InvalidTimesteps(format!(
+            "{} steps with {:?} spacing repeat a timestep; use fewer steps",
+            ts.len(),
+            cfg.timestep_spacing
+        )));
+    }
+    Ok(())
+}
+
+/// Rejects timesteps the model was never trained on.
+pub(crate) fn check_timesteps_in_range(
+    ts: &[f32],
+    cfg: &ScheduleConfig,
+) -> Result<(), SamplerError> {
     let last = (cfg.num_train_timesteps - 1) as f32;
     if let Some(&t) = ts.iter().find(|&&t| !(0.0..=last).contains(&t)) {
         return Err(SamplerError::InvalidTimesteps(format!(
@@ -213,13 +278,6 @@ pub(crate) fn check_timesteps(ts: &[f32], cfg: &ScheduleConfig) -> Result<(), Sa
             cfg.timestep_spacing,
             cfg.steps_offset,
             ts.len()
-        )));
-    }
-    if ts.windows(2).any(|w| w[1] >= w[0]) {
-        return Err(SamplerError::InvalidTimesteps(format!(
-            "{} steps with {:?} spacing repeat a timestep; use fewer steps",
-            ts.len(),
-            cfg.timestep_spacing
         )));
     }
     Ok(())

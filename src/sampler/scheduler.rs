@@ -16,9 +16,21 @@ pub trait Scheduler: Send {
     /// The model's timestep input for each step, in sampling order (descending).
     fn timesteps(&self) -> &[f32];
 
-    /// Number of denoising steps (`timesteps().len()`).
+    /// Number of model evaluations (`timesteps().len()`): the number of denoising steps, except
+    /// for Heun (2n - 1) and PNDM (n + 1), which evaluate some steps twice, as in diffusers.
     fn num_steps(&self) -> usize {
         self.timesteps().len()
+    }
+
+    /// The evaluation index where the user's step `step` starts (img2img's late start):
+    /// diffusers' `timesteps[t_start * scheduler.order:]`.
+    fn eval_index(&self, step: usize) -> usize {
+        step
+    }
+
+    /// Whether evaluation `i` finishes one of the user's steps (for progress reports).
+    fn completes_step(&self, _i: usize) -> bool {
+        true
     }
 
     /// Standard deviation of the initial noise: multiply unit Gaussian noise by this.

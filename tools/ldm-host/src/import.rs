@@ -37,6 +37,12 @@ pub struct ImportArgs {
     /// Also export ONNX files of the imported model into this folder.
     #[arg(long)]
     onnx: Option<PathBuf>,
+    /// Merge a LoRA into the UNet and text encoder before quantization: `FILE[:SCALE]`
+    /// (scale 1 by default; kohya `lora_unet_`/`lora_te_` with `.alpha`, or the diffusers/PEFT
+    /// layout of `save_lora_weights`). Repeatable; keys that match no layer, or shapes of
+    /// another base model, are errors.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
 }
 
 #[derive(Args)]
@@ -105,13 +111,23 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
-    let imp = match (&a.diffusers, &a.checkpoint) {
+    let mut imp = match (&a.diffusers, &a.checkpoint) {
         (Some(dir), None) => Import::from_diffusers(dir)
             .with_context(|| format!("importing diffusers folder {}", dir.display()))?,
         (None, Some(file)) => Import::from_checkpoint(file, a.config.as_deref())
             .with_context(|| format!("importing checkpoint {}", file.display()))?,
         _ => bail!("give exactly one of --diffusers DIR or --checkpoint FILE"),
     };
+    for spec in &a.lora {
+        let (file, scale) = ldm_edge::import::lora::parse_spec(spec);
+        let n = imp
+            .add_lora(&file, scale)
+            .with_context(|| format!("merging LoRA {}", file.display()))?;
+        eprintln!(
+            "LoRA {} at scale {scale}: {n} layers merged",
+            file.display()
+        );
+    }
     let recipe = std::env::args().collect::<Vec<_>>().join(" ");
     let report = imp.write(a.dtype, &a.output, &recipe)?;
     eprintln!(

@@ -216,6 +216,11 @@ struct ExportArgs {
     /// one the model was trained with (its encoder must be the model's, bit for bit).
     #[arg(long, conflicts_with = "onnx")]
     decoder: Option<PathBuf>,
+    /// Merge a LoRA into the UNet and text encoder before quantization: `FILE[:SCALE]`
+    /// (scale 1 by default; kohya `lora_unet_`/`lora_te_` or diffusers/PEFT layout).
+    /// Repeatable.
+    #[arg(long, value_name = "FILE[:SCALE]", conflicts_with = "onnx")]
+    lora: Vec<String>,
     /// Write ONNX files of the model given with -m into this folder instead.
     #[arg(long, requires = "model", conflicts_with = "checkpoint")]
     onnx: Option<PathBuf>,
@@ -256,6 +261,11 @@ fn export(a: ExportArgs) -> Result<()> {
         dtype: a.dtype,
         no_ema: a.no_ema,
         eval: a.eval,
+        lora: a
+            .lora
+            .iter()
+            .map(|s| ldm_edge::import::lora::parse_spec(s))
+            .collect(),
         decoder: a.decoder,
         output,
     })

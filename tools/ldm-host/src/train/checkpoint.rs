@@ -9,7 +9,7 @@ use std::path::Path;
 
 pub type HostTensor = (Vec<usize>, Vec<f32>);
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Checkpoint {
     pub meta: BTreeMap<String, String>,
     pub tensors: BTreeMap<String, HostTensor>,

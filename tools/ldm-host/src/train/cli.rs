@@ -196,6 +196,9 @@ pub struct ExportArgs {
     /// A JSON file of evaluation figures to store in the provenance.
     #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// LoRA files (`FILE[:SCALE]`) merged into the weights before quantization.
+    #[arg(skip)]
+    pub lora: Vec<(PathBuf, f32)>,
     /// Ship the decoder of this `train autoencoder --decoder-only` checkpoint instead of the
     /// one the model was trained with (its encoder must be the model's, bit for bit).
     #[arg(long)]
@@ -428,6 +431,16 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         .with_context(|| format!("{} is not JSON", p.display()))?,
         None => serde_json::json!({}),
     };
+    for ((file, scale), n) in a
+        .lora
+        .iter()
+        .zip(super::export::merge_lora(&mut ck, &a.lora)?)
+    {
+        eprintln!(
+            "LoRA {} at scale {scale}: {n} layers merged",
+            file.display()
+        );
+    }
     let dtype = match a.dtype {
         ExportDtype::F32 => DType::F32,
         ExportDtype::F16 => DType::F16,

@@ -81,6 +81,45 @@ pub fn swap_decoder(ck: &mut Checkpoint, ae: &Checkpoint) -> Result<usize> {
     Ok(swapped)
 }
 
+/// Merges LoRA files (`ldm_edge::import::lora`: kohya or diffusers/PEFT layout) into the
+/// checkpoint's UNet and text encoder weights, the EMA and the raw ones alike, so the export
+/// writes (and quantizes) the merged model. Returns the layers adapted per file; the recipe
+/// records the files.
+pub fn merge_lora(ck: &mut Checkpoint, loras: &[(std::path::PathBuf, f32)]) -> Result<Vec<usize>> {
+    if loras.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cfg: ModelConfig =
+        serde_json::from_str(ck.meta("config")?).context("checkpoint `config`")?;
+    let params: std::collections::BTreeMap<String, Vec<usize>> =
+        cfg.param_specs()?.into_iter().collect();
+    let mut merge = ldm_edge::import::lora::LoraMerge::new();
+    let mut counts = Vec::new();
+    for (file, scale) in loras {
+        counts.push(
+            merge
+                .add(file, *scale, &params)
+                .with_context(|| format!("LoRA {}", file.display()))?,
+        );
+    }
+    for (key, (_, data)) in ck.tensors.iter_mut() {
+        if let Some(path) = key.strip_prefix("ema/").or_else(|| key.strip_prefix("p/")) {
+            merge.apply(path, data);
+        }
+    }
+    let list: Vec<String> = loras
+        .iter()
+        .map(|(f, s)| format!("{}:{s}", f.display()))
+        .collect();
+    let recipe = format!(
+        "{}\nLoRA merged: {}",
+        ck.meta("recipe").unwrap_or(""),
+        list.join(", ")
+    );
+    ck.meta.insert("recipe".into(), recipe);
+    Ok(counts)
+}
+
 pub fn to_ldm(
     ck: &Checkpoint,
     dtype: DType,

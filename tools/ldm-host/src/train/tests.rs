@@ -327,3 +327,92 @@ fn tiny_decoder_matches_burn_on_every_backend() {
         rel_close(&format!("tiny decoder on {be}"), &got, &want);
     }
 }
+
+/// `export --lora`: a diffusers/PEFT-layout LoRA on one UNet and one text encoder layer is
+/// merged into the EMA and raw weights of a checkpoint (W += scale * B A, alpha = rank without
+/// metadata), nothing else moves, and a key for no layer is refused.
+#[test]
+fn export_merges_a_lora_into_the_checkpoint() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let cfg = cfg();
+    let specs = cfg.param_specs().expect("specs");
+    let pick = |prefix: &str| {
+        specs
+            .iter()
+            .find(|(p, s)| p.starts_with(prefix) && p.ends_with(".weight") && s.len() == 2)
+            .cloned()
+            .expect("a linear layer")
+    };
+    let layers = [pick(UNET), pick(TEXT)];
+    let mut ck = Checkpoint::default();
+    for (p, s) in &specs {
+        let n: usize = s.iter().product();
+        ck.put("p", p, s.clone(), vec![0.5; n]);
+        ck.put("ema", p, s.clone(), vec![0.25; n]);
+    }
+    ck.meta
+        .insert("config".into(), serde_json::to_string(&cfg).expect("json"));
+    let dir = std::env::temp_dir().join(format!("ldm-host-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let write = |name: &str, extra: bool| {
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (path, shape) in &layers {
+            let module = path.strip_suffix(".weight").expect("weight");
+            let (out, fan_in) = (shape[0], shape[1]);
+            let a: Vec<f32> = (0..2 * fan_in).map(|i| (i % 7) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..out * 2).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            tensors.push((
+                format!("{module}.lora_A.weight"),
+                vec![2, fan_in],
+                bytes(&a),
+            ));
+            tensors.push((format!("{module}.lora_B.weight"), vec![out, 2], bytes(&b)));
+        }
+        if extra {
+            tensors.push(("unet.nowhere.lora_A.weight".into(), vec![1], vec![0; 4]));
+        }
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).expect("view"),
+                )
+            })
+            .collect();
+        let p = dir.join(name);
+        std::fs::write(&p, safetensors::serialize(views, None).expect("serialize")).expect("write");
+        p
+    };
+    let bad = write("bad.safetensors", true);
+    let e = format!(
+        "{:#}",
+        super::export::merge_lora(&mut ck.clone(), &[(bad, 1.0)]).unwrap_err()
+    );
+    assert!(e.contains("unet.nowhere.lora_A.weight"), "{e}");
+    let good = write("good.safetensors", false);
+    let before = ck.clone();
+    let n = super::export::merge_lora(&mut ck, &[(good, 0.5)]).expect("merge");
+    assert_eq!(n, [2]);
+    for (key, (_, data)) in &ck.tensors {
+        let old = &before.tensors[key].1;
+        let path = key.split_once('/').expect("group").1;
+        match layers.iter().find(|(p, _)| p == path) {
+            None => assert_eq!(data, old, "{key} moved"),
+            Some((_, shape)) => {
+                let fan_in = shape[1];
+                // Element (0, 1): 0.5 * sum_k B[0, k] A[k, 1] with B[0, :] = [-0.2, -0.1],
+                // A[:, 1] = [0.1, (fan_in + 1) % 7 * 0.1].
+                let a1 = ((fan_in + 1) % 7) as f32 * 0.1;
+                let want = old[1] + 0.5 * (-0.2 * 0.1 + -0.1 * a1);
+                assert!(
+                    (data[1] - want).abs() < 1e-6,
+                    "{key}: {} vs {want}",
+                    data[1]
+                );
+            }
+        }
+    }
+    assert!(ck.meta["recipe"].contains("LoRA merged"));
+}
