@@ -138,7 +138,7 @@ struct SampleArgs {
     /// memory.max when one is set, else no limit].
     #[arg(long, value_name = "SIZE")]
     max_memory: Option<String>,
-    /// Preview every K-th step (and the last) with the model's latent-to-RGB map: written to
+    /// Preview every K-th step (and the last), made as --preview-method says: written to
     /// --preview-out and shown on --display.
     #[arg(long, value_name = "K")]
     preview_every: Option<usize>,
