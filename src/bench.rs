@@ -196,8 +196,10 @@ pub struct GenerateReport {
     /// UNet evaluations per image (two per step under classifier-free guidance, which runs
     /// as one batch-2 call; one for guidance-embedded and unguided models).
     pub unet_evals: usize,
-    /// Median over `iters` requests after one warm-up.
+    /// Median over `iters` requests after one warm-up, divided by the images per request.
     pub ms_per_image: f64,
+    /// Images per request (`--count`): plans are prepared once per request.
+    pub images_per_request: usize,
     pub peak_rss_mb: f64,
     /// Previews made per image (`--preview-every`).
     pub previews_per_image: usize,
@@ -211,6 +213,7 @@ pub fn run_generate(
     iters: usize,
     steps: Option<usize>,
     preview_every: Option<usize>,
+    count: usize,
 ) -> Result<GenerateReport> {
     use crate::pipeline::{Cancel, Pipeline, Txt2Img};
     let model = Model::open(path)?;
@@ -228,7 +231,9 @@ pub fn run_generate(
             previews += std::hint::black_box(img.rgb.clone()).len().min(1);
         }
     };
-    let t = time(iters, || pipe.txt2img(&req, &mut sink, &cancel).map(drop))?;
+    let t = time(iters, || {
+        pipe.txt2img_many(&req, count, &mut sink, &cancel).map(drop)
+    })?;
     // The preview itself, timed alone: under load the whole-request medians move by more
     // than the few previews cost, so their share is computed from this.
     let preview_ms = match (&model.latent_rgb, preview_every) {
@@ -255,9 +260,10 @@ pub fn run_generate(
         guidance: req.guidance,
         size: [req.width, req.height],
         unet_evals: req.steps * if guided { 2 } else { 1 },
-        ms_per_image: ms(t),
+        ms_per_image: ms(t) / count.max(1) as f64,
+        images_per_request: count,
         peak_rss_mb: peak_rss_mb(),
-        previews_per_image: previews / (iters.max(1) + 1),
+        previews_per_image: previews / ((iters.max(1) + 1) * count.max(1)),
         preview_ms,
     })
 }

@@ -254,6 +254,30 @@ fn bench_reports_json() {
     }
 }
 
+/// `--count N` prepares the model once and makes the images of seeds SEED..SEED+N: each is
+/// bit-identical to the single run of its seed.
+#[test]
+fn count_makes_the_images_of_consecutive_seeds() {
+    let out = tmp("many.png");
+    ok(&generate(&out, &["--count", "3", "-s", "5"]));
+    for i in 0..3 {
+        let one = tmp(&format!("one-{i}.png"));
+        ok(&generate(&one, &["-s", &(5 + i).to_string()]));
+        let many = tmp(&format!("many-{i}.png"));
+        assert_eq!(
+            std::fs::read(&many).unwrap(),
+            std::fs::read(&one).unwrap(),
+            "image {i} of --count 3 differs from seed {}",
+            5 + i
+        );
+    }
+    fails_with(
+        &generate(&tmp("x.png"), &["--count", "2", "--save-latents", "l.npy"]),
+        "--count",
+    );
+    fails_with(&generate(&tmp("x.png"), &["--count", "0"]), "count");
+}
+
 /// The shipped student runs with the defaults it stores (lcm, 4 steps, one UNet call per
 /// step), and `ldm bench --generate` times whole requests with them.
 #[test]

@@ -89,6 +89,10 @@ struct GenerateArgs {
     /// FILE with `.init.npy` the initial noise.
     #[arg(long)]
     save_latents: Option<PathBuf>,
+    /// Make N images from seeds SEED, SEED+1, ... in one run, preparing the model once;
+    /// written as OUT-0.png, OUT-1.png, ... (text-to-image only).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    count: usize,
     #[command(flatten)]
     sample: SampleArgs,
 }
@@ -287,6 +291,9 @@ struct BenchArgs {
     /// With --generate: a linear preview every K steps (to measure what previews cost).
     #[arg(long, requires = "generate", value_name = "K")]
     preview_every: Option<usize>,
+    /// With --generate: images per request (`ldm generate --count`), plans prepared once.
+    #[arg(long, requires = "generate", default_value_t = 1, value_name = "N")]
+    count: usize,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -446,6 +453,55 @@ impl Watch {
     }
 }
 
+/// `ldm generate --count N`: N text-to-image results of consecutive seeds, one preparation.
+fn generate_many(a: &GenerateArgs, pipe: &Pipeline, req: &Txt2Img) -> Result<()> {
+    if a.init_image.is_some() || a.init_noise.is_some() || a.save_latents.is_some() {
+        anyhow::bail!(
+            "--count makes text-to-image results from consecutive seeds; it does not combine \
+             with --init-image, --init-noise or --save-latents"
+        );
+    }
+    let s = &a.sample;
+    let cancel = cancel_on_ctrl_c();
+    let mut w = Watch::new(s, &req.prompt, req.steps * a.count)?;
+    let outs = match pipe.txt2img_many(req, a.count, &mut |p| w.step(p), &cancel) {
+        Ok(o) => o,
+        Err(e) => {
+            w.bar.finish_and_clear();
+            return Err(e.into());
+        }
+    };
+    match outs.last() {
+        Some(last) => w.finish(last, req.steps * a.count)?,
+        None => anyhow::bail!("no image was made"),
+    }
+    let stem = s.output.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = s
+        .output
+        .extension()
+        .map_or("png".into(), |e| e.to_string_lossy());
+    for (i, out) in outs.iter().enumerate() {
+        let path = s.output.with_file_name(format!("{stem}-{i}.{ext}"));
+        save(&path, out)?;
+    }
+    eprintln!(
+        "wrote {} images {}-0.{ext} .. {}-{}.{ext} ({}x{}, {} steps of {}, guidance {}, seeds {}..={}; peak RSS {:.0} MiB)",
+        outs.len(),
+        stem,
+        stem,
+        outs.len() - 1,
+        req.width,
+        req.height,
+        req.steps,
+        req.sampler,
+        req.guidance,
+        req.seed,
+        req.seed.wrapping_add(outs.len() as u64 - 1),
+        ldm_edge::bench::peak_rss_mb()
+    );
+    Ok(())
+}
+
 /// Runs `f` with a progress callback that drives the bar, the previews and the display.
 fn with_progress(
     s: &SampleArgs,
@@ -481,7 +537,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let s = &a.sample;
     let mut req = Txt2Img::new(&model, &a.prompt)?;
-    req.negative_prompt = a.negative_prompt;
+    req.negative_prompt = a.negative_prompt.clone();
     s.apply(&mut req)?;
     let init_image = a.init_image.as_deref().map(read_image).transpose()?;
     if let Some(s) = &a.size {
@@ -501,6 +557,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
         }
     }
     let pipe = s.pipeline(&model)?;
+    if a.count != 1 {
+        return generate_many(&a, &pipe, &req);
+    }
     let (h, w) = pipe.latent_size(req.width, req.height)?;
     let z = model.config.vae.latent_channels;
     let init = match &a.init_noise {
@@ -699,14 +758,15 @@ fn bench(a: BenchArgs) -> Result<()> {
             a.iters,
             a.steps,
             a.preview_every,
+            a.count,
         )?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             println!(
-                "{}: {:.1} ms per {}x{} image on {} ({} steps of {}, guidance {}, {} UNet evaluations; peak RSS {:.0} MiB)",
-                r.model, r.ms_per_image, r.size[0], r.size[1], r.backend, r.steps,
-                r.sampler, r.guidance, r.unet_evals, r.peak_rss_mb
+                "{}: {:.1} ms per {}x{} image on {} ({} per request; {} steps of {}, guidance {}, {} UNet evaluations; peak RSS {:.0} MiB)",
+                r.model, r.ms_per_image, r.size[0], r.size[1], r.backend, r.images_per_request,
+                r.steps, r.sampler, r.guidance, r.unet_evals, r.peak_rss_mb
             );
             if let Some(p) = r.preview_ms {
                 let share = 100.0 * p * r.previews_per_image as f64 / r.ms_per_image;
