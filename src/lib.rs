@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod arch;
 pub mod backend;
 pub mod bench;
+pub mod board;
 pub mod bundle;
 pub mod display;
 pub mod error;

@@ -22,6 +22,8 @@ use std::process::ExitCode;
 
 #[path = "ldm/install_cmd.rs"]
 mod install_cmd;
+#[path = "ldm/plan_cmd.rs"]
+mod plan_cmd;
 
 /// Large blocks come from their own mappings with a bounded reuse cache, so the memory planner's
 /// prediction holds (see `ldm_edge::alloc`).
@@ -51,6 +53,9 @@ enum Cmd {
     Verify { file: PathBuf },
     /// Time the text encoder, one UNet evaluation and the decoder; report peak memory.
     Bench(BenchArgs),
+    /// Plan a request for a board without running it: predicted peak memory per stage, the
+    /// choices, and whether it fits (exit 3 when refused).
+    Plan(plan_cmd::PlanArgs),
     /// List Vulkan devices with their capabilities and limits.
     Devices,
     /// Install a signed model bundle: verify, store, switch, health-check, commit or revert.
@@ -161,6 +166,10 @@ struct SampleArgs {
     /// Folder for the previews (step-NNNN.png).
     #[arg(long, value_name = "DIR", requires = "preview_every")]
     preview_out: Option<PathBuf>,
+    /// A board profile (boards/NAME.toml): its memory budget, thread count and backend
+    /// apply unless --max-memory or --backend say otherwise.
+    #[arg(long, value_name = "BOARD")]
+    board: Option<String>,
     /// Show progress, previews and the final image on a display: fb:/dev/fb0,
     /// png:FILE[:WxH], or fbfile:FILE:WxH:STRIDE:rgb565|xrgb8888 (a file laid out like a
     /// framebuffer).
@@ -206,7 +215,23 @@ impl SampleArgs {
 
     /// The pipeline for these flags: backend, VAE tiling and memory budget.
     fn pipeline<'m>(&self, model: &'m Model) -> Result<Pipeline<'m>> {
-        let mut pipe = Pipeline::new(model, backend::select(&self.backend)?);
+        let board = self
+            .board
+            .as_deref()
+            .map(ldm_edge::board::Board::find)
+            .transpose()?;
+        let backend_name = match &board {
+            // `auto` already prefers a real GPU; a CPU board pins the CPU.
+            Some(b) if self.backend == "auto" && b.runtime.backend == "cpu" => "cpu",
+            _ => self.backend.as_str(),
+        };
+        if let Some(b) = &board {
+            plan_cmd::apply_threads(b);
+        }
+        let mut pipe = Pipeline::new(model, backend::select(backend_name)?);
+        if let (Some(b), None) = (&board, &self.max_memory) {
+            pipe = pipe.with_memory_budget(Some(b.budget_bytes()?));
+        }
         if let Some(t) = self.vae_tiling()? {
             pipe = pipe.with_vae_tiling(t);
         }
@@ -867,6 +892,13 @@ fn exit(r: Result<ExitCode>) -> ExitCode {
     })
 }
 
+fn exit_code(r: Result<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, so printing into a closed pipe (`ldm info m.ldm | head -1`) would
     // panic; a command-line tool should just stop, as the shell expects.
@@ -887,6 +919,7 @@ fn main() -> ExitCode {
         Cmd::Info { file } => info(file),
         Cmd::Verify { file } => verify(file),
         Cmd::Bench(a) => bench(a),
+        Cmd::Plan(a) => return exit_code(plan_cmd::plan(a)),
         Cmd::Devices => devices(),
     };
     match res {
