@@ -206,6 +206,32 @@ fn ldm_plan_prints_the_plan_and_exits_3_when_refused() {
     assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains("refused") && out.contains("budget"), "{out}");
 
+    // `generate --board` applies the budget: refused before any work, no image written.
+    let out_png = tmp("board-out.png");
+    let o = run(&[
+        "generate",
+        "a red circle",
+        "-q",
+        "--board",
+        tiny.to_str().unwrap(),
+        "-o",
+        out_png.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("budget"));
+    assert!(!out_png.exists());
+    let o = run(&[
+        "generate",
+        "a red circle",
+        "-q",
+        "--board",
+        "rpi5-4gb",
+        "-o",
+        out_png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out_png.exists());
+
     let o = run(&["plan", "--board", "no-such-board"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no board"));
