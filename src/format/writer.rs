@@ -156,6 +156,24 @@ impl ModelWriter {
         Ok(())
     }
 
+    /// Adds every tensor of `file` that `keep` accepts, bytes as stored (no re-quantization):
+    /// how a tool writes a copy of a model with components added or replaced.
+    pub fn add_all_from(
+        &mut self,
+        file: &super::ModelFile,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(), FormatError> {
+        for t in file.tensors() {
+            if !keep(&t.name) {
+                continue;
+            }
+            if let Some(v) = file.tensor(&t.name) {
+                self.add_raw(&t.name, v.shape(), v.dtype(), v.bytes.to_vec())?;
+            }
+        }
+        Ok(())
+    }
+
     fn check_new(&self, name: &str, shape: &[usize]) -> Result<Vec<u64>, FormatError> {
         check_name(name)?;
         if self.names.contains(name) {

@@ -50,16 +50,9 @@ fn fit(input: PathBuf, output: PathBuf) -> Result<()> {
         p.insert("preview".into(), report.provenance());
     }
     let mut w = ModelWriter::new(meta)?;
-    for t in model.file.tensors() {
-        if t.name == LATENT_RGB_WEIGHT || t.name == LATENT_RGB_BIAS {
-            continue;
-        }
-        let v = model
-            .file
-            .tensor(&t.name)
-            .with_context(|| format!("tensor `{}` vanished", t.name))?;
-        w.add_raw(&t.name, v.shape(), v.dtype(), v.bytes.to_vec())?;
-    }
+    w.add_all_from(&model.file, |n| {
+        n != LATENT_RGB_WEIGHT && n != LATENT_RGB_BIAS
+    })?;
     map.add_to(&mut w)?;
     let r = w
         .write(&output)
@@ -112,13 +105,7 @@ fn attach_tiny(input: PathBuf, from: PathBuf, output: PathBuf) -> Result<()> {
         p.insert("tiny_decoder".into(), t.clone());
     }
     let mut w = ModelWriter::new(meta)?;
-    for t in model.file.tensors() {
-        if t.name.starts_with(tiny_decoder::PREFIX) {
-            continue;
-        }
-        let v = model.file.tensor(&t.name).context("tensor vanished")?;
-        w.add_raw(&t.name, v.shape(), v.dtype(), v.bytes.to_vec())?;
-    }
+    w.add_all_from(&model.file, |n| !n.starts_with(tiny_decoder::PREFIX))?;
     for (path, _) in cfg.param_specs()? {
         let v = src
             .file

@@ -198,15 +198,7 @@ fn save(store: &ParamStore, opt: &AdamW, args: &AeArgs, extra: &[(&str, String)]
     for (n, s, d) in store.to_host()? {
         ck.put("p", &n, s, d);
     }
-    let shapes = store.shapes();
-    for (g, map) in [("m", &opt.m), ("v", &opt.v)] {
-        for (n, t) in map {
-            let s = shapes
-                .get(n)
-                .context("optimizer state without a parameter")?;
-            ck.put(g, n, s.clone(), BT::new(t.clone(), s.clone()).to_vec()?);
-        }
-    }
+    ck.put_state(store, &[("m", &opt.m), ("v", &opt.v)])?;
     ck.meta.insert("kind".into(), "autoencoder".into());
     ck.meta
         .insert("vae".into(), serde_json::to_string(&args.vae)?);

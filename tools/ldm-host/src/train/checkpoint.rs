@@ -22,6 +22,29 @@ impl Checkpoint {
     }
 
     /// All tensors of a group (`p`, `ema`, `m`, `v`) keyed by parameter path.
+    /// Puts per-parameter state (optimizer moments, an EMA) under each group's name, at the
+    /// shapes of `store`'s parameters, so `restore` can load it back beside them.
+    pub fn put_state(
+        &mut self,
+        store: &super::params::ParamStore,
+        groups: &[(
+            &str,
+            &HashMap<String, burn::tensor::Tensor<{ super::burn_ops::R }>>,
+        )],
+    ) -> Result<()> {
+        let shapes = store.shapes();
+        for (g, map) in groups {
+            for (n, t) in *map {
+                let s = shapes
+                    .get(n)
+                    .context("optimizer state without a parameter")?;
+                let data = super::burn_ops::BT::new(t.clone(), s.clone()).to_vec()?;
+                self.put(g, n, s.clone(), data);
+            }
+        }
+        Ok(())
+    }
+
     pub fn group(&self, group: &str) -> HashMap<String, HostTensor> {
         let pre = format!("{group}/");
         self.tensors

@@ -418,15 +418,10 @@ fn checkpoint(
     for (n, s, d) in store.to_host()? {
         ck.put("p", &n, s, d);
     }
-    let shapes = store.shapes();
-    for (g, map) in [("m", &opt.m), ("v", &opt.v), ("ema", &ema.weights)] {
-        for (n, t) in map {
-            let s = shapes
-                .get(n)
-                .context("optimizer state without a parameter")?;
-            ck.put(g, n, s.clone(), BT::new(t.clone(), s.clone()).to_vec()?);
-        }
-    }
+    ck.put_state(
+        store,
+        &[("m", &opt.m), ("v", &opt.v), ("ema", &ema.weights)],
+    )?;
     for (k, v) in [
         ("kind", "ldm".to_string()),
         ("config", serde_json::to_string(cfg)?),

@@ -188,19 +188,14 @@ impl Trainer {
         for (n, s, d) in self.vae.to_host()? {
             ck.put("p", &n, s, d);
         }
-        let shapes = self.store.shapes();
-        for (g, map) in [
-            ("m", &self.opt.m),
-            ("v", &self.opt.v),
-            ("ema", &self.ema.weights),
-        ] {
-            for (n, t) in map {
-                let s = shapes
-                    .get(n)
-                    .context("optimizer state without a parameter")?;
-                ck.put(g, n, s.clone(), BT::new(t.clone(), s.clone()).to_vec()?);
-            }
-        }
+        ck.put_state(
+            &self.store,
+            &[
+                ("m", &self.opt.m),
+                ("v", &self.opt.v),
+                ("ema", &self.ema.weights),
+            ],
+        )?;
         ck.meta.insert("kind".into(), "ldm".into());
         ck.meta
             .insert("config".into(), serde_json::to_string(&args.cfg)?);

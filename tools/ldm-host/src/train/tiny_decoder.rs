@@ -161,15 +161,7 @@ fn save(store: &ParamStore, opt: &AdamW, cfg: &TinyDecoderConfig, a: &TinyArgs) 
     for (n, s, d) in store.to_host()? {
         ck.put("p", &n, s, d);
     }
-    let shapes = store.shapes();
-    for (g, map) in [("m", &opt.m), ("v", &opt.v)] {
-        for (n, t) in map {
-            let s = shapes
-                .get(n)
-                .context("optimizer state without a parameter")?;
-            ck.put(g, n, s.clone(), BT::new(t.clone(), s.clone()).to_vec()?);
-        }
-    }
+    ck.put_state(store, &[("m", &opt.m), ("v", &opt.v)])?;
     ck.meta.insert("kind".into(), "tiny_decoder".into());
     ck.meta
         .insert("tiny_decoder".into(), serde_json::to_string(cfg)?);
@@ -314,13 +306,7 @@ fn write_model(
         );
     }
     let mut w = ModelWriter::new(meta)?;
-    for t in model.file.tensors() {
-        if t.name.starts_with(tiny_decoder::PREFIX) {
-            continue;
-        }
-        let v = model.file.tensor(&t.name).context("tensor vanished")?;
-        w.add_raw(&t.name, v.shape(), v.dtype(), v.bytes.to_vec())?;
-    }
+    w.add_all_from(&model.file, |n| !n.starts_with(tiny_decoder::PREFIX))?;
     let host: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> = store
         .to_host()?
         .into_iter()
