@@ -41,7 +41,15 @@ pub(crate) fn denoised(prediction: Prediction, s: f32, out: &[f32], x: &[f32]) -
     }
 }
 
-/// diffusers' Euler/Heun `init_noise_sigma`.
+/// The sigma-space samplers' model input: `x / sqrt(sigma^2 + 1)`.
+pub(crate) fn scale_by_sigma(x: &mut [f32], sigma: f32) {
+    let scale = (sigma * sigma + 1.0).sqrt();
+    for v in x {
+        *v /= scale;
+    }
+}
+
+/// diffusers' Euler, Euler ancestral and Heun `init_noise_sigma`.
 pub(crate) fn init_noise_sigma(cfg: &ScheduleConfig, sigmas: &[f32]) -> f32 {
     let max = sigmas.iter().copied().fold(0.0f32, f32::max);
     match cfg.timestep_spacing {
@@ -84,11 +92,7 @@ impl Scheduler for EulerScheduler {
     }
 
     fn scale_model_input(&self, x: &mut [f32], step: usize) {
-        let sigma = self.sigmas[step];
-        let scale = (sigma * sigma + 1.0).sqrt();
-        for v in x {
-            *v /= scale;
-        }
+        super::euler::scale_by_sigma(x, self.sigmas[step]);
     }
 
     fn step(

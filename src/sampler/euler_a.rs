@@ -45,11 +45,7 @@ impl EulerAncestralScheduler {
         check_timesteps(&timesteps, cfg)?;
         let mut sigmas = schedule.interp_sigmas(&timesteps);
         sigmas.push(0.0);
-        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
-        let init_noise_sigma = match cfg.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
-        };
+        let init_noise_sigma = super::euler::init_noise_sigma(cfg, &sigmas);
         Ok(Self {
             prediction: cfg.prediction,
             timesteps,
@@ -74,11 +70,7 @@ impl Scheduler for EulerAncestralScheduler {
     }
 
     fn scale_model_input(&self, x: &mut [f32], step: usize) {
-        let sigma = self.sigmas[step];
-        let scale = (sigma * sigma + 1.0).sqrt();
-        for v in x {
-            *v /= scale;
-        }
+        super::euler::scale_by_sigma(x, self.sigmas[step]);
     }
 
     fn step(
@@ -90,23 +82,7 @@ impl Scheduler for EulerAncestralScheduler {
     ) -> Vec<f32> {
         check_step_args("euler_a", self.timesteps.len(), step, model_output, sample);
         let (s, s_next) = (self.sigmas[step], self.sigmas[step + 1]);
-        let x0: Vec<f32> = match self.prediction {
-            Prediction::Epsilon => model_output
-                .iter()
-                .zip(sample)
-                .map(|(&e, &x)| x - s * e)
-                .collect(),
-            Prediction::VPrediction => {
-                // k-diffusion's v-parameterization: c_out = -s / sqrt(s^2 + 1), c_skip = 1 / (s^2 + 1).
-                let c_out = -s / (s * s + 1.0).sqrt();
-                let c_skip = s * s + 1.0;
-                model_output
-                    .iter()
-                    .zip(sample)
-                    .map(|(&v, &x)| v * c_out + x / c_skip)
-                    .collect()
-            }
-        };
+        let x0 = super::euler::denoised(self.prediction, s, model_output, sample);
         // Clamped at 0 against rounding; mathematically both radicands are >= 0.
         let up = (s_next * s_next * (s * s - s_next * s_next) / (s * s))
             .max(0.0)

@@ -73,11 +73,7 @@ impl Scheduler for HeunScheduler {
     }
 
     fn scale_model_input(&self, x: &mut [f32], step: usize) {
-        let sigma = self.sigmas[step];
-        let scale = (sigma * sigma + 1.0).sqrt();
-        for v in x {
-            *v /= scale;
-        }
+        super::euler::scale_by_sigma(x, self.sigmas[step]);
     }
 
     /// Step k of the user's n starts at evaluation 2k (diffusers' `timesteps[t_start * order:]`).
