@@ -24,3 +24,8 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+// The scratch directory the integration tests use, removed when the test process exits.
+#[cfg(test)]
+#[path = "../tests/support/scratch.rs"]
+mod scratch;

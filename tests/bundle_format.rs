@@ -2,6 +2,8 @@
 //! same reader `ldm install` uses.
 #[path = "support/bundles.rs"]
 mod bundles;
+#[path = "support/scratch.rs"]
+mod scratch;
 
 use bundles::{key, manifest, raw, signed};
 use ldm_edge::bundle::{self, BundleError, BundleHeader, Manifest};
@@ -55,7 +57,7 @@ fn good_bundle_round_trips() {
 
 #[test]
 fn write_bundle_output_verifies() {
-    let dir = bundles::temp_dir("bundle-write");
+    let dir = scratch::fresh("bundle-write");
     let (mp, bp) = (dir.join("m.bin"), dir.join("b.ldmb"));
     std::fs::write(&mp, model()).unwrap();
     let m = manifest(&model(), &key(1), 1);

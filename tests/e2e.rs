@@ -1,5 +1,7 @@
 //! End to end through the `ldm` binary on the shipped default model, and on tiny random
 //! inpainting and super-resolution models for `ldm inpaint` and `ldm upscale`.
+#[path = "support/scratch.rs"]
+mod scratch;
 #[path = "support/tiny.rs"]
 mod tiny;
 
@@ -14,9 +16,7 @@ fn root() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    scratch::scratch("e2e").join(name)
 }
 
 fn ldm(args: &[&str]) -> std::process::Output {
@@ -388,7 +388,7 @@ fn generate_with_an_init_image() {
 
 #[test]
 fn inpaint_writes_the_image_with_the_kept_pixels_unchanged() {
-    let dir = tiny::temp_dir("e2e");
+    let dir = scratch::scratch("e2e");
     let model = tiny::write_tiny(Task::Inpaint, &dir);
     let img = save_test_png("inp-in.png", 32, 32);
     let mask: Vec<u8> = tiny::center_mask(32, 32)
@@ -449,7 +449,7 @@ fn inpaint_writes_the_image_with_the_kept_pixels_unchanged() {
 
 #[test]
 fn upscale_writes_four_times_the_input() {
-    let dir = tiny::temp_dir("e2e");
+    let dir = scratch::scratch("e2e");
     let model = tiny::write_tiny(Task::Sr, &dir);
     for (h, w) in [(13, 21), (3, 5)] {
         let input = save_test_png(&format!("up-in-{h}x{w}.png"), h, w);

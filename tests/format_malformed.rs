@@ -1,14 +1,15 @@
 //! Every validation rule of the `.ldm` reader, each with a crafted bad file, plus a mutation
-//! robustness test. Files go to a per-process directory under `std::env::temp_dir()`.
+//! robustness test. Files go to the process's scratch directory (tests/support/scratch.rs).
 use std::path::PathBuf;
+
+#[path = "support/scratch.rs"]
+mod scratch;
 
 use ldm_edge::format::*;
 use serde_json::json;
 
 fn tmp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ldm-format-malformed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{name}.ldm"))
+    scratch::scratch("format-malformed").join(format!("{name}.ldm"))
 }
 
 /// Writes `bytes` to a fresh file and opens it.

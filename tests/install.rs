@@ -4,6 +4,8 @@
 //! runs in a loop and never fails.
 #[path = "support/bundles.rs"]
 mod bundles;
+#[path = "support/scratch.rs"]
+mod scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -101,7 +103,7 @@ fn assert_clean(root: &Path, version: u64) {
 
 #[test]
 fn install_status_current_rollback_and_n_minus_1() {
-    let dir = bundles::temp_dir("install-basic");
+    let dir = scratch::fresh("install-basic");
     let root = new_root(&dir);
     let mut digests = vec![];
     for v in 1..=3 {
@@ -147,7 +149,7 @@ fn install_status_current_rollback_and_n_minus_1() {
 
 #[test]
 fn a_running_generate_keeps_its_mapped_model_through_installs_and_pruning() {
-    let dir = bundles::temp_dir("install-mapped");
+    let dir = scratch::fresh("install-mapped");
     let root = new_root(&dir);
     let b1 = dir.join("v1.ldmb");
     make_bundle(&variant(&dir, 1), 1, &b1, |_| {});
@@ -194,7 +196,7 @@ fn a_running_generate_keeps_its_mapped_model_through_installs_and_pruning() {
 
 #[test]
 fn refusals_leave_the_root_byte_identical() {
-    let dir = bundles::temp_dir("install-refuse");
+    let dir = scratch::fresh("install-refuse");
     let root = new_root(&dir);
     let (m1, m2, m3) = (variant(&dir, 1), variant(&dir, 2), variant(&dir, 3));
     for (v, m) in [(1, &m1), (2, &m2)] {
@@ -353,7 +355,7 @@ fn broken(dir: &Path, tag: u64, nan: bool) -> PathBuf {
 
 #[test]
 fn unhealthy_models_are_rolled_back() {
-    let dir = bundles::temp_dir("install-health");
+    let dir = scratch::fresh("install-health");
     let root = new_root(&dir);
     let b1 = dir.join("v1.ldmb");
     make_bundle(&variant(&dir, 1), 1, &b1, |_| {});
@@ -391,7 +393,7 @@ fn unhealthy_models_are_rolled_back() {
 
 #[test]
 fn crash_at_every_fault_point_leaves_a_verified_model() {
-    let dir = bundles::temp_dir("install-crash");
+    let dir = scratch::fresh("install-crash");
     let root = new_root(&dir);
     let b1 = dir.join("v1.ldmb");
     make_bundle(&variant(&dir, 1), 1, &b1, |_| {});
@@ -468,7 +470,7 @@ fn crash_at_every_fault_point_leaves_a_verified_model() {
 #[test]
 fn crash_while_reverting_or_recovering_leaves_a_verified_model() {
     use ldm_edge::install::fault::{RECOVER_POINTS, REVERT_POINTS};
-    let dir = bundles::temp_dir("install-crash-revert");
+    let dir = scratch::fresh("install-crash-revert");
     let root = new_root(&dir);
     let b1 = dir.join("v1.ldmb");
     make_bundle(&variant(&dir, 1), 1, &b1, |_| {});

@@ -9,6 +9,8 @@ use ldm_edge::model::Model;
 use std::path::{Path, PathBuf};
 
 mod common;
+#[path = "support/scratch.rs"]
+mod scratch;
 use common::*;
 
 fn lora_file(rel: &str) -> PathBuf {

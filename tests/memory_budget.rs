@@ -12,6 +12,9 @@ use ldm_edge::Error;
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 fn model() -> Model {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shapes-32.ldm");
     Model::open(&p).unwrap()
@@ -110,7 +113,7 @@ fn the_planner_tiles_the_decoder_to_fit() {
 
 #[test]
 fn max_memory_on_the_cli_refuses_and_writes_nothing() {
-    let out = std::env::temp_dir().join(format!("ldm-budget-{}.png", std::process::id()));
+    let out = scratch::scratch("budget").join("refused.png");
     let o = Command::new(env!("CARGO_BIN_EXE_ldm"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["generate", "a red circle", "-q", "--max-memory", "1M", "-o"])

@@ -3,6 +3,8 @@
 //! loaded back by tract and must compute exactly what the inline one does, and where Python has
 //! onnxruntime, onnxruntime runs it against diffusers' recorded outputs
 //! (tests/parity/check_onnx.py).
+#[path = "support/scratch.rs"]
+mod scratch;
 #[path = "support/tiny.rs"]
 mod tiny;
 
@@ -82,7 +84,7 @@ fn run_tract(p: &Path, g: &Graph) -> Vec<f32> {
 
 #[test]
 fn external_data_layout_matches_inline_export() {
-    let dir = tiny::temp_dir("onnx-ext-layout");
+    let dir = scratch::scratch("onnx-ext-layout");
     let m = tiny_model(&dir);
     let g = m.config.unet_graph(2, 8, 8).unwrap();
     let (in_dir, ext_dir) = (dir.join("inline"), dir.join("external"));
@@ -176,7 +178,7 @@ fn external_data_layout_matches_inline_export() {
 
 #[test]
 fn inline_export_replaces_an_external_one() {
-    let dir = tiny::temp_dir("onnx-ext-replace");
+    let dir = scratch::scratch("onnx-ext-replace");
     let m = tiny_model(&dir);
     let g = m.config.unet_graph(1, 8, 8).unwrap();
     let out = dir.join("onnx");
@@ -219,7 +221,7 @@ fn external_data_export_runs_in_onnxruntime() {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tiny::temp_dir("onnx-ext-ort");
+    let dir = scratch::scratch("onnx-ext-ort");
     let model = dir.join("sd1.ldm");
     let imp =
         ldm_edge::import::Import::from_diffusers(&root.join("tests/parity/fixtures/sd1")).unwrap();

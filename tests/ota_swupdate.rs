@@ -7,6 +7,8 @@
 //! without them, except with CI=true (or LDM_REQUIRE_SWUPDATE=1), where it fails.
 #[path = "support/bundles.rs"]
 mod bundles;
+#[path = "support/scratch.rs"]
+mod scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,7 +186,7 @@ fn swupdate_delivers_a_bundle_with_ldm_install_as_its_hook() {
     if !tools_present() {
         return;
     }
-    let dir = bundles::temp_dir("swupdate");
+    let dir = scratch::fresh("swupdate");
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("keys")).unwrap();
     std::fs::create_dir_all(root.join("incoming")).unwrap();

@@ -10,6 +10,8 @@ use ldm_edge::sampler::SamplerKind;
 use serde_json::Value;
 
 mod common;
+#[path = "support/scratch.rs"]
+mod scratch;
 use common::*;
 
 fn import(name: &str) -> Model {

@@ -3,6 +3,9 @@
 use ldm_edge::import::{safetensors::SafeTensors, Import};
 use std::path::{Path, PathBuf};
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures/sd1")
 }
@@ -22,8 +25,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A fresh copy of the fixture for one case.
 fn broken_copy(case: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-import-{}-{case}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = scratch::fresh(&format!("import-{case}"));
     copy_dir(&fixture(), &d);
     d
 }

@@ -9,6 +9,8 @@ use ldm_edge::import::{safetensors::SafeTensors, Import};
 use ldm_edge::model::Model;
 
 mod common;
+#[path = "support/scratch.rs"]
+mod scratch;
 use common::check_components;
 use std::path::{Path, PathBuf};
 
@@ -31,9 +33,7 @@ fn single() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-single-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    scratch::scratch("single").join(name)
 }
 
 fn equals_diffusers_folder(name: &str) {

@@ -12,14 +12,15 @@ use ldm_edge::preview::{LATENT_RGB_BIAS, LATENT_RGB_WEIGHT};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-preview-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    scratch::scratch("preview").join(name)
 }
 
 fn default_model() -> Model {

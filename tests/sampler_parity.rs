@@ -17,6 +17,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 mod common;
+#[path = "support/scratch.rs"]
+mod scratch;
 use common::*;
 
 #[derive(serde::Deserialize)]
@@ -114,8 +116,7 @@ fn import_variant(name: &str, want_sampler: &str, karras: bool) -> Model {
     // Tests run in parallel and may import the same variant: one folder and file per call.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("ldm-sched-{}-{name}-{call}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = scratch::fresh(&format!("sched-{name}-{call}"));
     copy_dir(&fixture("sd1"), &d);
     std::fs::copy(
         variant_dir(name).join("scheduler_config.json"),

@@ -1,5 +1,7 @@
 //! img2img, inpainting and upscaling on tiny random models (CPU backend): the exact identities
 //! each pipeline promises, its step counts and its errors.
+#[path = "support/scratch.rs"]
+mod scratch;
 #[path = "support/tiny.rs"]
 mod tiny;
 
@@ -11,10 +13,11 @@ use ldm_edge::pipeline::tiles::tile_starts;
 use ldm_edge::pipeline::{tile_seed, Cancel, Img2Img, Inpaint, Pipeline, Txt2Img, Upscale};
 use ldm_edge::sampler::SamplerKind;
 use ldm_edge::Error;
-use tiny::{center_mask, temp_dir, test_image, write_tiny};
+use scratch::scratch;
+use tiny::{center_mask, test_image, write_tiny};
 
 fn model(task: Task) -> Model {
-    Model::open(&write_tiny(task, &temp_dir("tasks"))).expect("tiny model opens")
+    Model::open(&write_tiny(task, &scratch("tasks"))).expect("tiny model opens")
 }
 
 fn cpu(m: &Model) -> Pipeline<'_> {

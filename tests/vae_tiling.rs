@@ -1,6 +1,8 @@
 //! The autoencoder in overlapping tiles on the shipped model (CPU backend): a tiled 512 px
 //! decode agrees with the whole decode, one tile is the whole decode bit for bit, the tiled
 //! encoder agrees with the whole one, and bad tilings are errors.
+#[path = "support/scratch.rs"]
+mod scratch;
 #[path = "support/tiny.rs"]
 mod tiny;
 
@@ -188,7 +190,7 @@ fn bad_tilings_and_latents_are_input_errors() {
 
 #[test]
 fn cli_vae_tile_flag_runs_and_rejects_bad_values() {
-    let dir = tiny::temp_dir("vae-tiling");
+    let dir = scratch::scratch("vae-tiling");
     let run = |extra: &[&str]| {
         let out = dir.join(format!("{}.png", extra.join("_")));
         let mut args = vec![

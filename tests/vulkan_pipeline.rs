@@ -7,6 +7,8 @@
 //! `LDM_REQUIRE_VULKAN=1`, where a missing device fails them.
 #![cfg(feature = "vulkan")]
 
+#[path = "support/scratch.rs"]
+mod scratch;
 #[path = "support/vk.rs"]
 mod vk;
 
@@ -60,12 +62,6 @@ fn write_model_with(dtype: DType, dir: &Path, poison: Option<&str>) -> PathBuf {
     out
 }
 
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-vulkan-pipeline-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 fn request(model: &Model) -> Txt2Img {
     let mut req = Txt2Img::new(model, "a red circle on a blue square").expect("request");
     req.steps = 4;
@@ -105,7 +101,7 @@ fn f32_weights_agree_with_cpu() {
     let Some(vk) = vulkan(VulkanOptions::default()) else {
         return;
     };
-    let dir = temp_dir();
+    let dir = scratch::scratch("vulkan-pipeline");
     let m = Model::open(&write_model(DType::F32, &dir)).expect("f32 model");
     check("f32 file", &m, vk, 40.0);
 }
@@ -116,7 +112,7 @@ fn f16_storage_agrees_with_cpu() {
     let Some(vk) = vulkan(VulkanOptions::default()) else {
         return;
     };
-    let dir = temp_dir();
+    let dir = scratch::scratch("vulkan-pipeline");
     let m16 = Model::open(&write_model(DType::F16, &dir)).expect("f16 model");
     check("f16 file", &m16, vk, 35.0);
 
@@ -275,7 +271,7 @@ fn non_finite_image_is_an_error_on_vulkan() {
     let Some(vk) = vulkan(VulkanOptions::default()) else {
         return;
     };
-    let dir = temp_dir();
+    let dir = scratch::scratch("vulkan-pipeline");
     let m = Model::open(&write_model_with(
         DType::F32,
         &dir,

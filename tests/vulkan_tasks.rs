@@ -9,6 +9,8 @@
 #[path = "support/vk.rs"]
 mod vk;
 
+#[path = "support/scratch.rs"]
+mod scratch;
 #[path = "support/tiny.rs"]
 mod tiny;
 
@@ -17,7 +19,8 @@ use ldm_edge::backend::vulkan::{Fault, VulkanOptions};
 use ldm_edge::backend::{select, select_auto, AutoOptions, Backend};
 use ldm_edge::model::Model;
 use ldm_edge::pipeline::{Cancel, Generated, Img2Img, Inpaint, Pipeline, Upscale};
-use tiny::{center_mask, temp_dir, test_image, write_tiny};
+use scratch::scratch;
+use tiny::{center_mask, test_image, write_tiny};
 
 fn vulkan() -> Option<Box<dyn Backend>> {
     vk::vulkan_or_skip(VulkanOptions::default(), "task pipelines")
@@ -35,7 +38,7 @@ fn auto_with(fault: Fault) -> Option<Box<dyn Backend>> {
 }
 
 fn model(task: Task) -> Model {
-    Model::open(&write_tiny(task, &temp_dir("vulkan-tasks"))).expect("tiny model opens")
+    Model::open(&write_tiny(task, &scratch("vulkan-tasks"))).expect("tiny model opens")
 }
 
 /// Runs `f` on the CPU and on `vk`, and checks the images agree to `min_db`.

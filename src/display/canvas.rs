@@ -48,7 +48,7 @@ impl Canvas {
             .ok_or_else(|| err("no file name".into()))?
             .to_string_lossy();
         let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        image::save_buffer_with_format(
+        let saved = image::save_buffer_with_format(
             &tmp,
             &self.rgb,
             self.width as u32,
@@ -56,8 +56,13 @@ impl Canvas {
             image::ExtendedColorType::Rgb8,
             image::ImageFormat::Png,
         )
-        .map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        .map_err(|e| err(e.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| err(e.to_string())));
+        if saved.is_err() {
+            // A failed write (disk full) must not leave its partial file beside the output.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        saved
     }
 }
 

@@ -7,9 +7,7 @@ use super::quant::{dequantize_q4, dequantize_q8, quantize_q4, quantize_q8};
 use super::*;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ldm-format-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    crate::scratch::scratch("format-unit").join(name)
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {

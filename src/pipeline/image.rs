@@ -33,12 +33,18 @@ pub fn save_png(path: &Path, rgb: &[u8], width: usize, height: usize) -> Result<
             ))
         })?;
     let tmp = path.with_extension("png.tmp");
-    buf.save_with_format(&tmp, image::ImageFormat::Png)
+    let saved = buf
+        .save_with_format(&tmp, image::ImageFormat::Png)
         .map_err(|e| Error::Io {
             path: tmp.display().to_string(),
             source: std::io::Error::other(e),
-        })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if saved.is_err() {
+        // A failed write (disk full) must not leave its partial file beside the output.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    saved
 }
 
 /// Interleaved RGB8 -> [1, 3, H, W] in [-1, 1]: the inverse of [`to_rgb8`], exact on the way

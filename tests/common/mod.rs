@@ -15,10 +15,9 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub fn tmp(prefix: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-{prefix}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// `name` in the scratch dir `tag` (needs the binary's `mod scratch`, tests/support/scratch.rs).
+pub fn tmp(tag: &str, name: &str) -> PathBuf {
+    crate::scratch::scratch(tag).join(name)
 }
 
 pub fn reference(name: &str, file: &str) -> Tensor {

@@ -125,10 +125,3 @@ pub fn tree_hash(dir: &Path) -> String {
     walk(dir, dir, &mut h);
     h.finalize().to_hex().to_string()
 }
-
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}

@@ -12,13 +12,6 @@ pub fn default_model_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/shapes-32.ldm")
 }
 
-/// A per-process scratch directory under the system temp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ldm-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 /// Writes (once per path) a tiny model for `task` with random weights and returns its path.
 /// 32 px images, autoencoder factor 4: latents and SR low-res tiles are 8x8.
 pub fn write_tiny(task: Task, dir: &Path) -> PathBuf {

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../../tests/support/scratch.rs"]
+mod scratch;
+
 /// The folder holding libldm.so: next to the test executable (deps/) or one level up.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -23,8 +26,7 @@ fn lib_dir() -> PathBuf {
 fn a_c_program_generates_cancels_and_gets_error_strings() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = here.join("../..");
-    let tmp = std::env::temp_dir().join(format!("ldm-capi-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    let tmp = scratch::scratch("capi");
     let model = root.join("models/shapes-32.ldm");
     let bytes = std::fs::read(&model).expect("default model");
     let corrupt = tmp.join("truncated.ldm");

@@ -16,6 +16,11 @@ mod preview;
 mod tokenizer;
 mod train;
 
+// The workspace's test scratch directory (removed when the test process exits).
+#[cfg(test)]
+#[path = "../../../tests/support/scratch.rs"]
+mod scratch;
+
 #[derive(Parser)]
 #[command(
     name = "ldm-host",

@@ -17,12 +17,8 @@ use serde_json::Value;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ldm-flash-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    dir
-}
+#[path = "../../../tests/support/scratch.rs"]
+mod scratch;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -306,6 +302,8 @@ fn tree_hash(dir: &Path) -> String {
 
 /// The bundle module's file hash, over a buffer (no extra dev-dependency for BLAKE3 here).
 mod blake3_like {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     #[derive(Default)]
     pub struct H(Vec<u8>);
     impl H {
@@ -314,7 +312,10 @@ mod blake3_like {
             self.0.extend_from_slice(b);
         }
         pub fn hex(&self) -> String {
-            let p = std::env::temp_dir().join(format!("ldm-tree-{}", std::process::id()));
+            // One file per call: tests hash trees in parallel.
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let p = crate::scratch::scratch("flash-tree").join(n.to_string());
             std::fs::write(&p, &self.0).unwrap();
             let d = ldm_edge::bundle::hash_file(&p).unwrap();
             let _ = std::fs::remove_file(&p);
@@ -344,7 +345,7 @@ fn flash_a_fleet_over_ssh() {
     if !have_sshd() {
         return;
     }
-    let dir = scratch("fleet");
+    let dir = scratch::fresh("flash-fleet");
     let mut fleet = Fleet::new(&dir);
     let a = fleet.device("dev-a", None);
     let b = fleet.device("dev-b", None);
@@ -485,7 +486,7 @@ fn flash_throughput() {
     if !have_sshd() {
         return;
     }
-    let dir = scratch("throughput");
+    let dir = scratch::fresh("flash-throughput");
     let mut fleet = Fleet::new(&dir);
     let devs: Vec<Dev> = (0..4)
         .map(|i| fleet.device(&format!("dev-{i}"), None))

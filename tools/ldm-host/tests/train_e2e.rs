@@ -3,13 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-/// A fresh folder for one test's files, unique to this process.
-fn scratch(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ldm-host-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    dir
-}
+#[path = "../../../tests/support/scratch.rs"]
+mod scratch;
 
 fn ldm_host(args: &[&str]) {
     ldm_host_env(args, &[]);
@@ -49,7 +44,7 @@ fn loss_ends(csv: &Path, k: usize) -> (f64, f64) {
 
 #[test]
 fn micro_model_trains_exports_and_generates() {
-    let dir = scratch("e2e");
+    let dir = scratch::fresh("host-e2e");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = [
         "--dataset",
@@ -169,7 +164,7 @@ fn losses(csv: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn resumed_run_continues_the_same_loss_curve() {
-    let dir = scratch("resume");
+    let dir = scratch::fresh("host-resume");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = ["--dataset", "random", "--dataset-len", "32", "--quiet"];
     let ae = p("ae.safetensors");
@@ -231,7 +226,7 @@ fn resumed_run_continues_the_same_loss_curve() {
 /// target network (the student's EMA) all come back from the checkpoint.
 #[test]
 fn resumed_distillation_continues_the_same_loss_curve() {
-    let dir = scratch("distill-resume");
+    let dir = scratch::fresh("host-distill-resume");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = ["--dataset", "random", "--dataset-len", "32", "--quiet"];
     let (ae, teacher) = (p("ae.safetensors"), p("teacher.safetensors"));
@@ -279,7 +274,7 @@ fn resumed_distillation_continues_the_same_loss_curve() {
 /// and the exported files run through `ldm`'s upscale and inpaint pipelines.
 #[test]
 fn sr_and_inpaint_micro_models_train_export_and_run() {
-    let dir = scratch("tasks");
+    let dir = scratch::fresh("host-tasks");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = [
         "--dataset",
@@ -385,7 +380,7 @@ fn ldm_host_fails(args: &[&str]) -> String {
 
 #[test]
 fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
-    let dir = scratch("dec");
+    let dir = scratch::fresh("host-dec");
     let p = |n: &str| dir.join(n).display().to_string();
     let data = [
         "--dataset",
@@ -532,7 +527,7 @@ fn decoder_only_finetune_keeps_the_latent_space_and_swaps_into_a_model() {
 #[test]
 fn tiny_decoder_trains_and_writes_a_model_that_uses_it() {
     use ldm_edge::pipeline::{Cancel, Decoder, Pipeline, Txt2Img};
-    let dir = scratch("tiny");
+    let dir = scratch::fresh("host-tiny");
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-32.ldm");
     let (csv, ck, out) = (
         dir.join("t.csv"),

@@ -206,8 +206,7 @@ mod tests {
     #[test]
     fn reads_tiny_idx_files_plain_and_gzipped() {
         for gz in [false, true] {
-            let dir = std::env::temp_dir().join(format!("ldm-fmnist-{gz}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
+            let dir = crate::scratch::fresh(&format!("fmnist-{gz}"));
             tiny_set(&dir, gz);
             let ds = FashionMnist::open(&dir, Split::HeldOut, 32).unwrap();
             assert_eq!(ds.len(), 2);
@@ -227,7 +226,8 @@ mod tests {
 
     #[test]
     fn missing_package_and_bad_files_are_clear() {
-        let dir = std::env::temp_dir().join(format!("ldm-fmnist-none-{}", std::process::id()));
+        // Never created: the missing package.
+        let dir = crate::scratch::root().join("fmnist-none");
         let e = FashionMnist::open(&dir, Split::Train, 32)
             .err()
             .unwrap()

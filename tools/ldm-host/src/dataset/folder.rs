@@ -142,10 +142,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ldm-host-folder-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::scratch::fresh(&format!("host-folder-{name}"))
     }
 
     fn write_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {

@@ -47,21 +47,31 @@ struct Report {
     devices: Vec<DeviceReport>,
 }
 
+/// The run's ControlPath directory, removed however `flash` returns: an error after it was made
+/// (bundle unreadable, a worker panicked) would otherwise leave one in the temp dir per run.
+struct ControlDir(PathBuf);
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn flash(a: FlashArgs) -> Result<bool> {
     let mut devices = fleet::load(&a.fleet)?;
     // Shared connections live in a private directory of this run (sockets must not be
     // reachable by other users; ssh also checks).
-    let control = std::env::temp_dir().join(format!("ldm-flash-{}", std::process::id()));
-    std::fs::create_dir_all(&control)
-        .with_context(|| format!("cannot create {}", control.display()))?;
+    let path = std::env::temp_dir().join(format!("ldm-flash-{}", std::process::id()));
+    std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let control = ControlDir(path);
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot protect {}", control.display()))?;
+        std::fs::set_permissions(&control.0, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot protect {}", control.0.display()))?;
     }
     for d in &mut devices {
         if !d.ssh_options.iter().any(|o| o.contains("ControlPath")) {
-            d.control_dir = Some(control.clone());
+            d.control_dir = Some(control.0.clone());
         }
     }
     let info = device::bundle_info(&a.bundle)?;
@@ -116,7 +126,8 @@ pub fn flash(a: FlashArgs) -> Result<bool> {
         seconds: start.elapsed().as_secs_f64(),
         devices: reports,
     };
-    let _ = std::fs::remove_dir_all(&control);
+    // Every device closed its master connection; nothing uses the sockets any more.
+    drop(control);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&a.report, &json)
         .with_context(|| format!("cannot write the report {}", a.report.display()))?;

@@ -88,10 +88,18 @@ impl Checkpoint {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         let tmp = path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, &buf).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        Ok(())
+        let saved = std::fs::write(&tmp, &buf)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).with_context(|| {
+                    format!("cannot rename {} to {}", tmp.display(), path.display())
+                })
+            });
+        if saved.is_err() {
+            // A full disk would otherwise keep a checkpoint-sized partial file beside the output.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        saved
     }
 
     pub fn load(path: &Path) -> Result<Self> {

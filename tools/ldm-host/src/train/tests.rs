@@ -147,8 +147,7 @@ fn export_then_runtime_forward_matches_burn() {
     ck.meta
         .insert("config".into(), serde_json::to_string(&cfg).expect("json"));
     ck.meta.insert("tokenizer".into(), tokenizer());
-    let dir = std::env::temp_dir().join(format!("ldm-host-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = crate::scratch::scratch("host-export");
     let path = dir.join("m.ldm");
     super::export::to_ldm(&ck, DType::F32, &path, true, serde_json::json!({})).expect("export");
     let model = ldm_edge::model::Model::open(&path).expect("model opens");
@@ -236,8 +235,7 @@ fn guidance_embedded_unet_matches_burn_and_learns_its_embedding() {
         .insert("config".into(), serde_json::to_string(&cfg).expect("json"));
     ck.meta.insert("tokenizer".into(), tokenizer());
     ck.meta.insert("lcm_guidance".into(), "6.5".into());
-    let dir = std::env::temp_dir().join(format!("ldm-host-w-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = crate::scratch::scratch("host-w");
     let path = dir.join("m.ldm");
     super::export::to_ldm(&ck, DType::F32, &path, true, serde_json::json!({})).expect("export");
     let model = ldm_edge::model::Model::open(&path).expect("model opens");
@@ -264,8 +262,7 @@ fn guidance_embedded_unet_matches_burn_and_learns_its_embedding() {
 
 #[test]
 fn corrupt_checkpoint_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("ldm-host-ck-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = crate::scratch::scratch("host-ck");
     let p = dir.join("bad.safetensors");
     let mut ck = Checkpoint::default();
     ck.put("p", "a", vec![2, 2], vec![1.0; 4]);
@@ -352,8 +349,7 @@ fn export_merges_a_lora_into_the_checkpoint() {
     }
     ck.meta
         .insert("config".into(), serde_json::to_string(&cfg).expect("json"));
-    let dir = std::env::temp_dir().join(format!("ldm-host-lora-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = crate::scratch::scratch("host-lora");
     let write = |name: &str, extra: bool| {
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (path, shape) in &layers {
