@@ -78,6 +78,25 @@ pub struct BoardDisplay {
 }
 
 impl Board {
+    /// The board's GPU as the memory planner sees it, where its runtime prefers Vulkan: the
+    /// Vulkan lowering's buffers, counted against the host budget on unified memory. None on
+    /// CPU boards and in builds without Vulkan.
+    pub fn device_model(&self) -> Option<Box<dyn crate::backend::DeviceMemoryModel>> {
+        if self.runtime.backend != "vulkan" {
+            return None;
+        }
+        #[cfg(feature = "vulkan")]
+        {
+            let max_binding = self.gpu.as_ref().map(|g| g.max_buffer_binding);
+            Some(Box::new(crate::backend::vulkan::DeviceModel::for_board(
+                self.memory.unified,
+                max_binding,
+            )))
+        }
+        #[cfg(not(feature = "vulkan"))]
+        None
+    }
+
     /// Reads and checks a profile.
     pub fn load(path: &Path) -> Result<Self> {
         let bad = |m: String| Error::Config(format!("board profile {}: {m}", path.display()));

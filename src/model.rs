@@ -191,6 +191,9 @@ impl WeightSource for Model {
     fn raw_dtype(&self, path: &str) -> Option<crate::format::DType> {
         self.file.tensor(path).map(|t| t.dtype())
     }
+    fn done_with(&self, path: &str) {
+        self.file.release_tensor_pages(path);
+    }
     fn load_raw(&self, path: &str) -> Option<(crate::format::DType, std::borrow::Cow<'_, [u8]>)> {
         // Borrowed straight from the mapping: no copy of the weight in host memory.
         self.file

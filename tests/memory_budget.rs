@@ -100,7 +100,7 @@ fn the_planner_tiles_the_decoder_to_fit() {
         .unwrap()
         .base;
     let dec = whole.stages.iter().find(|s| s.stage == "decoder").unwrap();
-    let budget = base + others + (dec.total() - others) * 3 / 4;
+    let budget = base + whole.code + others + (dec.total() - others) * 3 / 4;
     let pipe = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(Some(budget));
     let plan = pipe.plan_memory(&r).unwrap();
     println!("{plan}");

@@ -696,3 +696,48 @@ fn tiny_models_match_reference() {
     println!("{}", report.join("\n"));
     assert!(bad.is_empty(), "whole-model disagreement > 1e-4: {bad:?}");
 }
+
+/// The memory planner predicts a board's device memory from the lowering alone; here the
+/// prediction meets the buffers a real device allocates, for each stage of the shipped model
+/// and with each weight option (q8 kept, f16 storage, f32).
+#[test]
+fn predicted_device_memory_is_what_plans_allocate() {
+    use ldm_edge::backend::DeviceMemoryModel;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/shapes-32.ldm");
+    let model = ldm_edge::model::Model::open(&path).unwrap();
+    let cfg = &model.config;
+    let graphs = [
+        ("text encoder", cfg.text_graph(2).unwrap()),
+        ("unet 8x8", cfg.unet_graph(2, 8, 8).unwrap()),
+        ("unet 16x24", cfg.unet_graph(1, 16, 24).unwrap()),
+        ("decoder", cfg.decoder_graph(1, 8, 8).unwrap()),
+    ];
+    let options = [
+        VulkanOptions::default(),
+        VulkanOptions {
+            quantized: false,
+            f16_weights: true,
+            ..Default::default()
+        },
+        VulkanOptions {
+            quantized: false,
+            ..Default::default()
+        },
+    ];
+    for opts in options {
+        let Some(vk) = backend(opts.clone()) else {
+            return;
+        };
+        let m = vk.memory_model();
+        for (name, g) in &graphs {
+            let predicted = m.predict(g, &model).unwrap();
+            let plan = vk.prepare_plan(g, &model).unwrap();
+            assert_eq!(
+                predicted,
+                plan.device_memory(),
+                "{name} with {opts:?}: predicted vs allocated"
+            );
+            assert!(predicted.weights > 0 && predicted.activations > 0, "{name}");
+        }
+    }
+}

@@ -62,6 +62,14 @@ impl Backend for FallbackBackend {
     fn fallback(&self) -> Option<(&'static str, &dyn Backend)> {
         Some((self.primary.name(), self.secondary.as_ref()))
     }
+
+    fn device_memory_model(&self) -> Option<Box<dyn crate::backend::DeviceMemoryModel>> {
+        if self.failed.get() {
+            self.secondary.device_memory_model()
+        } else {
+            self.primary.device_memory_model()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ pub trait WeightSource {
     ) -> Option<(crate::format::DType, crate::format::SharedBytes)> {
         None
     }
+    /// The backend has copied `path` into memory of its own and will not read it again:
+    /// a mapped source may drop its pages. Default: nothing.
+    fn done_with(&self, _path: &str) {}
 }
 
 impl WeightSource for HashMap<String, Tensor> {
@@ -93,6 +96,40 @@ pub fn check_weights(graph: &Graph, weights: &dyn WeightSource) -> Result<()> {
     Ok(())
 }
 
+/// Device memory one prepared graph holds on a backend with memory of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Weights in the device's formats.
+    pub weights: u64,
+    /// The activation arena.
+    pub activations: u64,
+    /// Host-visible input and output buffers.
+    pub transfer: u64,
+    /// The largest buffer one kernel binds: devices cap it (`maxStorageBufferRange`).
+    pub largest_binding: u64,
+}
+
+impl DeviceMemory {
+    pub fn total(&self) -> u64 {
+        self.weights + self.activations + self.transfer
+    }
+}
+
+/// Predicts, from a graph and its weights' stored dtypes and without a device, the device
+/// memory a backend's plan of that graph will hold: what the memory planner needs to plan a
+/// board it does not run on.
+pub trait DeviceMemoryModel {
+    fn predict(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<DeviceMemory>;
+    /// Whether device memory is the host's (integrated GPUs, software rasterisers), so it
+    /// counts against the host's budget.
+    fn unified(&self) -> bool;
+    /// The largest storage binding the device allows, where known.
+    fn max_binding(&self) -> Option<u64>;
+    /// Host bytes a stage holds while its weights go to the device, besides the mapped
+    /// weights themselves (staging buffers).
+    fn upload_overhead(&self) -> u64;
+}
+
 /// An executor of graphs.
 pub trait Backend {
     fn name(&self) -> &'static str;
@@ -101,6 +138,11 @@ pub trait Backend {
     /// For `auto`: the name of the backend whose faults are answered, and the backend that
     /// reruns a request that failed with one (see [`fallback`]). Default: none.
     fn fallback(&self) -> Option<(&'static str, &dyn Backend)> {
+        None
+    }
+    /// How this backend's plans use device memory; None where plans live in host memory
+    /// (the host planner models those).
+    fn device_memory_model(&self) -> Option<Box<dyn DeviceMemoryModel>> {
         None
     }
 }

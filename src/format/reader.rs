@@ -235,6 +235,31 @@ impl ModelFile {
         }
     }
 
+    /// Drops this process's resident pages of one tensor (those wholly inside it; the pages it
+    /// shares with its neighbours stay). For a backend that has copied the tensor to its own
+    /// memory, so the mapping does not hold a second copy while the stage runs.
+    pub fn release_tensor_pages(&self, path: &str) {
+        #[cfg(unix)]
+        if let (Storage::Mapped(m), Some(t)) = (&*self.storage, self.tensor(path)) {
+            const PAGE: usize = 4096;
+            let start = t.bytes.as_ptr() as usize - m.as_ptr() as usize;
+            let (first, end) = (
+                start.div_ceil(PAGE) * PAGE,
+                (start + t.bytes.len()) / PAGE * PAGE,
+            );
+            if end > first {
+                // SAFETY: as in `release_pages`: read-only, file-backed, only page-table
+                // entries go; later reads fault the same bytes back in.
+                let r = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+                };
+                if let Err(e) = r {
+                    log::debug!("madvise(DONTNEED) on `{path}` failed: {e}");
+                }
+            }
+        }
+    }
+
     /// Absolute file offset of the data section (a multiple of 64).
     pub fn data_offset(&self) -> u64 {
         self.data_offset

@@ -41,6 +41,19 @@ pub fn activation_peak(graph: &Graph, transient: impl Fn(&Graph, &Node) -> u64) 
     peak
 }
 
+/// Bytes of the values of `graph` of at least `min` bytes each, each counted once: what an
+/// allocator that keeps freed blocks of that size for reuse ([`crate::alloc`]) can hold after
+/// a run of the graph, at most.
+pub fn big_value_bytes(graph: &Graph, min: u64) -> u64 {
+    graph
+        .nodes
+        .iter()
+        .filter(|n| !matches!(n.op, Op::Param { .. }))
+        .map(value_bytes)
+        .filter(|&b| b >= min)
+        .sum()
+}
+
 /// Bytes of the weights `graph` reads, as `stored_bytes(path)` reports them.
 pub fn weight_bytes(graph: &Graph, stored_bytes: impl Fn(&str) -> u64) -> u64 {
     let mut paths: Vec<String> = graph.params().into_iter().map(|(p, _)| p).collect();
@@ -66,6 +79,17 @@ mod tests {
         let g = t.finish(&[c]);
         assert_eq!(activation_peak(&g, |_, _| 0), 8000);
         assert_eq!(activation_peak(&g, |_, _| 100), 8100);
+    }
+
+    #[test]
+    fn big_values_are_counted_once_each() {
+        let mut t = Tracer::new();
+        let x = t.input("x", &[1000], ValueType::F32);
+        let small = t.input("s", &[10], ValueType::F32);
+        let a = t.silu(&x).unwrap();
+        let g = t.finish(&[a, small]);
+        assert_eq!(big_value_bytes(&g, 4000), 8000);
+        assert_eq!(big_value_bytes(&g, 4001), 0);
     }
 
     #[test]

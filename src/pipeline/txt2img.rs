@@ -148,7 +148,8 @@ impl Pipeline<'_> {
             encode: false,
         })?;
         log::info!("memory plan:\n{plan}");
-        if plan.alloc_cache > 0 {
+        // Even a zero limit is set: it is what the plan counted.
+        if crate::alloc::installed() {
             crate::alloc::set_cache_limit(plan.alloc_cache as usize);
         }
         let all_latents = {

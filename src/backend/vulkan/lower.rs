@@ -80,6 +80,53 @@ pub struct Lowered {
     pub id_checks: Vec<(usize, usize)>,
 }
 
+impl WeightFmt {
+    /// Bytes of `numel` values in this format, padded to whole u32 words as uploaded.
+    pub fn device_bytes(self, numel: u64) -> u64 {
+        let dt = match self {
+            WeightFmt::F32 => crate::format::DType::F32,
+            WeightFmt::F16 => crate::format::DType::F16,
+            WeightFmt::Q8 => crate::format::DType::Q8,
+            WeightFmt::Q4 => crate::format::DType::Q4,
+        };
+        dt.byte_len(numel).unwrap_or(u64::MAX).div_ceil(4) * 4
+    }
+}
+
+impl Lowered {
+    /// The device memory this lowering asks `VulkanPlan::new` to allocate: each weight
+    /// buffer, the arena (at least one element) and one host-visible buffer per input and
+    /// output. Computed from the lowering alone, so the planner predicts it without a device.
+    pub fn device_memory(&self, graph: &Graph) -> crate::backend::DeviceMemory {
+        let weight = |w: &WeightData| match w {
+            WeightData::Const(v) => (v.len() as u64 * 4).max(4),
+            WeightData::Param { fmt, numel, .. } => fmt.device_bytes(*numel as u64).max(4),
+        };
+        let value = |shape: &[usize]| shape.iter().map(|&d| d as u64).product::<u64>().max(1) * 4;
+        let inputs: u64 = graph
+            .inputs()
+            .iter()
+            .map(|&id| value(&graph.nodes[id].shape))
+            .sum();
+        let outputs: u64 = self.outputs.iter().map(|(_, shape)| value(shape)).sum();
+        let binding = |s: &Storage| match *s {
+            Storage::Arena { len, .. } => len.max(1) * 4,
+            Storage::Weight(k) => self.weights.get(k).map_or(0, weight),
+        };
+        crate::backend::DeviceMemory {
+            weights: self.weights.iter().map(weight).sum(),
+            activations: self.arena_elems.max(1) * 4,
+            transfer: inputs + outputs,
+            largest_binding: self
+                .steps
+                .iter()
+                .flat_map(|st| st.bufs.iter().map(binding))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
+
 fn f(v: f32) -> u32 {
     v.to_bits()
 }

@@ -99,6 +99,16 @@ impl VulkanBackend {
         variants::KernelChoice::new(&self.gpu, &self.opts)
     }
 
+    /// This device's memory model: its options, offset alignment and binding limit.
+    pub fn memory_model(&self) -> DeviceModel {
+        DeviceModel {
+            opts: self.opts.clone(),
+            offset_align: self.gpu.offset_align,
+            unified: self.gpu.info.kind != "DiscreteGpu",
+            max_binding: Some(self.gpu.info.max_storage_buffer_range as u64),
+        }
+    }
+
     /// Like `Backend::prepare`, keeping the concrete plan (for `peak_device_bytes`).
     pub fn prepare_plan(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<VulkanPlan> {
         if self.fault == Some(Fault::Prepare) {
@@ -110,9 +120,58 @@ impl VulkanBackend {
     }
 }
 
+/// The device memory this backend's plans hold, predicted from the lowering alone (the same
+/// lowering `VulkanPlan::new` allocates from), for a device that need not be present.
+#[derive(Clone, Debug)]
+pub struct DeviceModel {
+    pub opts: VulkanOptions,
+    /// `minStorageBufferOffsetAlignment` in bytes; 256 (the most the spec allows) plans for
+    /// any device.
+    pub offset_align: u64,
+    pub unified: bool,
+    pub max_binding: Option<u64>,
+}
+
+impl DeviceModel {
+    /// A device known only by a board profile: default options, the worst-case alignment.
+    pub fn for_board(unified: bool, max_binding: Option<u64>) -> Self {
+        DeviceModel {
+            opts: VulkanOptions::default(),
+            offset_align: 256,
+            unified,
+            max_binding,
+        }
+    }
+}
+
+impl crate::backend::DeviceMemoryModel for DeviceModel {
+    fn predict(
+        &self,
+        graph: &Graph,
+        weights: &dyn WeightSource,
+    ) -> Result<crate::backend::DeviceMemory> {
+        let align = (self.offset_align / 4).max(1);
+        let fmt = |p: &str| plan::choose_fmt(weights, &self.opts, p);
+        let low = lower::lower_with(graph, &fmt, align, plan::split_k_enabled())?;
+        Ok(low.device_memory(graph))
+    }
+    fn unified(&self) -> bool {
+        self.unified
+    }
+    fn max_binding(&self) -> Option<u64> {
+        self.max_binding
+    }
+    fn upload_overhead(&self) -> u64 {
+        upload::STAGING_BYTES
+    }
+}
+
 impl Backend for VulkanBackend {
     fn name(&self) -> &'static str {
         "vulkan"
+    }
+    fn device_memory_model(&self) -> Option<Box<dyn crate::backend::DeviceMemoryModel>> {
+        Some(Box::new(self.memory_model()))
     }
     fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>> {
         Ok(Box::new(self.prepare_plan(graph, weights)?))

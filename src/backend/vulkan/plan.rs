@@ -10,7 +10,7 @@ use super::upload::{device_buffer, host_buffer, Uploader};
 use super::variants::KernelChoice;
 use super::{backend_error, verr, VulkanOptions};
 use crate::backend::profile::Profile;
-use crate::backend::{check_inputs, check_weights, Executable, Tensor, WeightSource};
+use crate::backend::{check_inputs, check_weights, DeviceMemory, Executable, Tensor, WeightSource};
 use crate::format::DType;
 use crate::graph::Graph;
 use crate::Result;
@@ -27,7 +27,8 @@ pub struct VulkanPlan {
     inputs: Vec<Subbuffer<[f32]>>,
     outputs: Vec<(Subbuffer<[f32]>, Vec<usize>)>,
     id_checks: Vec<(usize, usize)>,
-    device_bytes: u64,
+    /// Sizes of the buffers this plan allocated, as the device reports them.
+    device: DeviceMemory,
     dispatches: usize,
     fault_on_run: bool,
     /// Kept to record the timestamped variant on the first `profile`.
@@ -38,7 +39,11 @@ pub struct VulkanPlan {
 impl VulkanPlan {
     /// Device memory this plan holds: weights + activation arena + input/output buffers.
     pub fn peak_device_bytes(&self) -> u64 {
-        self.device_bytes
+        self.device.total()
+    }
+    /// The same, by kind of buffer (read from the allocated buffers, not from the lowering).
+    pub fn device_memory(&self) -> DeviceMemory {
+        self.device
     }
     /// Every run fails as a lost device would (see `fault`).
     pub fn with_fault_on_run(mut self, on: bool) -> Self {
@@ -62,8 +67,18 @@ fn op_label(graph: &Graph, st: &Step) -> String {
     }
 }
 
+/// Split-K on, unless `LDM_VULKAN_SPLIT_K=0` (an A/B switch to time the plain product on a
+/// GPU).
+pub(super) fn split_k_enabled() -> bool {
+    std::env::var("LDM_VULKAN_SPLIT_K").map_or(true, |v| v != "0")
+}
+
 /// How the source stores a matrix weight, and how we keep it on the device.
-fn choose_fmt(weights: &dyn WeightSource, opts: &VulkanOptions, path: &str) -> WeightFmt {
+pub(super) fn choose_fmt(
+    weights: &dyn WeightSource,
+    opts: &VulkanOptions,
+    path: &str,
+) -> WeightFmt {
     match weights.raw_dtype(path) {
         Some(DType::Q8) if opts.quantized => WeightFmt::Q8,
         Some(DType::Q4) if opts.quantized => WeightFmt::Q4,
@@ -127,18 +142,27 @@ impl VulkanPlan {
     ) -> Result<Self> {
         check_weights(graph, weights)?;
         let align = (gpu.offset_align / 4).max(1);
-        // LDM_VULKAN_SPLIT_K=0 turns split-K off, to time it against the plain product on a GPU.
-        let split_k = std::env::var("LDM_VULKAN_SPLIT_K").map_or(true, |v| v != "0");
-        let low = lower_with(graph, &|p| choose_fmt(weights, opts, p), align, split_k)?;
+        let low = lower_with(
+            graph,
+            &|p| choose_fmt(weights, opts, p),
+            align,
+            split_k_enabled(),
+        )?;
 
         // Weights: one tensor in host memory at a time, through the bounded staging buffer.
         let mut up = Uploader::new(&gpu)?;
         let mut wbufs = Vec::with_capacity(low.weights.len());
-        let mut device_bytes = 0u64;
+        let mut device = DeviceMemory::default();
         for w in &low.weights {
             let bytes = weight_bytes(weights, w)?;
-            device_bytes += (bytes.len() as u64).div_ceil(4) * 4;
-            wbufs.push(up.upload(&bytes)?);
+            // On unified memory the mapped copy would otherwise stay resident beside the
+            // device's for the whole stage (the planner counts one tensor at a time).
+            if let WeightData::Param { path, .. } = w {
+                weights.done_with(path);
+            }
+            let buf = up.upload(&bytes)?;
+            device.weights += buf.size();
+            wbufs.push(buf);
         }
         up.finish()?;
 
@@ -147,7 +171,7 @@ impl VulkanPlan {
             low.arena_elems * 4,
             BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST,
         )?;
-        device_bytes += low.arena_elems.max(1) * 4;
+        device.activations = arena.size();
         let view = |s: &Storage| -> Subbuffer<[u8]> {
             match *s {
                 Storage::Arena { off, len } => arena.clone().slice(off * 4..(off + len.max(1)) * 4),
@@ -160,7 +184,7 @@ impl VulkanPlan {
         for (s, &id) in low.inputs.iter().zip(&graph.inputs()) {
             let n = graph.nodes[id].shape.iter().product::<usize>() as u64;
             let hb = host_buffer(&gpu, n, BufferUsage::TRANSFER_SRC, false)?;
-            device_bytes += n.max(1) * 4;
+            device.transfer += hb.size();
             rec.input_copies.push((hb.clone(), view(s)));
             inputs.push(hb);
         }
@@ -169,12 +193,9 @@ impl VulkanPlan {
         let max_range = gpu.info.max_storage_buffer_range as u64;
         let choice = KernelChoice::new(&gpu, opts);
         for st in &low.steps {
-            if let Some(big) = st
-                .bufs
-                .iter()
-                .map(|s| view(s).size())
-                .find(|&n| n > max_range)
-            {
+            let largest = st.bufs.iter().map(|s| view(s).size()).max().unwrap_or(0);
+            device.largest_binding = device.largest_binding.max(largest);
+            if let Some(big) = Some(largest).filter(|&n| n > max_range) {
                 return Err(backend_error(format!(
                     "`{}` (node {}) needs a buffer of {big} bytes ({:.1} MiB), more than this \
                      device's largest storage binding of {max_range} bytes; use a smaller image \
@@ -226,7 +247,7 @@ impl VulkanPlan {
         for (s, shape) in &low.outputs {
             let n = shape.iter().product::<usize>() as u64;
             let hb = host_buffer(&gpu, n, BufferUsage::TRANSFER_DST, true)?;
-            device_bytes += n.max(1) * 4;
+            device.transfer += hb.size();
             rec.output_copies.push((view(s), hb.clone()));
             outputs.push((hb, shape.clone()));
         }
@@ -235,7 +256,7 @@ impl VulkanPlan {
         log::info!(
             "vulkan: prepared {} dispatches; device memory {:.1} MiB (activations {:.1} MiB)",
             low.steps.len(),
-            device_bytes as f64 / (1 << 20) as f64,
+            device.total() as f64 / (1 << 20) as f64,
             (low.arena_elems * 4) as f64 / (1 << 20) as f64
         );
         Ok(VulkanPlan {
@@ -245,7 +266,7 @@ impl VulkanPlan {
             inputs,
             outputs,
             id_checks: low.id_checks,
-            device_bytes,
+            device,
             dispatches: low.steps.len(),
             fault_on_run: false,
             recording: rec,
@@ -277,7 +298,7 @@ impl Executable for VulkanPlan {
     }
 
     fn device_bytes(&self) -> Option<u64> {
-        Some(self.device_bytes)
+        Some(self.device.total())
     }
 }
 

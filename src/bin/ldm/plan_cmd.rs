@@ -47,11 +47,14 @@ pub fn plan(a: PlanArgs) -> Result<ExitCode> {
     let guidance = a.guidance.unwrap_or(model.sampler.guidance);
     let distilled = model.config.unet.time_cond_proj_dim.is_some();
     let budget = board.budget_bytes()?;
-    // Planned on the CPU backend: its buffers are what the planner models. On a board whose
-    // runtime prefers Vulkan, unified memory holds the device buffers too, and their
-    // prediction is not modelled yet (said below).
-    let pipe =
-        Pipeline::new(&model, ldm_edge::backend::select("cpu")?).with_memory_budget(Some(budget));
+    // Planned on the CPU backend's host model; on a board whose runtime prefers Vulkan, the
+    // device's buffers are predicted from the Vulkan lowering of the same graphs (no device
+    // needed), and on unified memory they count against the same budget.
+    let device = board.device_model();
+    let vulkan_planned = device.is_some();
+    let pipe = Pipeline::new(&model, ldm_edge::backend::select("cpu")?)
+        .with_memory_budget(Some(budget))
+        .with_device_model(device);
     pipe.latent_size(width, height)?;
     println!("board    {} ({})", board.name, board.path.display());
     println!(
@@ -68,10 +71,10 @@ pub fn plan(a: PlanArgs) -> Result<ExitCode> {
         "choices  backend {}, {} threads{}",
         board.runtime.backend,
         board.runtime.threads,
-        match board.runtime.backend.as_str() {
-            "vulkan" =>
-                "; host figures below are the CPU path's (the Vulkan backend's device \
-                         buffers are not predicted yet; it falls back to this plan)",
+        match (board.runtime.backend.as_str(), vulkan_planned) {
+            ("vulkan", true) => "; device buffers from the Vulkan lowering",
+            ("vulkan", false) =>
+                "; this build has no Vulkan backend, so the host figures are the CPU path's",
             _ => "",
         }
     );
