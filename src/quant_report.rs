@@ -155,6 +155,25 @@ impl QuantReport {
         }
     }
 
+    /// Tools that add or replace tensors of a quantized file (preview maps, the tiny decoder)
+    /// keep its report true: the counts are redone from `w`, the measurement (of the model's
+    /// own images, which those tensors do not touch) is kept. No report, nothing to do.
+    pub fn recount_in(w: &mut ModelWriter) -> crate::Result<()> {
+        let prov = w.meta_mut().get("provenance").cloned();
+        let Some(mut r) = prov
+            .map(|p| Self::from_meta(&serde_json::json!({ "provenance": p })))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let fresh = Self::counts(&r.tool, &r.by, &r.target, &r.reference, w);
+        r.components = fresh.components;
+        r.tensor_bytes = fresh.tensor_bytes;
+        r.f16_bytes = fresh.f16_bytes;
+        r.insert_into(w.meta_mut())
+    }
+
     /// Stores the report under `provenance.quantization` of a header being written (creating
     /// `provenance` when missing; replacing an older report).
     pub fn insert_into(&self, meta: &mut Map<String, Value>) -> crate::Result<()> {

@@ -11,16 +11,22 @@ fn ldm_info(path: &Path) -> String {
         .arg(path)
         .output()
         .expect("ldm runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn report_round_trips_and_info_prints_it() {
     let mut w = ModelWriter::new(serde_json::json!({"provenance": {"kind": "test"}})).unwrap();
-    w.add("unet.a.weight", &[4, 32], &[0.5; 128], DType::Q4).unwrap();
+    w.add("unet.a.weight", &[4, 32], &[0.5; 128], DType::Q4)
+        .unwrap();
     w.add("unet.a.bias", &[4], &[0.1; 4], DType::F32).unwrap();
-    w.add("vae.b.weight", &[2, 32], &[0.25; 64], DType::Q8).unwrap();
+    w.add("vae.b.weight", &[2, 32], &[0.25; 64], DType::Q8)
+        .unwrap();
     let mut r = QuantReport::counts("ldm-host test", "quantize", "mixed", "f32 test", &w);
     r.budget_bytes = Some(200);
     r.measured = Some(Measured {
@@ -58,7 +64,10 @@ fn report_round_trips_and_info_prints_it() {
     assert_eq!(QuantReport::from_meta(f.meta()).unwrap(), Some(r));
 
     let text = ldm_info(&path);
-    assert!(text.contains("quantization: target mixed (by quantize"), "{text}");
+    assert!(
+        text.contains("quantization: target mixed (by quantize"),
+        "{text}"
+    );
     assert!(text.contains("PSNR 41.25 dB mean"), "{text}");
     assert!(text.contains("seeds 0..=49"), "{text}");
     assert!(text.contains("90.0% -> 89.5% (-0.5 points"), "{text}");

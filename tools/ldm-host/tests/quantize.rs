@@ -51,7 +51,14 @@ fn out(name: &str) -> String {
 
 /// Few, short trials: what is tested is the bookkeeping, not the figures.
 const FAST: [&str; 8] = [
-    "--samples", "1", "--measure", "2", "--steps", "2", "--unit", "block",
+    "--samples",
+    "1",
+    "--measure",
+    "2",
+    "--steps",
+    "2",
+    "--unit",
+    "block",
 ];
 
 fn report(path: &str) -> (QuantReport, u64) {
@@ -66,19 +73,35 @@ fn report(path: &str) -> (QuantReport, u64) {
 #[test]
 fn mixed_meets_its_budget() {
     let q8 = out("q8.ldm");
-    ok(&[&["quantize", tiny(), "--target", "q8", "-o", &q8][..], &FAST].concat());
+    ok(&[
+        &["quantize", tiny(), "--target", "q8", "-o", &q8][..],
+        &FAST,
+    ]
+    .concat());
     let (r8, _) = report(&q8);
     // Between all-q4 and all-q8: the search must mix.
     let budget = (r8.f16_bytes as f64 * 0.4) as u64;
     let mixed = out("mixed.ldm");
     let b = budget.to_string();
     ok(&[
-        &["quantize", tiny(), "--target", "mixed", "--budget-bytes", &b, "-o", &mixed][..],
+        &[
+            "quantize",
+            tiny(),
+            "--target",
+            "mixed",
+            "--budget-bytes",
+            &b,
+            "-o",
+            &mixed,
+        ][..],
         &FAST,
     ]
     .concat());
     let (r, data) = report(&mixed);
-    assert!(data <= budget, "{data} bytes of tensors over the budget {budget}");
+    assert!(
+        data <= budget,
+        "{data} bytes of tensors over the budget {budget}"
+    );
     assert_eq!(r.tensor_bytes, data);
     assert_eq!(r.budget_bytes, Some(budget));
     assert_eq!(r.target, "mixed");
@@ -98,7 +121,16 @@ fn mixed_meets_its_budget() {
     let none = out("impossible.ldm");
     let o = ldm_host(
         &[
-            &["quantize", tiny(), "--target", "mixed", "--budget-bytes", "1000", "-o", &none][..],
+            &[
+                "quantize",
+                tiny(),
+                "--target",
+                "mixed",
+                "--budget-bytes",
+                "1000",
+                "-o",
+                &none,
+            ][..],
             &FAST,
         ]
         .concat(),
@@ -113,19 +145,40 @@ fn unmeetable_floor_writes_nothing() {
     let path = out("floor.ldm");
     let o = ldm_host(
         &[
-            &["quantize", tiny(), "--target", "q4", "--min-psnr", "99", "-o", &path][..],
+            &[
+                "quantize",
+                tiny(),
+                "--target",
+                "q4",
+                "--min-psnr",
+                "99",
+                "-o",
+                &path,
+            ][..],
             &FAST,
         ]
         .concat(),
     );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("below the floor of 99 dB") && err.contains("nothing written"), "{err}");
+    assert!(
+        err.contains("below the floor of 99 dB") && err.contains("nothing written"),
+        "{err}"
+    );
     assert!(!Path::new(&path).exists());
     // The same for a mix that cannot reach it even at f16.
     let o = ldm_host(
         &[
-            &["quantize", tiny(), "--target", "mixed", "--min-psnr", "101", "-o", &path][..],
+            &[
+                "quantize",
+                tiny(),
+                "--target",
+                "mixed",
+                "--min-psnr",
+                "101",
+                "-o",
+                &path,
+            ][..],
             &FAST,
         ]
         .concat(),
@@ -139,7 +192,16 @@ fn quantizing_twice_gives_identical_bytes() {
     let (a, b) = (out("twice-a.ldm"), out("twice-b.ldm"));
     for p in [&a, &b] {
         ok(&[
-            &["quantize", tiny(), "--target", "mixed", "--min-psnr", "30", "-o", p][..],
+            &[
+                "quantize",
+                tiny(),
+                "--target",
+                "mixed",
+                "--min-psnr",
+                "30",
+                "-o",
+                p,
+            ][..],
             &FAST,
         ]
         .concat());
@@ -151,7 +213,11 @@ fn quantizing_twice_gives_identical_bytes() {
 #[test]
 fn report_round_trips_and_uniform_targets_keep_vectors_f32() {
     let q4 = out("q4.ldm");
-    ok(&[&["quantize", tiny(), "--target", "q4", "-o", &q4][..], &FAST].concat());
+    ok(&[
+        &["quantize", tiny(), "--target", "q4", "-o", &q4][..],
+        &FAST,
+    ]
+    .concat());
     let f = ModelFile::open(&q4).expect("opens");
     let r = QuantReport::from_meta(f.meta()).unwrap().unwrap();
     // Serialized again, the report is the header's JSON exactly.
@@ -163,7 +229,12 @@ fn report_round_trips_and_uniform_targets_keep_vectors_f32() {
         let want = if t.shape.len() >= 2 { "q4" } else { "f32" };
         assert_eq!(t.dtype.name(), want, "{}", t.name);
     }
-    let counted: usize = r.components.values().flat_map(|m| m.values()).map(|t| t.tensors).sum();
+    let counted: usize = r
+        .components
+        .values()
+        .flat_map(|m| m.values())
+        .map(|t| t.tensors)
+        .sum();
     assert_eq!(counted, f.tensors().len());
     assert!(r.reference.starts_with("f32 model"), "{}", r.reference);
     // The output opens as a model and generates.

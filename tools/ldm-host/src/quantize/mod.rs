@@ -89,6 +89,9 @@ pub struct QuantizeArgs {
     pub size: Option<usize>,
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// A sentence for the report's notes (what the reference is, why); repeatable.
+    #[arg(long)]
+    pub note: Vec<String>,
     /// Also write the report with the whole sensitivity table as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -264,7 +267,12 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             ssim_mean: round4(q.ssim_mean),
             ssim_min: round4(q.ssim_min),
         });
-        report.checker = checker_change(&prompts, &ref_images[..measure], &o.images, size);
+        // The checker reads shapes images at their trained size; at another size (a large
+        // model measured small) its verdicts would mean nothing.
+        let shapes_size = size == r.config.image_size && size <= crate::dataset::shapes::MAX_SIZE;
+        if shapes_size {
+            report.checker = checker_change(&prompts, &ref_images[..measure], &o.images, size);
+        }
     }
     if let Some(b) = a.budget_bytes {
         if report.tensor_bytes > b {
@@ -286,11 +294,14 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             );
         }
     }
+    notes.extend(a.note.iter().cloned());
     report.notes = notes;
     report.insert_into(w.meta_mut())?;
     let written = w
         .write(&a.output)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
+    ldm_edge::model::Model::open(&a.output)
+        .with_context(|| format!("{} does not load back", a.output.display()))?;
     eprint!(
         "wrote {} ({} bytes)\n{report}",
         a.output.display(),
