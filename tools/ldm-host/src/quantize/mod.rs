@@ -176,8 +176,8 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let mut notes = Vec::new();
     if !txt2img {
         notes.push(format!(
-            "image quality not measured: a {} model (the quantizer measures text-to-image \
-             models)",
+            "image quality not measured: the model's task is {} (the quantizer measures \
+             text-to-image models)",
             r.task()
         ));
     }

@@ -54,15 +54,17 @@ pub fn load(path: &Path) -> Result<Reference> {
     } else {
         let file = ModelFile::open(path)
             .with_context(|| format!("cannot open model {}", path.display()))?;
-        let mut kinds: Vec<&str> = file
-            .tensors()
+        let mut r = Reference::from_file(&file, String::new())?;
+        // What the quantizable weights are stored as says what "full precision" means here.
+        let mut kinds: Vec<&str> = r
+            .tensors
             .iter()
-            .filter(|t| t.shape.len() >= 2)
+            .filter(|t| t.candidate)
             .map(|t| t.dtype.name())
             .collect();
         kinds.sort_unstable();
         kinds.dedup();
-        let desc = match kinds.as_slice() {
+        r.description = match kinds.as_slice() {
             ["f32"] => format!("f32 model {}", file_name(path)),
             [d] => format!(
                 "{d} model {} dequantized to f32 (its own {d} values are the reference, \
@@ -75,7 +77,7 @@ pub fn load(path: &Path) -> Result<Reference> {
                 kinds.join("/")
             ),
         };
-        Reference::from_file(&file, desc)
+        Ok(r)
     }
 }
 
