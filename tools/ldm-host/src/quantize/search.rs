@@ -161,12 +161,15 @@ mod tests {
             unit(6400, 1e-7, 1e-5),
             unit(640, 0.0, 0.0),
         ];
-        let budget = 6400 + 1800 + 180;
+        // Room for one big unit at q8 and the other at q4.
+        let budget = 3400 + 1800 + 180;
         let l = for_budget(&units, 0, budget).unwrap();
         assert!(total(&units, &l) <= budget);
-        // The insensitive big unit goes to q4 first; the sensitive one stays higher.
-        assert_eq!(l[1], 2);
-        assert!(l[0] < 2);
+        // The insensitive big unit goes to q4; the sensitive one stays at q8.
+        assert_eq!(l, vec![1, 2, 2]);
+        // A looser budget stops as soon as it is met.
+        let l = for_budget(&units, 0, 10_000).unwrap();
+        assert_eq!(l, vec![0, 1, 2]);
         assert_eq!(for_budget(&units, 0, 10), None);
         assert_eq!(for_budget(&units, 100, 1), None);
     }
