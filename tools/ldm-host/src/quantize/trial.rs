@@ -2,7 +2,6 @@
 use crate::dataset::shapes::{held_out_prompts, Scene, MIN_SIZE};
 use crate::eval::checker;
 use crate::eval::generate::{generate_full, GenSettings};
-use crate::eval::psnr::psnr;
 use crate::eval::score::Alignment;
 use crate::eval::ssim::{psnr_rgb8, ssim_rgb8};
 use anyhow::{Context, Result};
@@ -86,13 +85,26 @@ pub fn images(model: &Model, prompts: &[String], plan: &GenPlan) -> Result<Vec<I
 
 /// Mean squared error against the reference on the float images (peak-to-peak 1), averaged
 /// over the images: the damage the mixed-precision search adds up. Floats, not pixels, so a
-/// change below half an 8-bit level still counts.
+/// change below half an 8-bit level still counts. Both images are clamped to [-1, 1] as their
+/// pixels would be (`eval::psnr` clamps only its second image, which would give two equal
+/// images with overshoot a constant error).
 pub fn mse(reference: &[Image], other: &[Image]) -> f64 {
     let n = reference.len().max(1) as f64;
     reference
         .iter()
         .zip(other)
-        .map(|(a, b)| 10f64.powf(-psnr(&a.data, &b.data) / 10.0))
+        .map(|(a, b)| {
+            let k = a.data.len().min(b.data.len()).max(1) as f64;
+            a.data
+                .iter()
+                .zip(&b.data)
+                .map(|(x, y)| {
+                    let d = (x.clamp(-1.0, 1.0) - y.clamp(-1.0, 1.0)) as f64 * 0.5;
+                    d * d
+                })
+                .sum::<f64>()
+                / k
+        })
         .sum::<f64>()
         / n
 }
@@ -150,4 +162,28 @@ pub fn alignment(prompts: &Prompts, imgs: &[Image], size: usize) -> Option<Align
         a.add(scene, &checker::judge(scene, &img.rgb, size));
     }
     Some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(data: Vec<f32>) -> Image {
+        Image {
+            data,
+            rgb: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn equal_images_cost_nothing_even_past_the_pixel_range() {
+        let a = vec![img(vec![-1.3, 0.2, 1.2, 0.9])];
+        let b = vec![img(vec![-1.3, 0.2, 1.2, 0.9])];
+        assert_eq!(mse(&a, &b), 0.0);
+        assert_eq!(mse_db(0.0), 100.0);
+        // One value off by 0.2 of the 2-wide range: (0.1)^2 / 4 values.
+        let c = vec![img(vec![-1.3, 0.4, 1.2, 0.9])];
+        assert!((mse(&a, &c) - 0.0025).abs() < 1e-9);
+        assert!((mse_db(0.0025) - 26.0206).abs() < 1e-3);
+    }
 }
