@@ -536,6 +536,5 @@ fn choose_mixed(
         last = Some((dtypes, o));
     }
     // The caller reports the miss with the measured figure and writes nothing.
-    last.map(|(d, o)| (d, o))
-        .context("no mixed candidate was built")
+    last.context("no mixed candidate was built")
 }
