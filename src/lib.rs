@@ -20,6 +20,7 @@ pub mod npy;
 pub mod ops;
 pub mod pipeline;
 pub mod preview;
+pub mod quant_report;
 pub mod sampler;
 pub mod tokenizer;
 

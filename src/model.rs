@@ -65,7 +65,12 @@ impl Model {
     /// architecture in its config reads, at the same shapes. Costs the header and table only:
     /// no weight is read here.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = ModelFile::open(path)?;
+        Self::from_file(ModelFile::open(path)?)
+    }
+
+    /// The same checks as [`Model::open`] on a file already validated, mapped or in memory
+    /// (`ModelFile::from_bytes`: the quantizer's trial variants).
+    pub fn from_file(file: ModelFile) -> Result<Self> {
         let meta = file.meta();
         let config: ModelConfig = meta_field(meta, "config")?;
         config.validate()?;

@@ -737,8 +737,17 @@ fn info(file: PathBuf) -> Result<()> {
         "image_size",
     ] {
         if let Some(v) = meta.get(key) {
-            println!("{key}: {}", serde_json::to_string_pretty(v)?);
+            // The quantization report gets its own readable section below.
+            let mut v = v.clone();
+            if let Some(p) = v.as_object_mut() {
+                p.remove(ldm_edge::quant_report::KEY);
+            }
+            println!("{key}: {}", serde_json::to_string_pretty(&v)?);
         }
+    }
+    match ldm_edge::quant_report::QuantReport::from_meta(meta)? {
+        Some(r) => print!("quantization: {r}"),
+        None => println!("quantization: no report (made before `ldm-host quantize`)"),
     }
     let mut by_dtype = std::collections::BTreeMap::<String, (usize, u64, u64)>::new();
     println!("tensors: {}", f.tensors().len());

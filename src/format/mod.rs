@@ -15,7 +15,7 @@ pub mod writer;
 
 pub use dtype::DType;
 pub use reader::{ModelFile, SharedBytes, TensorInfo, TensorView};
-pub use writer::{ModelWriter, WriteReport};
+pub use writer::{encode, ModelWriter, WriteReport};
 
 /// File magic, the first 8 bytes of every `.ldm` file.
 pub const MAGIC: [u8; 8] = *b"LDMEDGE\0";

@@ -56,20 +56,22 @@ impl TensorView<'_> {
 
     /// Decodes (converting or dequantizing) every element to f32.
     pub fn to_f32(&self) -> Vec<f32> {
-        let n = self.numel();
-        match self.info.dtype {
-            DType::F32 => self
-                .bytes
+        Self::decode(self.info.dtype, self.bytes, self.numel())
+    }
+
+    /// Decodes `n` values stored as `dtype` (bytes copied out of a file included) to f32.
+    pub fn decode(dtype: DType, bytes: &[u8], n: usize) -> Vec<f32> {
+        match dtype {
+            DType::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            DType::F16 => self
-                .bytes
+            DType::F16 => bytes
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            DType::Q8 => dequantize_q8(self.bytes, n),
-            DType::Q4 => dequantize_q4(self.bytes, n),
+            DType::Q8 => dequantize_q8(bytes, n),
+            DType::Q4 => dequantize_q4(bytes, n),
         }
     }
 }

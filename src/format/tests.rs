@@ -110,6 +110,21 @@ fn round_trip_every_dtype() {
 }
 
 #[test]
+fn to_bytes_is_the_written_file() {
+    let path = tmp("to_bytes.ldm");
+    let mut w = ModelWriter::new(json!({"v": 1})).unwrap();
+    w.add("a", &[3, 40], &values(120, 2), DType::Q4).unwrap();
+    w.add("b", &[5], &values(5, 3), DType::F32).unwrap();
+    w.write(&path).unwrap();
+    let bytes = w.to_bytes().unwrap();
+    assert_eq!(bytes, std::fs::read(&path).unwrap());
+    ModelFile::from_bytes(bytes)
+        .unwrap()
+        .verify_digest()
+        .unwrap();
+}
+
+#[test]
 fn empty_model() {
     let path = tmp("empty.ldm");
     ModelWriter::new(json!({})).unwrap().write(&path).unwrap();

@@ -15,6 +15,50 @@ use super::{
     MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN, VERSION,
 };
 
+/// `data` in `dtype`'s stored layout (see SPEC.md), with the checks of [`ModelWriter::add`]:
+/// f16 rejects finite values that overflow to infinity; q8/q4 reject non-finite values and
+/// blocks whose scale would overflow f16. `name` only labels the error.
+pub fn encode(name: &str, data: &[f32], dtype: DType) -> Result<Vec<u8>, FormatError> {
+    let unrepresentable = |reason: String| FormatError::Unrepresentable {
+        name: name.to_string(),
+        dtype,
+        reason,
+    };
+    let bytes = match dtype {
+        DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F16 => {
+            let mut out = Vec::with_capacity(data.len() * 2);
+            for (i, &x) in data.iter().enumerate() {
+                let h = f16::from_f32(x);
+                if x.is_finite() && !h.is_finite() {
+                    return Err(unrepresentable(format!("value {x} at index {i} overflows")));
+                }
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+            out
+        }
+        DType::Q8 | DType::Q4 => {
+            let qmax = if dtype == DType::Q8 { Q8_MAX } else { Q4_MAX };
+            let limit = f16::MAX.to_f32() * qmax as f32;
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                return Err(unrepresentable(format!("non-finite value at index {i}")));
+            }
+            if let Some(i) = data.iter().position(|x| x.abs() > limit) {
+                return Err(unrepresentable(format!(
+                    "|value| at index {i} exceeds {limit} (block {}): f16 scale overflows",
+                    i / BLOCK
+                )));
+            }
+            if dtype == DType::Q8 {
+                quantize_q8(data)
+            } else {
+                quantize_q4(data)
+            }
+        }
+    };
+    Ok(bytes)
+}
+
 struct Pending {
     name: String,
     dtype: DType,
@@ -60,6 +104,25 @@ impl ModelWriter {
         }
     }
 
+    /// The JSON header being built, so a tool can record what it did after adding tensors
+    /// (the quantization report counts them). `tensors` stays the writer's: it is replaced on
+    /// write.
+    pub fn meta_mut(&mut self) -> &mut Map<String, Value> {
+        &mut self.meta
+    }
+
+    /// Name, dtype, shape and stored byte length of every tensor added, in order.
+    pub fn tensor_list(&self) -> impl Iterator<Item = (&str, DType, &[u64], u64)> {
+        self.tensors.iter().map(|t| {
+            (
+                t.name.as_str(),
+                t.dtype,
+                t.shape.as_slice(),
+                t.bytes.len() as u64,
+            )
+        })
+    }
+
     /// Number of tensors added so far.
     pub fn len(&self) -> usize {
         self.tensors.len()
@@ -90,43 +153,7 @@ impl ModelWriter {
                 found: data.len(),
             });
         }
-        let unrepresentable = |reason: String| FormatError::Unrepresentable {
-            name: name.to_string(),
-            dtype,
-            reason,
-        };
-        let bytes = match dtype {
-            DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::F16 => {
-                let mut out = Vec::with_capacity(data.len() * 2);
-                for (i, &x) in data.iter().enumerate() {
-                    let h = f16::from_f32(x);
-                    if x.is_finite() && !h.is_finite() {
-                        return Err(unrepresentable(format!("value {x} at index {i} overflows")));
-                    }
-                    out.extend_from_slice(&h.to_le_bytes());
-                }
-                out
-            }
-            DType::Q8 | DType::Q4 => {
-                let qmax = if dtype == DType::Q8 { Q8_MAX } else { Q4_MAX };
-                let limit = f16::MAX.to_f32() * qmax as f32;
-                if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                    return Err(unrepresentable(format!("non-finite value at index {i}")));
-                }
-                if let Some(i) = data.iter().position(|x| x.abs() > limit) {
-                    return Err(unrepresentable(format!(
-                        "|value| at index {i} exceeds {limit} (block {}): f16 scale overflows",
-                        i / BLOCK
-                    )));
-                }
-                if dtype == DType::Q8 {
-                    quantize_q8(data)
-                } else {
-                    quantize_q4(data)
-                }
-            }
-        };
+        let bytes = encode(name, data, dtype)?;
         self.push(name, dtype, shape, bytes);
         Ok(())
     }
@@ -277,6 +304,32 @@ impl ModelWriter {
             tensors: self.tensors.len(),
             digest,
         })
+    }
+
+    /// The bytes [`ModelWriter::write`] would put in the file, built in memory: how a tool
+    /// tries a variant of a model (`ModelFile::from_bytes`) without a file per trial.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FormatError> {
+        let header = self.header()?;
+        let mut out = vec![0u8; PREAMBLE_LEN];
+        out[..8].copy_from_slice(&MAGIC);
+        out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&BYTE_ORDER_MARK.to_le_bytes());
+        out[16..24].copy_from_slice(&(header.len() as u64).to_le_bytes());
+        let pad = |out: &mut Vec<u8>| {
+            let n = (out.len() as u64).next_multiple_of(ALIGN) as usize;
+            out.resize(n, 0);
+        };
+        out.extend_from_slice(&header);
+        pad(&mut out);
+        for t in &self.tensors {
+            out.extend_from_slice(&t.bytes);
+            pad(&mut out);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&out[..DIGEST_RANGE.start]);
+        h.update(&out[PREAMBLE_LEN..]);
+        out[DIGEST_RANGE].copy_from_slice(h.finalize().as_bytes());
+        Ok(out)
     }
 
     /// Streams the file into `file` while hashing it, then patches in the digest and fsyncs.

@@ -469,6 +469,14 @@ impl Import {
             };
             w.add(path, shape, &data, d)?;
         }
+        let report = crate::quant_report::QuantReport::counts(
+            concat!("ldm-edge ", env!("CARGO_PKG_VERSION")),
+            "import",
+            dtype.name(),
+            &format!("the imported weights ({})", self.source),
+            &w,
+        );
+        report.insert_into(w.meta_mut())?;
         Ok(w.write(out)?)
     }
 }

@@ -44,6 +44,14 @@ pub fn write_random_model(
         let data = random_param(seed, &path, &shape);
         w.add(&path, &shape, &data, storage_dtype(&shape, dtype))?;
     }
+    let report = ldm_edge::quant_report::QuantReport::counts(
+        concat!("ldm-host ", env!("CARGO_PKG_VERSION")),
+        "init",
+        dtype.name(),
+        "random f32 weights (not measured)",
+        &w,
+    );
+    report.insert_into(w.meta_mut())?;
     w.write(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))

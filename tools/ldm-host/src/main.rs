@@ -13,6 +13,7 @@ mod flash;
 mod import;
 mod init;
 mod preview;
+mod quantize;
 mod tokenizer;
 mod train;
 
@@ -92,6 +93,10 @@ enum Cmd {
     /// Write a model file from a `train ldm` checkpoint (`export CKPT -o F.ldm`), or a model
     /// file's text encoder, UNet and decoder as ONNX (`export --onnx DIR -m F.ldm`).
     Export(ExportArgs),
+    /// Store a model's weights as q8, q4 or a measured f16/q8/q4 mix (`--target mixed` with
+    /// `--budget-bytes` or `--min-psnr`), with a quality report against full precision in the
+    /// file (`provenance.quantization`).
+    Quantize(quantize::QuantizeArgs),
     /// Inspect datasets: preview grids, caption dumps, the held-out prompt set.
     Dataset {
         #[command(subcommand)]
@@ -185,6 +190,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(t) => train::cli::run_train(t, tokenizer_json)?,
         Cmd::Distill(d) => train::cli::run_distill(d)?,
         Cmd::Export(a) => export(a)?,
+        Cmd::Quantize(a) => quantize::run(&a)?,
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,
         Cmd::Preview { cmd } => preview::run(cmd)?,

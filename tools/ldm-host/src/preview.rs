@@ -54,6 +54,7 @@ fn fit(input: PathBuf, output: PathBuf) -> Result<()> {
         n != LATENT_RGB_WEIGHT && n != LATENT_RGB_BIAS
     })?;
     map.add_to(&mut w)?;
+    ldm_edge::quant_report::QuantReport::recount_in(&mut w)?;
     let r = w
         .write(&output)
         .with_context(|| format!("cannot write {}", output.display()))?;
@@ -113,6 +114,7 @@ fn attach_tiny(input: PathBuf, from: PathBuf, output: PathBuf) -> Result<()> {
             .with_context(|| format!("{} has no `{path}`", from.display()))?;
         w.add_raw(&path, v.shape(), v.dtype(), v.bytes.to_vec())?;
     }
+    ldm_edge::quant_report::QuantReport::recount_in(&mut w)?;
     w.write(&output)
         .with_context(|| format!("cannot write {}", output.display()))?;
     Model::open(&output).with_context(|| format!("{} does not load back", output.display()))?;

@@ -2,7 +2,7 @@
 //! `ldm generate` would produce, not a training-framework forward.
 use anyhow::{bail, Context, Result};
 use ldm_edge::model::Model;
-use ldm_edge::pipeline::{Cancel, Pipeline, Txt2Img};
+use ldm_edge::pipeline::{Cancel, Generated, Pipeline, Txt2Img};
 
 /// Settings shared by every prompt of one evaluation pass.
 #[derive(Clone, Copy, Debug)]
@@ -12,6 +12,8 @@ pub struct GenSettings {
     /// Prompt i uses seed `seed + i`: different noise per prompt, the same across guidance
     /// scales so the CFG comparison is paired.
     pub seed: u64,
+    /// Square image side; None: the model's own size.
+    pub size: Option<usize>,
 }
 
 /// RGB8 images (model-native size) for `prompts`; `progress(done)` after each.
@@ -21,6 +23,19 @@ pub fn generate(
     s: GenSettings,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<u8>>> {
+    Ok(generate_full(pipe, prompts, s, progress)?
+        .into_iter()
+        .map(|g| g.rgb)
+        .collect())
+}
+
+/// [`generate`] with the whole result of each: the image as floats, its pixels and latents.
+pub fn generate_full(
+    pipe: &Pipeline,
+    prompts: &[String],
+    s: GenSettings,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Generated>> {
     let model: &Model = pipe.model;
     let mut out = Vec::with_capacity(prompts.len());
     let cancel = Cancel::new();
@@ -29,6 +44,9 @@ pub fn generate(
         req.steps = s.steps;
         req.guidance = s.guidance;
         req.seed = s.seed.wrapping_add(i as u64);
+        if let Some(size) = s.size {
+            (req.width, req.height) = (size, size);
+        }
         let g = pipe
             .txt2img(&req, &mut |_| {}, &cancel)
             .with_context(|| format!("generating \"{p}\""))?;
@@ -39,7 +57,7 @@ pub fn generate(
                 g.height
             );
         }
-        out.push(g.rgb);
+        out.push(g);
         progress(i + 1);
     }
     Ok(out)

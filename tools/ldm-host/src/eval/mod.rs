@@ -137,6 +137,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
             steps,
             guidance: g,
             seed: args.seed,
+            size: None,
         };
         let (alignment, images, seconds) = alignment_pass(&pipe, &scenes, settings, false)?;
         if k == 0 {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use ldm_edge::arch::ModelConfig;
 use ldm_edge::format::{DType, ModelWriter};
 use ldm_edge::model::SamplerDefaults;
+use ldm_edge::quant_report::QuantReport;
 use serde_json::json;
 use std::path::Path;
 
@@ -127,6 +128,28 @@ pub fn to_ldm(
     prefer_ema: bool,
     extra: serde_json::Value,
 ) -> Result<u64> {
+    let mut w = build(ck, dtype, prefer_ema, extra)?;
+    let report = QuantReport::counts(
+        concat!("ldm-host ", env!("CARGO_PKG_VERSION")),
+        "export",
+        dtype.name(),
+        "the checkpoint's f32 weights (not measured: `ldm-host quantize` measures)",
+        &w,
+    );
+    report.insert_into(w.meta_mut())?;
+    w.write(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+}
+
+/// The model file of a checkpoint, in memory: header, preview map and every parameter
+/// (matrices and kernels in `dtype`). `ldm-host quantize` starts from it at f32.
+pub fn build(
+    ck: &Checkpoint,
+    dtype: DType,
+    prefer_ema: bool,
+    extra: serde_json::Value,
+) -> Result<ModelWriter> {
     // Only a stage-2 checkpoint holds a whole model (an autoencoder run has no UNet).
     ck.require_kind("ldm", "the checkpoint to export")?;
     let cfg: ModelConfig =
@@ -198,7 +221,5 @@ pub fn to_ldm(
         }
         w.add(&path, &shape, d, storage_dtype(&shape, dtype))?;
     }
-    w.write(out)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+    Ok(w)
 }
