@@ -5,6 +5,9 @@ use ldm_edge::quant_report::{CheckerChange, Measured, QuantReport, KEY};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 fn ldm_info(path: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ldm"))
         .arg("info")
@@ -54,8 +57,7 @@ fn report_round_trips_and_info_prints_it() {
     assert_eq!(r.components["unet"]["f32"].bytes, 16);
     assert_eq!(r.tensor_bytes, 18 * 4 + 16 + 34 * 2);
     r.insert_into(w.meta_mut()).unwrap();
-    let dir = std::env::temp_dir().join(format!("ldm-quant-report-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::scratch("quant-report");
     let path = dir.join("r.ldm");
     w.write(&path).unwrap();
 

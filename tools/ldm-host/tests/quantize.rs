@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "../../../tests/support/scratch.rs"]
+mod scratch_dir;
+
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ldm-host-quantize-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        dir
-    })
+    DIR.get_or_init(|| scratch_dir::fresh("host-quantize"))
 }
 
 fn ldm_host(args: &[&str]) -> Output {
