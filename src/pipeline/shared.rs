@@ -328,13 +328,6 @@ impl<'m> Pipeline<'m> {
         }
         self.model.file.release_pages();
         crate::backend::cpu::compact::kernels::release_scratch();
-        // malloc keeps a finished stage's small freed blocks in its arenas (one per thread),
-        // where the planner cannot see them: 2-5 MiB at 32 px. Hand them back between stages.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free heap memory to the kernel; no live block moves.
-        unsafe {
-            libc::malloc_trim(0);
-        }
     }
 
     /// Latent size for an image size, or a clear error naming the constraint.
