@@ -1,7 +1,11 @@
 // Multi-head attention, softmax(q k^T / sqrt(d)) v, with an online softmax: one workgroup of 32
 // per (batch, head, query row) walks the keys in blocks of 32, keeping a running max, running
 // sum and the output accumulator, so no more than 32 scores ever exist at once.
-// q, k: [B, L, heads * d]; v: [B, Lk, heads * dv]; the host guarantees d, dv <= 256.
+// q, k: [B, L, heads * d]; v: [B, Lk, heads * dv]. Each thread keeps SLOTS output dims, so a
+// variant takes head sizes up to 32 * SLOTS: attention_8 (<= 256, the UNets' heads) and
+// attention_16 (<= 512, the SD autoencoder's single 512-wide head). The host picks the smallest
+// that fits, so the common case keeps its register and workgroup-memory footprint.
+//#variants SLOTS=8,16
 //#include common.wgsl
 struct Params {
     lq: u32,
@@ -21,7 +25,7 @@ var<immediate> pc: Params;
 @group(0) @binding(2) var<storage, read> V: array<f32>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 
-var<workgroup> qs: array<f32, 256>;
+var<workgroup> qs: array<f32, 32 * ${SLOTS}>;
 var<workgroup> ps: array<f32, 32>;
 
 @compute @workgroup_size(32)
@@ -45,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var m = -3.0e38;
     var l = 0.0;
-    var acc: array<f32, 8>; // output dims li + 32 t
+    var acc: array<f32, ${SLOTS}>; // output dims li + 32 t
     for (var j0 = 0u; j0 < kend; j0 += 32u) {
         let j = j0 + li;
         var s = -3.0e38;
@@ -74,7 +78,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             bs += ps[t];
         }
         l = l * corr + bs;
-        for (var t = 0u; t < 8u; t++) {
+        for (var t = 0u; t < ${SLOTS}u; t++) {
             let e = li + 32u * t;
             if (e < pc.dv) {
                 var a = acc[t] * corr;
@@ -88,7 +92,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         m = m_new;
         workgroupBarrier();
     }
-    for (var t = 0u; t < 8u; t++) {
+    for (var t = 0u; t < ${SLOTS}u; t++) {
         let e = li + 32u * t;
         if (e < pc.dv) {
             O[(b * pc.lq + i) * pc.cv + h * pc.dv + e] = acc[t] / l;

@@ -504,9 +504,16 @@ impl Pipeline<'_> {
         }
         let smallest = self.plan_with(r, Some(VaeTiling::with_default_overlap(8)?))?;
         if let (Some(s), Some(max)) = (smallest.over_binding(), smallest.max_binding) {
+            // The text encoder's buffers (the token embedding, mostly) do not shrink with the
+            // image.
+            let fix = if s.stage == "text encoder" {
+                "use the CPU backend (`--backend cpu`)"
+            } else {
+                "use a smaller image or the CPU backend"
+            };
             return Err(Error::Memory(format!(
                 "{}x{}: the {} stage binds a device buffer of {}, more than the device's \
-                 largest storage binding of {}; use a smaller image or the CPU backend",
+                 largest storage binding of {}; {fix}",
                 r.width,
                 r.height,
                 s.stage,

@@ -482,11 +482,16 @@ pub fn lower_with(
             Op::Attention { heads, causal } => {
                 let (qs, ks, vs) = (sh(0), sh(1), sh(2));
                 let (d, dv) = (qs[2] / heads, vs[2] / heads);
-                if d > 256 || dv > 256 {
-                    return Err(backend_error(format!(
-                        "attention head size {d}/{dv} > 256 is not supported"
-                    )));
-                }
+                // Output dims per thread of a workgroup of 32: the smallest variant that fits.
+                let slots = match d.max(dv) {
+                    0..=256 => 8,
+                    257..=512 => 16,
+                    _ => {
+                        return Err(backend_error(format!(
+                            "attention head size {d}/{dv} > 512 is not supported"
+                        )))
+                    }
+                };
                 let rows = qs[0] * heads * qs[1];
                 let push = vec![
                     u(qs[1])?,
@@ -501,7 +506,7 @@ pub fn lower_with(
                     u(rows)?,
                 ];
                 step(
-                    "attention".into(),
+                    format!("attention_{slots}"),
                     vec![arg(0)?, arg(1)?, arg(2)?, out],
                     push,
                     Groups::Linear(rows as u64),

@@ -61,6 +61,8 @@ mod tests {
             "group_norm_wg",
             "layer_norm_sg",
             "layer_norm_wg",
+            "attention_8",
+            "attention_16",
         ] {
             assert!(
                 super::super::pipelines::spirv(k).is_some(),
