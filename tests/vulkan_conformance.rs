@@ -763,7 +763,9 @@ fn sd_decoder_with_its_512_wide_attention_matches_reference() {
             (p, Tensor::new(shape, data).unwrap())
         })
         .collect();
-    let latent: Vec<f32> = (0..64).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+    let latent: Vec<f32> = (0..64)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+        .collect();
     let input = Tensor::new(vec![1, 4, 4, 4], latent).unwrap();
     let e = compare(&vk, &g, &weights, &[input]);
     println!("SD decoder at a 4x4 latent: rel err {e:.2e}");
