@@ -39,16 +39,7 @@ pub struct BenchReport {
 
 /// Peak resident set size of this process (VmHWM), in MiB; 0 where /proc is unavailable.
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::pipeline::memory::proc_status_bytes("VmHWM").map_or(0.0, |b| b as f64 / (1 << 20) as f64)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -224,42 +224,47 @@ impl ModelFile {
     /// the next read faults them back in). A pipeline calls this between stages so only the
     /// running stage's weights count in its resident memory. No-op for in-memory files.
     pub fn release_pages(&self) {
-        #[cfg(unix)]
-        if let Storage::Mapped(m) = &*self.storage {
-            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops
-            // page-table entries: every later read sees the same file bytes again. No view
-            // into the mapping is invalidated.
-            let r =
-                unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, m.len()) };
-            if let Err(e) = r {
-                log::debug!("madvise(DONTNEED) on the model mapping failed: {e}");
-            }
-        }
+        self.drop_pages(0, usize::MAX, "the model mapping");
     }
 
     /// Drops this process's resident pages of one tensor (those wholly inside it; the pages it
     /// shares with its neighbours stay). For a backend that has copied the tensor to its own
     /// memory, so the mapping does not hold a second copy while the stage runs.
     pub fn release_tensor_pages(&self, path: &str) {
+        if let Some(t) = self.tensor(path) {
+            let start = t.bytes.as_ptr() as usize - self.storage.bytes().as_ptr() as usize;
+            self.drop_pages(start, t.bytes.len(), path);
+        }
+    }
+
+    /// MADV_DONTNEED on the whole pages inside `len` bytes from `start` of a mapped file.
+    fn drop_pages(&self, start: usize, len: usize, what: &str) {
         #[cfg(unix)]
-        if let (Storage::Mapped(m), Some(t)) = (&*self.storage, self.tensor(path)) {
+        if let Storage::Mapped(m) = &*self.storage {
             const PAGE: usize = 4096;
-            let start = t.bytes.as_ptr() as usize - m.as_ptr() as usize;
-            let (first, end) = (
-                start.div_ceil(PAGE) * PAGE,
-                (start + t.bytes.len()) / PAGE * PAGE,
-            );
-            if end > first {
-                // SAFETY: as in `release_pages`: read-only, file-backed, only page-table
-                // entries go; later reads fault the same bytes back in.
-                let r = unsafe {
-                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
-                };
-                if let Err(e) = r {
-                    log::debug!("madvise(DONTNEED) on `{path}` failed: {e}");
-                }
+            let first = start.div_ceil(PAGE) * PAGE;
+            // The mapping's last page has no neighbour past it: up to its end it goes whole.
+            let stop = start.saturating_add(len);
+            let end = if stop >= m.len() {
+                m.len()
+            } else {
+                stop / PAGE * PAGE
+            };
+            if end <= first {
+                return;
+            }
+            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops
+            // page-table entries: every later read sees the same file bytes again. No view
+            // into the mapping is invalidated.
+            let r = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+            };
+            if let Err(e) = r {
+                log::debug!("madvise(DONTNEED) on {what} failed: {e}");
             }
         }
+        #[cfg(not(unix))]
+        let _ = (start, len, what);
     }
 
     /// Absolute file offset of the data section (a multiple of 64).

@@ -5,7 +5,7 @@
 use super::{Graph, Node, Op};
 
 /// Bytes of one f32 (or i64-carried-as-f32) value.
-fn value_bytes(n: &Node) -> u64 {
+pub fn value_bytes(n: &Node) -> u64 {
     4 * n.shape.iter().map(|&d| d as u64).product::<u64>()
 }
 

@@ -19,10 +19,6 @@ use crate::graph::{memory, Graph};
 use crate::{Error, Result};
 use std::fmt;
 
-fn value_bytes(shape: &[usize]) -> u64 {
-    4 * shape.iter().map(|&d| d as u64).product::<u64>()
-}
-
 /// What is alive during one stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageMemory {
@@ -274,6 +270,17 @@ pub fn cgroup_limit() -> Option<u64> {
     limit
 }
 
+/// A `kB` field of `/proc/self/status` (`VmHWM`, `RssAnon`, ...), in bytes; None where /proc
+/// or the field is missing.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Resident bytes of this process now (Linux; 0 elsewhere).
 pub fn current_rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -349,7 +356,7 @@ impl Pipeline<'_> {
         let stored: Vec<u64> = paths.iter().map(|p| self.stored_bytes(p)).collect();
         let outputs: Vec<u64> = graphs
             .iter()
-            .flat_map(|g| g.outputs.iter().map(|&o| value_bytes(&g.nodes[o].shape)))
+            .flat_map(|g| g.outputs.iter().map(|&o| memory::value_bytes(&g.nodes[o])))
             .collect();
         let mut device = 0u64;
         let mut largest_binding = 0u64;

@@ -311,19 +311,13 @@ impl<'m> Pipeline<'m> {
     pub(crate) fn end_stage(&self) {
         if log::log_enabled!(log::Level::Debug) {
             // Anonymous vs file-backed (mapped weights, the binary's code) resident memory.
-            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-            let field = |k: &str| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(k))
-                    .map_or("?", |l| l[k.len()..].trim())
-                    .to_string()
-            };
+            use super::memory::{mib, proc_status_bytes};
+            let field = |k| proc_status_bytes(k).map_or("?".into(), mib);
             log::debug!(
                 "memory: stage ended at {} resident (anon {}, file {})",
-                super::memory::mib(super::memory::current_rss()),
-                field("RssAnon:"),
-                field("RssFile:")
+                mib(super::memory::current_rss()),
+                field("RssAnon"),
+                field("RssFile")
             );
         }
         self.model.file.release_pages();

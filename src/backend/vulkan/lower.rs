@@ -81,15 +81,19 @@ pub struct Lowered {
 }
 
 impl WeightFmt {
-    /// Bytes of `numel` values in this format, padded to whole u32 words as uploaded.
-    pub fn device_bytes(self, numel: u64) -> u64 {
-        let dt = match self {
+    /// The file dtype with this layout (the device keeps the file's bytes as they are).
+    pub fn dtype(self) -> crate::format::DType {
+        match self {
             WeightFmt::F32 => crate::format::DType::F32,
             WeightFmt::F16 => crate::format::DType::F16,
             WeightFmt::Q8 => crate::format::DType::Q8,
             WeightFmt::Q4 => crate::format::DType::Q4,
-        };
-        dt.byte_len(numel).unwrap_or(u64::MAX).div_ceil(4) * 4
+        }
+    }
+
+    /// Bytes of `numel` values in this format, padded to whole u32 words as uploaded.
+    pub fn device_bytes(self, numel: u64) -> u64 {
+        self.dtype().byte_len(numel).unwrap_or(u64::MAX).div_ceil(4) * 4
     }
 }
 

@@ -102,11 +102,7 @@ fn weight_bytes(weights: &dyn WeightSource, w: &WeightData) -> Result<Vec<u8>> {
             ..
         } => Ok(f32_bytes(&weights.load_f32(path)?)),
         WeightData::Param { path, fmt, numel } => {
-            let want = match fmt {
-                WeightFmt::F16 => DType::F16,
-                WeightFmt::Q8 => DType::Q8,
-                _ => DType::Q4,
-            };
+            let want = fmt.dtype();
             if let Some((dt, bytes)) = weights.load_raw(path) {
                 if dt == want {
                     if want.byte_len(*numel as u64) != Some(bytes.len() as u64) {
@@ -193,9 +189,9 @@ impl VulkanPlan {
         let max_range = gpu.info.max_storage_buffer_range as u64;
         let choice = KernelChoice::new(&gpu, opts);
         for st in &low.steps {
-            let largest = st.bufs.iter().map(|s| view(s).size()).max().unwrap_or(0);
-            device.largest_binding = device.largest_binding.max(largest);
-            if let Some(big) = Some(largest).filter(|&n| n > max_range) {
+            let big = st.bufs.iter().map(|s| view(s).size()).max().unwrap_or(0);
+            device.largest_binding = device.largest_binding.max(big);
+            if big > max_range {
                 return Err(backend_error(format!(
                     "`{}` (node {}) needs a buffer of {big} bytes ({:.1} MiB), more than this \
                      device's largest storage binding of {max_range} bytes; use a smaller image \
