@@ -188,7 +188,12 @@ pub struct GenerateReport {
     /// as one batch-2 call; one for guidance-embedded and unguided models).
     pub unet_evals: usize,
     /// Median over `iters` requests after one warm-up, divided by the images per request.
+    /// Each request prepares its own plans, as `ldm generate` does.
     pub ms_per_image: f64,
+    /// The same with plans kept between requests ([`crate::pipeline::Pipeline::with_plan_reuse`]):
+    /// an app that has the model open and makes one image after another. Timed alternately
+    /// with `ms_per_image`, so both see the same machine.
+    pub ms_per_image_reused: f64,
     /// Images per request (`--count`): plans are prepared once per request.
     pub images_per_request: usize,
     pub peak_rss_mb: f64,
@@ -200,7 +205,7 @@ pub struct GenerateReport {
 
 pub fn run_generate(
     path: &Path,
-    backend: Box<dyn Backend>,
+    backend: &str,
     iters: usize,
     steps: Option<usize>,
     preview_every: Option<usize>,
@@ -208,8 +213,12 @@ pub fn run_generate(
 ) -> Result<GenerateReport> {
     use crate::pipeline::{Cancel, Pipeline, Txt2Img};
     let model = Model::open(path)?;
-    let backend_name = backend.name().to_string();
-    let pipe = Pipeline::new(&model, backend).with_preview(preview_every)?;
+    let pipe =
+        Pipeline::new(&model, crate::backend::select(backend)?).with_preview(preview_every)?;
+    let backend_name = pipe.backend.name().to_string();
+    let kept = Pipeline::new(&model, crate::backend::select(backend)?)
+        .with_preview(preview_every)?
+        .with_plan_reuse(true);
     let mut req = Txt2Img::new(&model, "a red circle")?;
     if let Some(s) = steps {
         req.steps = s;
@@ -222,9 +231,23 @@ pub fn run_generate(
             previews += std::hint::black_box(img.rgb.clone()).len().min(1);
         }
     };
-    let t = time(iters, || {
-        pipe.txt2img_many(&req, count, &mut sink, &cancel).map(drop)
-    })?;
+    let mut run = |p: &Pipeline| p.txt2img_many(&req, count, &mut sink, &cancel).map(drop);
+    // One warm-up each (the reusing pipeline's prepares what the others reuse), then the two
+    // alternate.
+    run(&pipe)?;
+    run(&kept)?;
+    let (mut fresh, mut reused) = (Vec::new(), Vec::new());
+    for _ in 0..iters.max(1) {
+        for (p, v) in [(&pipe, &mut fresh), (&kept, &mut reused)] {
+            let t = Instant::now();
+            run(p)?;
+            v.push(t.elapsed());
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
     // The preview itself, timed alone: under load the whole-request medians move by more
     // than the few previews cost, so their share is computed from this.
     let preview_ms = match (&model.latent_rgb, preview_every) {
@@ -251,10 +274,11 @@ pub fn run_generate(
         guidance: req.guidance,
         size: [req.width, req.height],
         unet_evals: req.steps * if guided { 2 } else { 1 },
-        ms_per_image: ms(t) / count.max(1) as f64,
+        ms_per_image: ms(median(&mut fresh)) / count.max(1) as f64,
+        ms_per_image_reused: ms(median(&mut reused)) / count.max(1) as f64,
         images_per_request: count,
         peak_rss_mb: peak_rss_mb(),
-        previews_per_image: previews / ((iters.max(1) + 1) * count.max(1)),
+        previews_per_image: previews / (2 * (iters.max(1) + 1) * count.max(1)),
         preview_ms,
     })
 }

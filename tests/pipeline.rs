@@ -87,3 +87,63 @@ fn bad_requests_are_errors() {
         Err(Error::Input(_))
     ));
 }
+
+/// Counts the plans its inner backend prepares.
+struct Counting {
+    inner: Box<dyn ldm_edge::backend::Backend>,
+    prepared: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl ldm_edge::backend::Backend for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn prepare(
+        &self,
+        graph: &ldm_edge::graph::Graph,
+        weights: &dyn ldm_edge::backend::WeightSource,
+    ) -> ldm_edge::Result<Box<dyn ldm_edge::backend::Executable>> {
+        self.prepared.set(self.prepared.get() + 1);
+        self.inner.prepare(graph, weights)
+    }
+}
+
+#[test]
+fn kept_plans_are_reused_across_requests_and_give_the_same_images() {
+    let m = model();
+    let prepared = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counting = Counting {
+        inner: select("cpu").unwrap(),
+        prepared: prepared.clone(),
+    };
+    let kept = Pipeline::new(&m, Box::new(counting))
+        .with_plan_reuse(true)
+        .with_memory_budget(None);
+    let fresh = Pipeline::new(&m, select("cpu").unwrap());
+    let mut req = Txt2Img::new(&m, "a blue star").unwrap();
+    req.steps = 3;
+    let mut other = req.clone();
+    other.prompt = "a red circle above a green square".into();
+    other.seed = 7;
+    let mut unguided = req.clone();
+    unguided.guidance = 1.0;
+    // (request, plans it prepares): text encoder, UNet and decoder the first time; nothing for
+    // another prompt and seed of the same size; a batch-1 text encoder and UNet without
+    // guidance, whose decoder is the same; nothing for the first request again.
+    for (r, new) in [(&req, 3), (&other, 0), (&unguided, 2), (&req, 0)] {
+        let before = prepared.get();
+        let a = kept.txt2img(r, &mut |_| {}, &Cancel::new()).unwrap();
+        assert_eq!(prepared.get() - before, new, "{:?}", r.prompt);
+        let b = fresh.txt2img(r, &mut |_| {}, &Cancel::new()).unwrap();
+        assert_eq!(a.rgb, b.rgb);
+        assert_eq!(a.latents.data, b.latents.data);
+    }
+    // A cancelled request returns its plans too.
+    let cancel = Cancel::new();
+    let c = cancel.clone();
+    let r = kept.txt2img(&req, &mut |_| c.cancel(), &cancel);
+    assert!(matches!(r, Err(Error::Cancelled)));
+    let before = prepared.get();
+    kept.txt2img(&req, &mut |_| {}, &Cancel::new()).unwrap();
+    assert_eq!(prepared.get(), before);
+}

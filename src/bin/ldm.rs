@@ -788,7 +788,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.generate {
         let r = ldm_edge::bench::run_generate(
             &a.model,
-            backend::select(&a.backend)?,
+            &a.backend,
             a.iters,
             a.steps,
             a.preview_every,
@@ -798,14 +798,14 @@ fn bench(a: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             println!(
-                "{}: {:.1} ms per {}x{} image on {} ({} per request; {} steps of {}, guidance {}, {} UNet evaluations; peak RSS {:.0} MiB)",
-                r.model, r.ms_per_image, r.size[0], r.size[1], r.backend, r.images_per_request,
-                r.steps, r.sampler, r.guidance, r.unet_evals, r.peak_rss_mb
+                "{}: {:.1} ms per {}x{} image on {}, {:.1} ms with plans kept between requests ({} per request; {} steps of {}, guidance {}, {} UNet evaluations; peak RSS {:.0} MiB)",
+                r.model, r.ms_per_image, r.size[0], r.size[1], r.backend, r.ms_per_image_reused,
+                r.images_per_request, r.steps, r.sampler, r.guidance, r.unet_evals, r.peak_rss_mb
             );
             if let Some(p) = r.preview_ms {
-                let share = 100.0 * p * r.previews_per_image as f64 / r.ms_per_image;
+                let share = 100.0 * p * r.previews_per_image as f64 / r.ms_per_image_reused;
                 println!(
-                    "previews: {} per image, {p:.3} ms each = {share:.2}% of the image's time",
+                    "previews: {} per image, {p:.3} ms each = {share:.2}% of the image's time (plans kept)",
                     r.previews_per_image
                 );
             }

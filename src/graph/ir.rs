@@ -101,7 +101,7 @@ impl Op {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub op: Op,
     pub inputs: Vec<NodeId>,
@@ -111,7 +111,9 @@ pub struct Node {
 
 /// A traced computation. Nodes only refer to earlier nodes, so index order is a valid
 /// execution order.
-#[derive(Clone, Debug, Default)]
+/// Equal graphs compute the same thing from the same weights: the pipeline's kept plans are
+/// found by it.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub outputs: Vec<NodeId>,

@@ -61,6 +61,9 @@ pub struct MemoryPlan {
     pub max_binding: Option<u64>,
     /// The runtime's own code that the stages' kernels page in ([`KERNEL_CODE`]).
     pub code: u64,
+    /// Plans are kept between requests ([`Pipeline::with_plan_reuse`]): what the other
+    /// stages' kept plans add to the peak. None: each stage's plan is dropped when it ends.
+    pub kept: Option<u64>,
 }
 
 /// Pages of the binary's code that running the stages faults in, beyond what planning
@@ -79,6 +82,7 @@ impl MemoryPlan {
     fn peak_without_cache(&self) -> u64 {
         self.base
             + self.code
+            + self.kept.unwrap_or(0)
             + self
                 .stages
                 .iter()
@@ -91,9 +95,36 @@ impl MemoryPlan {
         self.stages.iter().max_by_key(|s| s.total())
     }
 
-    /// Peak device memory: the largest stage's (plans are dropped between stages).
+    /// Peak device memory: the largest stage's (plans are dropped between stages), or every
+    /// stage's where plans are kept.
     pub fn device_peak(&self) -> u64 {
-        self.stages.iter().map(|s| s.device).max().unwrap_or(0)
+        let d = self.stages.iter().map(|s| s.device);
+        match self.kept {
+            Some(_) => d.sum(),
+            None => d.max().unwrap_or(0),
+        }
+    }
+
+    /// What kept plans add to the peak: at each stage, every other stage's plan is alive. A
+    /// plan is counted at its stage's weights (and device memory, where that is the host's):
+    /// exact for plans that own f32 copies or device buffers, an upper bound for the compact
+    /// CPU plan, whose weights are mapped pages released when a stage ends.
+    fn kept_cost(&self) -> u64 {
+        let held = |s: &StageMemory| s.weights + if s.device_in_host { s.device } else { 0 };
+        let all: u64 = self.stages.iter().map(held).sum();
+        let worst = self
+            .stages
+            .iter()
+            .map(StageMemory::total)
+            .max()
+            .unwrap_or(0);
+        let with = self
+            .stages
+            .iter()
+            .map(|s| s.total() + all - held(s))
+            .max()
+            .unwrap_or(0);
+        with - worst
     }
 
     /// A stage whose largest device buffer is over the device's binding limit.
@@ -153,6 +184,17 @@ impl fmt::Display for MemoryPlan {
                 mib(s.activations),
                 dev_col(&mib(s.device)),
                 mib(s.total())
+            )?;
+        }
+        if let Some(k) = self.kept {
+            writeln!(
+                f,
+                "{:<14} {:>10} {:>12}{} {:>10}",
+                "(kept plans)",
+                "",
+                "",
+                dev_col(""),
+                mib(k)
             )?;
         }
         if self.alloc_cache > 0 {
@@ -469,6 +511,7 @@ impl Pipeline<'_> {
             alloc_cache: 0,
             max_binding: self.device_model.as_ref().and_then(|m| m.max_binding()),
             code: KERNEL_CODE,
+            kept: None,
         };
         // The allocator keeps freed activations up to this limit, which buys speed. SD-1.5 f32,
         // 64x64 UNet step against glibc's malloc, back to back: 26-28% slower with no cache,
@@ -490,8 +533,33 @@ impl Pipeline<'_> {
 
     /// Plans a request's memory: with no budget, the pipeline's own tiling; with one, that
     /// tiling if it fits, else the largest tile that fits, else an [`Error::Memory`] that
-    /// states the need and the smallest change that would fit. Runs no model.
+    /// states the need and the smallest change that would fit. With plan reuse on, the kept
+    /// plans are counted where they fit beside that, and reuse is off for the request where
+    /// they do not. Runs no model.
     pub fn plan_memory(&self, r: &MemoryRequest) -> Result<MemoryPlan> {
+        let mut plan = self.plan_stages(r)?;
+        if self.plans.is_some() {
+            // Reuse is a speed-up, never a reason to tile or refuse: it goes where it does not
+            // fit beside the plan chosen without it.
+            let cost = plan.kept_cost();
+            let with = MemoryPlan {
+                kept: Some(cost),
+                ..plan.clone()
+            };
+            if with.fits() {
+                plan = with;
+            } else {
+                log::info!(
+                    "memory: plans are not kept after this request (they would add {} to the \
+                     peak, over the budget)",
+                    mib(cost)
+                );
+            }
+        }
+        Ok(plan)
+    }
+
+    fn plan_stages(&self, r: &MemoryRequest) -> Result<MemoryPlan> {
         let mut plan = self.plan_with(r, self.vae_tiling)?;
         if self.vae_tiling.is_none() && self.vae_auto {
             plan = self.vae_below_peak(r, plan)?;
@@ -649,5 +717,45 @@ mod tests {
         for bad in ["", "G", "2X", "-1G", "0", "1e999G", "two"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    fn stage(stage: &'static str, weights: u64, activations: u64) -> StageMemory {
+        StageMemory {
+            stage,
+            weights,
+            activations,
+            cacheable: 0,
+            device: 0,
+            device_in_host: false,
+            largest_binding: 0,
+            on_host: None,
+        }
+    }
+
+    #[test]
+    fn kept_plans_add_the_other_stages_weights_at_the_worst_stage() {
+        let mut p = MemoryPlan {
+            base: 100,
+            stages: vec![
+                stage("text encoder", 5, 1),
+                stage("unet", 40, 20),
+                stage("decoder", 10, 70),
+            ],
+            vae_tiling: None,
+            budget: Some(300),
+            alloc_cache: 0,
+            max_binding: None,
+            code: 0,
+            kept: None,
+        };
+        // Without kept plans the decoder (80) is the peak; with them, the UNet stage holds the
+        // others' 15 (75) and the decoder the others' 45 (125): 45 more than 80.
+        assert_eq!(p.peak(), 180);
+        assert_eq!(p.kept_cost(), 45);
+        p.kept = Some(p.kept_cost());
+        assert_eq!(p.peak(), 225);
+        assert!(p.fits());
+        p.budget = Some(200);
+        assert!(!p.fits());
     }
 }

@@ -12,6 +12,7 @@ pub mod image;
 pub mod img2img;
 pub mod inpaint;
 pub mod memory;
+mod plans;
 pub mod progress;
 mod shared;
 pub mod tiles;

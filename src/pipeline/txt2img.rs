@@ -148,6 +148,9 @@ impl Pipeline<'_> {
             encode: false,
         })?;
         log::info!("memory plan:\n{plan}");
+        if let Some(store) = &self.plans {
+            store.set_keeping(plan.kept.is_some());
+        }
         // Even a zero limit is set: it is what the plan counted.
         if crate::alloc::installed() {
             crate::alloc::set_cache_limit(plan.alloc_cache as usize);

@@ -18,7 +18,6 @@ use super::vae_norm::{NormStats, SyncedGraphs};
 use crate::arch::{vae, VAE};
 use crate::backend::{Backend, Tensor};
 use crate::graph::{Graph, NodeId, Tracer, ValueType};
-use crate::model::Model;
 use crate::{Error, Result};
 
 /// Tile side and overlap of neighbouring tiles, both in latent pixels (the image tile is f
@@ -215,15 +214,15 @@ impl Pipeline<'_> {
     }
 }
 
-/// Prepares `graph` and runs it once on `x`.
-fn run_whole(backend: &dyn Backend, model: &Model, graph: &Graph, x: Tensor) -> Result<Tensor> {
-    let mut plan = backend.prepare(graph, model)?;
-    let y = first(plan.run(&[x])?)?;
-    check_finite(&y, "the autoencoder's whole-image part")?;
-    Ok(y)
-}
-
 impl Pipeline<'_> {
+    /// Prepares `graph` and runs it once on `x`.
+    fn run_whole(&self, backend: &dyn Backend, graph: &Graph, x: Tensor) -> Result<Tensor> {
+        let mut plan = self.prepare_on(backend, graph)?;
+        let y = first(plan.run(&[x])?)?;
+        check_finite(&y, "the autoencoder's whole-image part")?;
+        Ok(y)
+    }
+
     /// The tiling to use for a latent of h x w: None when tiling is off or one tile covers it.
     pub(crate) fn vae_tiles_for(&self, h: usize, w: usize) -> Result<Option<&VaeTiling>> {
         match &self.vae_tiling {
@@ -270,7 +269,7 @@ impl Pipeline<'_> {
             latents.data.iter().map(|v| v * inv).collect(),
         )?;
         let (global, local) = self.decoder_parts(b, (h, w), (lay.th, lay.tw))?;
-        let feats = run_whole(backend, self.model, &global, z)?;
+        let feats = self.run_whole(backend, &global, z)?;
         let fc = feats.shape.get(1).copied().unwrap_or(0);
         // Blending in image space ramps over overlap * f pixels, not overlap latent steps.
         let (wy, wx) = lay.axis_weights(f, f);
@@ -313,7 +312,7 @@ impl Pipeline<'_> {
         let lay = Layout::new(tiling, lh, lw);
         if lay.count() == 1 {
             let graph = self.model.config.encoder_graph(1, h, w)?;
-            return self.posterior_mean(&run_whole(backend, self.model, &graph, image.clone())?);
+            return self.posterior_mean(&self.run_whole(backend, &graph, image.clone())?);
         }
         let (th, tw) = (lay.th * f, lay.tw * f);
         let (local, global) = self.encoder_parts((h, w), (th, tw))?;
@@ -339,7 +338,7 @@ impl Pipeline<'_> {
             Ok(())
         })?;
         let feats = canvas.into_tensor(vec![1, fc, lh, lw])?;
-        self.posterior_mean(&run_whole(backend, self.model, &global, feats)?)
+        self.posterior_mean(&self.run_whole(backend, &global, feats)?)
     }
 
     /// Runs `graph` (one input, one output) on the tiles of `lay` in the two passes of
@@ -357,13 +356,13 @@ impl Pipeline<'_> {
         let sg = SyncedGraphs::new(graph)?;
         let mut stats = NormStats::new(&sg);
         {
-            let mut plan = backend.prepare(&sg.stats, self.model)?;
+            let mut plan = self.prepare_on(backend, &sg.stats)?;
             for &at in &lay.stats {
                 stats.add(&sg, &plan.run(&[input(at)?])?)?;
             }
         }
         let norms = stats.norms(&sg, self.model)?;
-        let mut plan = backend.prepare(&sg.fixed, self.model)?;
+        let mut plan = self.prepare_on(backend, &sg.fixed)?;
         for (i, (_, at)) in lay.tiles().enumerate() {
             output(i, first(plan.run(&sg.fixed_inputs(input(at)?, &norms)?)?)?)?;
         }
