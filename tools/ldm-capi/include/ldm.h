@@ -45,7 +45,9 @@ typedef struct {
 /* "0.1.0" etc.: the runtime's version. */
 const char *ldm_version(void);
 
-/* Maps and validates a model file. NULL on failure, with the reason in err. */
+/* Maps and validates a model file. NULL on failure, with the reason in err. The first
+ * ldm_generate prepares the model's plans for its size and keeps them (host memory, or device
+ * memory on a GPU), so later requests of that size start at once; ldm_model_free releases them. */
 ldm_model *ldm_model_open(const char *path, char *err, size_t err_len);
 void ldm_model_free(ldm_model *model);
 

@@ -13,9 +13,14 @@ pub const LDM_ERROR: c_int = 1;
 pub const LDM_CANCELLED: c_int = 2;
 pub const LDM_BUFFER_SMALL: c_int = 3;
 
-/// An opened model (opaque to C).
+/// An opened model (opaque to C), with the pipeline its requests run on: made by the first
+/// `ldm_generate` and kept, so later requests reuse its backend and prepared plans
+/// ([`Pipeline::with_plan_reuse`]) instead of preparing every graph again.
 pub struct LdmModel {
-    model: Model,
+    // Declared first, so dropped first: it borrows `model`.
+    pipe: Option<Pipeline<'static>>,
+    // Boxed so its address never changes while `pipe` borrows it.
+    model: Box<Model>,
 }
 
 /// A cancel flag (opaque to C); shared with the pipeline's own flag.
@@ -103,7 +108,10 @@ pub unsafe extern "C" fn ldm_model_open(
         let path = c_str(path, "path")?.ok_or("path is NULL")?;
         let model = Model::open(std::path::Path::new(path))
             .map_err(|e| format!("cannot open model {path}: {e}"))?;
-        Ok(Box::new(LdmModel { model }))
+        Ok(Box::new(LdmModel {
+            pipe: None,
+            model: Box::new(model),
+        }))
     }));
     match r {
         Ok(Ok(m)) => Box::into_raw(m),
@@ -209,10 +217,14 @@ unsafe fn generate(
     out_h: *mut c_int,
 ) -> Result<c_int, (c_int, String)> {
     let e = |m: String| (LDM_ERROR, m);
-    let m = &model
-        .as_ref()
-        .ok_or_else(|| e("model is NULL".into()))?
-        .model;
+    let handle = model
+        .as_mut()
+        .ok_or_else(|| e("model is NULL".into()))?;
+    // SAFETY: the model is boxed, never moved out or mutated while the handle lives, and
+    // `handle.pipe`, the only holder of this reference, is dropped before it (field order).
+    // ldm.h allows one call at a time per model, so the pipeline (not Sync) is only ever
+    // used by one thread at a time.
+    let m: &'static Model = &*(handle.model.as_ref() as *const Model);
     let q = request
         .as_ref()
         .ok_or_else(|| e("request is NULL".into()))?;
@@ -256,10 +268,17 @@ unsafe fn generate(
         ));
     }
     let every = nonneg(q.preview_every, "preview_every")?;
-    let backend = ldm_edge::backend::select("auto").map_err(|x| e(x.to_string()))?;
-    let pipe = Pipeline::new(m, backend)
-        .with_preview((every > 0 && m.latent_rgb.is_some()).then_some(every))
-        .map_err(|x| e(x.to_string()))?;
+    let pipe = match handle.pipe.take() {
+        Some(p) => p,
+        None => {
+            let backend = ldm_edge::backend::select("auto").map_err(|x| e(x.to_string()))?;
+            Pipeline::new(m, backend).with_plan_reuse(true)
+        }
+    };
+    let pipe = handle.pipe.insert(
+        pipe.with_preview((every > 0 && m.latent_rgb.is_some()).then_some(every))
+            .map_err(|x| e(x.to_string()))?,
+    );
     let flag = match cancel.as_ref() {
         Some(c) => c.flag.clone(),
         None => Cancel::new(),

@@ -62,6 +62,13 @@ int main(int argc, char **argv) {
     CHECK(distinct > len / 10, "the image is nearly constant");
     printf("generated %dx%d in %d steps with %d previews\n", w, h, steps_seen, previews);
 
+    /* The same request again (the model keeps its prepared plans): the same pixels. */
+    uint8_t *again = calloc(len, 1);
+    CHECK(again != NULL, "out of memory");
+    rc = ldm_generate(m, &r, NULL, NULL, NULL, again, len, &w, &h, err, sizeof err);
+    CHECK(rc == LDM_OK && memcmp(rgb, again, len) == 0, "second run differs (%d: %s)", rc, err);
+    free(again);
+
     /* Cancel from the progress callback at step 2: the run stops before step 3. */
     ldm_cancel *c = ldm_cancel_new();
     steps_seen = 0;
