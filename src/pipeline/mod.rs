@@ -24,7 +24,7 @@ mod vae_tiles;
 pub use img2img::{Img2Img, DEFAULT_STRENGTH};
 pub use inpaint::Inpaint;
 pub use progress::{Cancel, Progress};
-pub use shared::{Decoder, Generated, Pipeline};
+pub use shared::{check_sampling, Decoder, Generated, Pipeline};
 pub use txt2img::Txt2Img;
 pub use upscale::{tile_seed, tile_size, TileLayout, Upscale};
 pub use vae_tiles::VaeTiling;

@@ -95,7 +95,7 @@ pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn check_sampling(steps: usize, guidance: f32) -> Result<()> {
+pub fn check_sampling(steps: usize, guidance: f32) -> Result<()> {
     if steps == 0 || steps > 1000 {
         return Err(Error::Input(format!(
             "steps must be in 1..=1000, got {steps}"

@@ -217,9 +217,7 @@ unsafe fn generate(
     out_h: *mut c_int,
 ) -> Result<c_int, (c_int, String)> {
     let e = |m: String| (LDM_ERROR, m);
-    let handle = model
-        .as_mut()
-        .ok_or_else(|| e("model is NULL".into()))?;
+    let handle = model.as_mut().ok_or_else(|| e("model is NULL".into()))?;
     // SAFETY: the model is boxed, never moved out or mutated while the handle lives, and
     // `handle.pipe`, the only holder of this reference, is dropped before it (field order).
     // ldm.h allows one call at a time per model, so the pipeline (not Sync) is only ever

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod bundle;
 mod dataset;
+mod defaults;
 mod eval;
 mod flash;
 mod import;
@@ -107,6 +108,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: preview::PreviewCmd,
     },
+    /// Rewrite a model file's sampling defaults (sampler, steps, guidance), tensors unchanged.
+    Defaults(defaults::DefaultsArgs),
     /// Make a fleet signing key pair: KEY.key (secret) and KEY.pub (for devices' keys/).
     Keygen(bundle::KeygenArgs),
     /// Signed model bundles for `ldm install`: `bundle create`, `bundle inspect`.
@@ -194,6 +197,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Dataset { cmd } => dataset::cli::run(cmd)?,
         Cmd::Eval(args) => eval::run(&args)?,
         Cmd::Preview { cmd } => preview::run(cmd)?,
+        Cmd::Defaults(a) => defaults::run(&a)?,
         Cmd::Keygen(a) => bundle::keygen(a)?,
         Cmd::Bundle(bundle::BundleCmd::Create(a)) => bundle::create(a)?,
         Cmd::Bundle(bundle::BundleCmd::Inspect { bundle, key }) => {
