@@ -279,7 +279,8 @@ fn count_makes_the_images_of_consecutive_seeds() {
 }
 
 /// The shipped student runs with the defaults it stores (lcm, 4 steps, one UNet call per
-/// step), and `ldm bench --generate` times whole requests with them.
+/// step), and `ldm bench --generate` times whole requests with them, with and without plans
+/// kept between requests.
 #[test]
 fn distilled_student_runs_with_its_own_defaults() {
     let m = root().join("models/shapes-32-lcm.ldm");
@@ -290,6 +291,7 @@ fn distilled_student_runs_with_its_own_defaults() {
     assert_eq!(v["steps"], 4, "{v}");
     assert_eq!(v["unet_evals"], 4, "{v}");
     assert!(v["ms_per_image"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(v["ms_per_image_reused"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     let out = tmp("student.png");
     ok(&ldm(&[
         "generate",

@@ -122,8 +122,10 @@ pub fn evaluate(args: &EvalArgs) -> Result<Report> {
             crate::dataset::shapes::MIN_SIZE
         );
     }
+    // Hundreds of requests of one size: every plan is prepared once.
     let pipe = Pipeline::new(&model, ldm_edge::backend::select(&args.backend)?)
-        .with_decoder(args.decoder.parse()?)?;
+        .with_decoder(args.decoder.parse()?)?
+        .with_plan_reuse(true);
     let steps = args.steps.unwrap_or(model.sampler.steps);
     let guidance = args.guidance.unwrap_or(model.sampler.guidance);
     let scenes = held_out_prompts(args.prompts);
