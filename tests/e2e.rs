@@ -291,7 +291,10 @@ fn distilled_student_runs_with_its_own_defaults() {
     assert_eq!(v["steps"], 4, "{v}");
     assert_eq!(v["unet_evals"], 4, "{v}");
     assert!(v["ms_per_image"].as_f64().is_some_and(|x| x > 0.0), "{v}");
-    assert!(v["ms_per_image_reused"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(
+        v["ms_per_image_reused"].as_f64().is_some_and(|x| x > 0.0),
+        "{v}"
+    );
     let out = tmp("student.png");
     ok(&ldm(&[
         "generate",
