@@ -9,7 +9,7 @@
 use crate::backend::{profile::Profile, Backend, Executable, Tensor, WeightSource};
 use crate::graph::Graph;
 use crate::Result;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 struct Kept {
@@ -18,14 +18,23 @@ struct Kept {
     plan: Box<dyn Executable>,
 }
 
+struct Shelf {
+    kept: Vec<Kept>,
+    /// Whether returned plans are kept (see [`PlanStore::set_keeping`]).
+    keeping: bool,
+}
+
 /// The plans a pipeline keeps. Cloning shares the store (a lent plan holds a clone to
 /// return itself to).
 #[derive(Clone)]
-pub(crate) struct PlanStore(Rc<RefCell<Vec<Kept>>>, Rc<Cell<bool>>);
+pub(crate) struct PlanStore(Rc<RefCell<Shelf>>);
 
 impl Default for PlanStore {
     fn default() -> Self {
-        Self(Rc::default(), Rc::new(Cell::new(true)))
+        Self(Rc::new(RefCell::new(Shelf {
+            kept: Vec::new(),
+            keeping: true,
+        })))
     }
 }
 
@@ -40,22 +49,22 @@ impl PlanStore {
     ) -> Result<Box<dyn Executable>> {
         let name = backend.name();
         let found = {
-            let mut kept = self.0.borrow_mut();
+            let kept = &mut self.0.borrow_mut().kept;
             kept.iter()
                 .position(|k| k.backend == name && k.graph == *graph)
-                .map(|i| kept.swap_remove(i).plan)
+                .map(|i| kept.swap_remove(i))
         };
-        let plan = match found {
-            Some(p) => {
+        let (graph, plan) = match found {
+            Some(k) => {
                 log::debug!("plans: reusing a {name} plan ({} nodes)", graph.nodes.len());
-                p
+                (k.graph, k.plan)
             }
-            None => backend.prepare(graph, weights)?,
+            None => (graph.clone(), backend.prepare(graph, weights)?),
         };
         Ok(Box::new(Lent {
             home: self.clone(),
             backend: name,
-            graph: Some(graph.clone()),
+            graph: Some(graph),
             plan: Some(plan),
             failed: false,
         }))
@@ -63,21 +72,22 @@ impl PlanStore {
 
     /// Drops every kept plan (their memory with them).
     pub fn clear(&self) {
-        self.0.borrow_mut().clear();
+        self.0.borrow_mut().kept.clear();
     }
 
     /// Whether returned plans are kept (the memory planner turns this off for a request
     /// whose budget has no room for them); turning it off drops the kept ones.
     pub fn set_keeping(&self, on: bool) {
-        self.1.set(on);
+        let mut shelf = self.0.borrow_mut();
+        shelf.keeping = on;
         if !on {
-            self.clear();
+            shelf.kept.clear();
         }
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.0.borrow().len()
+        self.0.borrow().kept.len()
     }
 }
 
@@ -122,13 +132,17 @@ impl Executable for Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        if self.failed || !self.home.1.get() {
+        if self.failed {
             return;
         }
         if let (Some(graph), Some(plan)) = (self.graph.take(), self.plan.take()) {
-            // A store being torn down (the pipeline dropped mid-request) just drops it.
-            if let Ok(mut kept) = self.home.0.try_borrow_mut() {
-                kept.push(Kept {
+            // The shelf is never borrowed while a plan is returned; were it, the plan would
+            // be dropped rather than panic.
+            if let Ok(mut shelf) = self.home.0.try_borrow_mut() {
+                if !shelf.keeping {
+                    return;
+                }
+                shelf.kept.push(Kept {
                     backend: self.backend,
                     graph,
                     plan,
@@ -144,6 +158,7 @@ mod tests {
     use crate::backend::reference::ReferenceBackend;
     use crate::graph::{Graph, Tracer, ValueType};
     use crate::ops::Ops;
+    use std::cell::Cell;
     use std::collections::HashMap;
 
     /// Counts the plans it prepares.
@@ -159,6 +174,11 @@ mod tests {
         }
     }
 
+    /// An empty store, a backend counting into `n`, no weights.
+    fn setup(n: &Cell<usize>) -> (PlanStore, Counting<'_>, HashMap<String, Tensor>) {
+        (PlanStore::default(), Counting(n), HashMap::new())
+    }
+
     fn doubling(n: usize) -> Graph {
         let mut t = Tracer::new();
         let x = t.input("x", &[n], ValueType::F32);
@@ -169,11 +189,7 @@ mod tests {
     #[test]
     fn a_returned_plan_is_lent_again_and_another_graph_gets_its_own() {
         let n = Cell::new(0);
-        let (store, b, w) = (
-            PlanStore::default(),
-            Counting(&n),
-            HashMap::<String, Tensor>::new(),
-        );
+        let (store, b, w) = setup(&n);
         let x = Tensor::new(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
         for _ in 0..3 {
             let mut p = store.lend(&b, &doubling(3), &w).unwrap();
@@ -194,11 +210,7 @@ mod tests {
     #[test]
     fn a_plan_whose_run_failed_is_not_kept() {
         let n = Cell::new(0);
-        let (store, b, w) = (
-            PlanStore::default(),
-            Counting(&n),
-            HashMap::<String, Tensor>::new(),
-        );
+        let (store, b, w) = setup(&n);
         {
             let mut p = store.lend(&b, &doubling(3), &w).unwrap();
             let wrong = Tensor::new(vec![2], vec![1.0, 2.0]).unwrap();
@@ -212,11 +224,7 @@ mod tests {
     #[test]
     fn a_store_that_stops_keeping_drops_its_plans_and_later_returns() {
         let n = Cell::new(0);
-        let (store, b, w) = (
-            PlanStore::default(),
-            Counting(&n),
-            HashMap::<String, Tensor>::new(),
-        );
+        let (store, b, w) = setup(&n);
         drop(store.lend(&b, &doubling(3), &w).unwrap());
         assert_eq!(store.len(), 1);
         store.set_keeping(false);
