@@ -11,8 +11,8 @@ use std::path::PathBuf;
 pub struct DefaultsArgs {
     /// The model file to read.
     pub input: PathBuf,
-    /// Where to write the model with its new defaults (may not be the input: a running `ldm`
-    /// may have it mapped).
+    /// Where to write the model with its new defaults; may be the input (the file is written
+    /// beside it and renamed over it, so a running `ldm` keeps the mapping it has).
     #[arg(short, long)]
     pub output: PathBuf,
     /// Sampler name (`ldm generate --help` lists them).
@@ -28,12 +28,6 @@ pub struct DefaultsArgs {
 pub fn run(a: &DefaultsArgs) -> Result<()> {
     if a.sampler.is_none() && a.steps.is_none() && a.guidance.is_none() {
         bail!("nothing to change: give --sampler, --steps or --guidance");
-    }
-    if same_file(&a.input, &a.output) {
-        bail!(
-            "{} is the input: write the new model beside it (a running ldm may have the input mapped)",
-            a.output.display()
-        );
     }
     let model =
         Model::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
@@ -86,11 +80,4 @@ pub fn run(a: &DefaultsArgs) -> Result<()> {
         old.guidance
     );
     Ok(())
-}
-
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }

@@ -62,7 +62,7 @@ fn new_defaults_are_stored_and_the_tensors_are_copied_as_they_were() {
 }
 
 #[test]
-fn bad_defaults_and_rewriting_the_input_write_nothing() {
+fn bad_defaults_write_nothing() {
     let dir = scratch_dir::fresh("host-defaults-bad");
     let out = dir.join("bad.ldm");
     let (src, dst) = (lcm(), out.to_str().unwrap().to_string());
@@ -83,6 +83,21 @@ fn bad_defaults_and_rewriting_the_input_write_nothing() {
         );
         assert!(!out.exists(), "{all:?} wrote a file");
     }
-    let o = ldm_host(&["defaults", src, "--steps", "2", "-o", src]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is the input"));
+}
+
+/// Rewriting a file in place is a rename over it: a model opened before keeps reading its
+/// mapping, and the file then holds the new defaults.
+#[test]
+fn a_file_rewritten_in_place_keeps_an_open_mapping_valid() {
+    let dir = scratch_dir::fresh("host-defaults-in-place");
+    let f = dir.join("lcm.ldm");
+    std::fs::copy(lcm(), &f).unwrap();
+    let before = Model::open(&f).unwrap();
+    let name = before.file.tensors()[0].name.clone();
+    let bytes = before.file.tensor(&name).unwrap().bytes.to_vec();
+    let p = f.to_str().unwrap();
+    let o = ldm_host(&["defaults", p, "--steps", "3", "-o", p]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(before.file.tensor(&name).unwrap().bytes, &bytes[..]);
+    assert_eq!(Model::open(&f).unwrap().sampler.steps, 3);
 }
