@@ -82,7 +82,7 @@ def child_cpu_s(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_measured(cmd, log):
+def run_measured(cmd, log, env=None):
     """Runs cmd; returns (stdout, peak RSS in MiB of that process alone, seconds, samples).
     os.wait4 gives the child's own rusage, where RUSAGE_CHILDREN would be the maximum over every
     child so far (the ldm bench run and the ORT run must not share one figure). samples are
@@ -93,7 +93,8 @@ def run_measured(cmd, log):
     stop = threading.Event()
     with tempfile.TemporaryFile() as out:
         print("+ " + shlex.join(str(c) for c in cmd), file=log, flush=True)
-        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=log)
+        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=log,
+                             env=None if env is None else {**os.environ, **env})
 
         def sample():
             while not stop.is_set():
@@ -216,8 +217,9 @@ def main():
     ap.add_argument("--latents", default="32", help="comma-separated latent sides (e.g. 32,64)")
     ap.add_argument("--batches", default="1,2", help="comma-separated UNet batches")
     ap.add_argument("--backends", default="cpu",
-                    help="comma-separated `ldm bench --backend` values to time against onnxruntime "
-                    "(e.g. cpu,cpu-expanded); onnxruntime runs once per shape")
+                    help="comma-separated `ldm bench --backend` values to time against onnxruntime; "
+                         "`B@VAR=value[@VAR2=value]` runs backend B with those environment variables "
+                         "(e.g. cpu,cpu@LDM_CPU_CONV=im2col,cpu-expanded); onnxruntime runs once per round")
     ap.add_argument("--iters", type=int,
                     help="timed evaluations after one warm-up, of which the median is reported "
                     "[default: 5 when every latent is at most 32, else 2: an SD-1.5 64x64 eval "
@@ -276,13 +278,13 @@ def main():
             print(f"making {model} (4.1 GB)", file=sys.stderr)
             run_measured([a.ldm_host, "init", "--preset", "sd15", "--dtype", "f32", "-o", model], log)
 
-    def measure(cmd):
+    def measure(cmd, env=None):
         """Runs a measurement after waiting for a quiet machine; one contended during its timed
         part is redone up to --retries times, and the least contended attempt is kept."""
         best = None
         for attempt in range(a.retries + 1):
             wait_quiet(a.quiet_wait, log)
-            text, rss, _, samples = run_measured(cmd, log)
+            text, rss, _, samples = run_measured(cmd, log, env)
             r = json.loads(text)
             ms = r.get("unet_ms_per_eval", r.get("ms_per_eval", 0.0))
             # One warm-up and --iters timed evaluations end each run, plus a second of slack.
@@ -320,9 +322,13 @@ def main():
                 print(f"  round {rnd + 1}/{a.rounds}: onnxruntime {o['ms_per_eval']:.0f} ms/eval, "
                       f"peak RSS {ort_rss:.0f} MiB{contended(ort_others)}", file=sys.stderr)
                 for backend in backends:
-                    cmd = [ldm, "bench", "-m", model, "--backend", backend, "--json", "--skip-decoder",
+                    # `cpu@LDM_CPU_CONV=im2col`: the backend with environment settings, so
+                    # two settings of one backend alternate with onnxruntime in one run.
+                    name, *settings = backend.split("@")
+                    env = dict(kv.split("=", 1) for kv in settings)
+                    cmd = [ldm, "bench", "-m", model, "--backend", name, "--json", "--skip-decoder",
                            "--latent", side, "--batch", batch, "--iters", a.iters, *extra]
-                    text, ours_rss, ours_others = measure(cmd)
+                    text, ours_rss, ours_others = measure(cmd, env)
                     r = json.loads(text)
                     ours_rounds[backend].append((r, ours_rss, ours_others))
                     print(f"  round {rnd + 1}/{a.rounds}: {backend:<11} {r['unet_ms_per_eval']:.0f} ms/eval, "

@@ -18,6 +18,10 @@ use std::collections::HashMap;
 /// get more room than pure data movement, which must be exact.
 const TOLERANCE: &[(&str, f64)] = &[
     ("conv2d", 1e-5),
+    // Winograd F(4x4, 3x3) multiplies by up to 8 and divides by 24 in its transforms, so it
+    // rounds a few times more than a direct product: 0.8-2e-5 of the output's largest value
+    // on the SD-1.5 layer shapes (`examples/conv_algos.rs`).
+    ("conv2d_winograd", 5e-5),
     ("linear", 1e-5),
     ("add", 1e-6),
     ("mul", 1e-6),
@@ -267,11 +271,31 @@ fn conv2d() {
             "x[1,32,16,16] w[32,32,3,3] s1 p1 bias" => |c| conv(c, &[1, 32, 16, 16], &[32, 32, 3, 3], true, 1, [1; 4]),
             // Compact kernel limits: im2col split into chunks (K*P > 4M values), and a weight
             // streamed in several panels (> 2M values), with rows that straddle q8 blocks.
-            "x[2,130,66,66] w[3,130,3,3] s1 p1 (im2col chunks)" => |c| conv(c, &[2, 130, 66, 66], &[3, 130, 3, 3], true, 1, [1; 4]),
+            // 3x2 kernels: a 3x3 one of this size runs Winograd (below), not im2col.
+            "x[2,130,66,66] w[3,130,3,2] s1 p1 (im2col chunks)" => |c| conv(c, &[2, 130, 66, 66], &[3, 130, 3, 2], true, 1, [1; 4]),
             "x[1,290,3,3] w[850,290,3,3] s1 p1 (panels)" => |c| conv(c, &[1, 290, 3, 3], &[850, 290, 3, 3], true, 1, [1; 4]),
             "x[1,300,4,5] w[7000,300,1,1] s1 p0 (panels)" => |c| conv(c, &[1, 300, 4, 5], &[7000, 300, 1, 1], false, 1, [0; 4]),
             "x[3,290,3,3] w[850,290,3,3] s1 p1 (images share a product, panels)" => |c| conv(c, &[3, 290, 3, 3], &[850, 290, 3, 3], true, 1, [1; 4]),
-            "x[3,100,40,40] w[4,100,3,3] s1 p1 (two images, then one)" => |c| conv(c, &[3, 100, 40, 40], &[4, 100, 3, 3], false, 1, [1; 4]),
+            "x[3,100,40,40] w[4,100,3,2] s1 p1 (two images, then one)" => |c| conv(c, &[3, 100, 40, 40], &[4, 100, 3, 2], false, 1, [1; 4]),
+        ],
+    );
+}
+
+/// Stride-1 3x3 convolutions with at least 64 output tiles of 4x4 run Winograd F(4x4, 3x3) on
+/// the compact plan (`backend::cpu::compact::winograd`): partial tiles at the right and
+/// bottom edges, asymmetric and no padding, input chunks and weight panels.
+#[test]
+fn conv2d_winograd() {
+    suite(
+        "conv2d_winograd",
+        cases![
+            "x[1,8,32,32] w[5,8,3,3] p1 bias" => |c| conv(c, &[1, 8, 32, 32], &[5, 8, 3, 3], true, 1, [1; 4]),
+            "x[2,7,33,35] w[6,7,3,3] p1 nobias" => |c| conv(c, &[2, 7, 33, 35], &[6, 7, 3, 3], false, 1, [1; 4]),
+            "x[1,5,37,45] w[4,5,3,3] p[0,1,2,0] bias" => |c| conv(c, &[1, 5, 37, 45], &[4, 5, 3, 3], true, 1, [0, 1, 2, 0]),
+            "x[1,3,40,34] w[3,3,3,3] p0 bias" => |c| conv(c, &[1, 3, 40, 34], &[3, 3, 3, 3], true, 1, [0; 4]),
+            "x[1,64,32,32] w[64,64,3,3] p1 bias" => |c| conv(c, &[1, 64, 32, 32], &[64, 64, 3, 3], true, 1, [1; 4]),
+            "x[1,300,96,96] w[2,300,3,3] p1 (input chunks)" => |c| conv(c, &[1, 300, 96, 96], &[2, 300, 3, 3], true, 1, [1; 4]),
+            "x[2,400,32,32] w[150,400,3,3] p1 (weight panels)" => |c| conv(c, &[2, 400, 32, 32], &[150, 400, 3, 3], true, 1, [1; 4]),
         ],
     );
 }

@@ -8,6 +8,7 @@
 //! gigabyte-sized column matrix.
 use super::math;
 use super::weight::CompactWeight;
+use super::winograd;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -334,6 +335,32 @@ fn im2col(x: &[f32], g: &ConvShape, wo: usize, p0: usize, pc: usize, cols: &mut 
 
 /// `out[B, O, Ho, Wo] = conv(x[B, C, H, W], w[O, C, kh, kw]) (+ bias[O])`.
 pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    conv2d_with(winograd::choose(g), x, g, w, bias, out)
+}
+
+/// [`conv2d`] with the algorithm given rather than chosen (for benchmarks and tests); a
+/// Winograd variant needs a stride-1 3x3 kernel and falls back to im2col otherwise.
+pub fn conv2d_with(
+    algo: winograd::Algo,
+    x: &[f32],
+    g: &ConvShape,
+    w: &CompactWeight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let winograd_fits = g.kh == 3 && g.kw == 3 && g.stride == 1;
+    if let Some(v) = algo.variant().filter(|_| winograd_fits) {
+        with_scratch(|s| {
+            let bufs = winograd::Buffers {
+                widened: &mut s.panel,
+                input: &mut s.cols,
+                weight: &mut s.xt,
+                prod: &mut s.prod,
+            };
+            winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, COLS));
+        });
+        return;
+    }
     let (ho, wo) = g.out_hw();
     let p = ho * wo;
     let kdim = g.c * g.kh * g.kw;
@@ -760,8 +787,23 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
                 [panel, 0, 0, 0]
             }
         }
-        Op::Conv2d { .. } => {
+        Op::Conv2d { stride, pads } => {
             let w = &graph.nodes[node.inputs[1]].shape;
+            let x = &graph.nodes[node.inputs[0]].shape;
+            let g = ConvShape {
+                batch: x[0],
+                c: x[1],
+                h: x[2],
+                w: x[3],
+                o: w[0],
+                kh: w[2],
+                kw: w[3],
+                stride,
+                pads,
+            };
+            if let Some(v) = winograd::choose(&g).variant() {
+                return winograd::scratch_values(v, &g, PANEL, COLS);
+            }
             let k = numel(&w[1..]);
             let (b, o) = (node.shape[0] as u64, w[0] as u64);
             let p = numel(&node.shape[2..]);

@@ -91,6 +91,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(super) use multiversion;
 
 multiversion!(
     /// Softmax of one row without its last pass: writes `exp(v - max)` in place and returns the

@@ -17,6 +17,7 @@ pub mod kernels;
 mod math;
 pub mod ops;
 pub mod weight;
+pub mod winograd;
 
 pub use ops::{CompactOp, Kernel};
 pub use weight::CompactWeight;

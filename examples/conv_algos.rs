@@ -1,0 +1,114 @@
+//! Times the compact CPU convolution algorithms against each other on the 3x3 layers of an
+//! SD-1.5 UNet and decoder: `cargo run --release --example conv_algos [-- --q8] [--reps N]`.
+//! Each shape runs im2col, Winograd F(2x2) and F(4x4) in turn, `reps` rounds, and prints the
+//! median per algorithm, the speedup over im2col and the largest difference from it
+//! (relative to the output's largest value). What `winograd::choose` picks is marked `*`.
+use ldm_edge::backend::cpu::compact::kernels::{conv2d_with, ConvShape};
+use ldm_edge::backend::cpu::compact::winograd::{choose, Algo};
+use ldm_edge::backend::cpu::compact::CompactWeight;
+use ldm_edge::format::quant::quantize_q8;
+use ldm_edge::format::{DType, SharedBytes};
+use std::time::Instant;
+
+fn main() -> ldm_edge::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let q8 = args.iter().any(|a| a == "--q8");
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5usize);
+    // (batch, in channels, out channels, side): the UNet's 3x3 convs at 32x32 and 64x64
+    // latents, and decoder layers at 256 and 512 px.
+    let shapes = [
+        (1, 320, 320, 64),
+        (2, 320, 320, 64),
+        (1, 640, 320, 64),
+        (1, 320, 320, 32),
+        (2, 320, 320, 32),
+        (1, 640, 640, 32),
+        (1, 640, 640, 16),
+        (1, 1280, 1280, 16),
+        (2, 1280, 1280, 16),
+        (1, 1280, 1280, 8),
+        (1, 512, 512, 64),
+        (1, 256, 256, 128),
+        (1, 128, 128, 256),
+        (1, 128, 128, 512),
+    ];
+    let mut seed = 1u64;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9}",
+        "shape b,c->o,side", "im2col ms", "f2 ms", "f4 ms", "f2 x", "f4 x", "f2 err", "f4 err"
+    );
+    for (b, c, o, side) in shapes {
+        let g = ConvShape {
+            batch: b,
+            c,
+            h: side,
+            w: side,
+            o,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pads: [1; 4],
+        };
+        let x: Vec<f32> = (0..b * c * side * side).map(|_| rnd()).collect();
+        let wf: Vec<f32> = (0..o * c * 9).map(|_| rnd() * 0.1).collect();
+        let bias: Vec<f32> = (0..o).map(|_| rnd()).collect();
+        let w = if q8 {
+            let bytes = SharedBytes::from_vec(quantize_q8(&wf));
+            CompactWeight::new(DType::Q8, &[o, c, 3, 3], bytes)?
+        } else {
+            CompactWeight::from_f32(&[o, c, 3, 3], &wf)?
+        };
+        let algos = [Algo::Im2col, Algo::F2, Algo::F4];
+        let mut outs = vec![vec![0f32; b * o * side * side]; 3];
+        let mut times = vec![Vec::new(); 3];
+        for _ in 0..reps + 1 {
+            for (i, &a) in algos.iter().enumerate() {
+                let t = Instant::now();
+                conv2d_with(a, &x, &g, &w, Some(&bias), &mut outs[i]);
+                times[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.remove(0); // warm-up
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let t: Vec<f64> = times.iter_mut().map(med).collect();
+        let scale = outs[0].iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let err = |k: usize| {
+            outs[k]
+                .iter()
+                .zip(&outs[0])
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                / scale
+        };
+        let pick = choose(&g);
+        let mark = |a: Algo| if a == pick { "*" } else { " " };
+        println!(
+            "{:<22} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>7.2} {:>7.2} {:>9.1e} {:>9.1e}",
+            format!("{b},{c}->{o},{side}"),
+            t[0],
+            mark(Algo::Im2col),
+            t[1],
+            mark(Algo::F2),
+            t[2],
+            mark(Algo::F4),
+            t[0] / t[1],
+            t[0] / t[2],
+            err(1),
+            err(2)
+        );
+    }
+    Ok(())
+}

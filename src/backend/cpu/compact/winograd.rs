@@ -1,0 +1,579 @@
+//! Winograd convolution F(m x m, 3 x 3) for stride-1 3x3 layers (Lavin & Gray 2016, "Fast
+//! Algorithms for Convolutional Neural Networks"), the same family ncnn and NNPACK run on CPUs.
+//!
+//! A 3x3 convolution computes each `m x m` block of outputs from an `a x a` input tile
+//! (`a = m + 2`). Transformed into the Winograd domain, the product over input channels becomes
+//! `a * a` independent GEMMs of `[O, C] x [C, tiles]`, which do `a^2 / (9 m^2)` of the direct
+//! multiply-adds: 0.44 for F(2x2), 0.25 for F(4x4). The transforms are additions and a few
+//! constant multiplications per value, done here over whole rows of tiles so they vectorize.
+//!
+//! Memory stays bounded like the im2col path's: the transformed input covers a chunk of tile
+//! rows (at most `COLS` values), the transformed weight a panel of output channels (at most
+//! `PANEL` values), widened from the stored dtype and transformed per call, so a q8 weight is
+//! never kept in f32.
+use super::kernels::ConvShape;
+use super::math::multiversion;
+use super::weight::CompactWeight;
+use rayon::prelude::*;
+
+/// One Winograd variant: output tile `m`, input tile `a = m + 2`, and its matrices, row-major:
+/// `bt [a, a]` (input), `g [a, 3]` (weight), `at [m, a]` (output).
+pub struct Variant {
+    pub m: usize,
+    pub a: usize,
+    bt: &'static [f32],
+    g: &'static [f32],
+    at: &'static [f32],
+}
+
+/// F(2x2, 3x3): exact in floating point up to rounding of a few additions.
+pub const F2: Variant = Variant {
+    m: 2,
+    a: 4,
+    bt: &[
+        1.0, 0.0, -1.0, 0.0, //
+        0.0, 1.0, 1.0, 0.0, //
+        0.0, -1.0, 1.0, 0.0, //
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    g: &[
+        1.0, 0.0, 0.0, //
+        0.5, 0.5, 0.5, //
+        0.5, -0.5, 0.5, //
+        0.0, 0.0, 1.0,
+    ],
+    at: &[
+        1.0, 1.0, 1.0, 0.0, //
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+/// F(4x4, 3x3) with interpolation points 0, +-1, +-2 (Lavin & Gray, section 4.2): a quarter of
+/// the direct multiply-adds, at a few times F(2x2)'s rounding error.
+pub const F4: Variant = Variant {
+    m: 4,
+    a: 6,
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0, //
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0, //
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0, //
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0, //
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0, //
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    g: &[
+        1.0 / 4.0,
+        0.0,
+        0.0, //
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0, //
+        -1.0 / 6.0,
+        1.0 / 6.0,
+        -1.0 / 6.0, //
+        1.0 / 24.0,
+        1.0 / 12.0,
+        1.0 / 6.0, //
+        1.0 / 24.0,
+        -1.0 / 12.0,
+        1.0 / 6.0, //
+        0.0,
+        0.0,
+        1.0,
+    ],
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0, //
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0, //
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
+
+/// Which convolution algorithm a layer runs, chosen per layer from its shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algo {
+    Im2col,
+    F2,
+    F4,
+}
+
+impl Algo {
+    pub fn variant(self) -> Option<&'static Variant> {
+        match self {
+            Algo::Im2col => None,
+            Algo::F2 => Some(&F2),
+            Algo::F4 => Some(&F4),
+        }
+    }
+}
+
+/// `LDM_CPU_CONV=im2col|f2|f4|auto` overrides the choice (for measuring one against another,
+/// and as a way out should a variant misbehave on some CPU); read once.
+fn forced() -> Option<Algo> {
+    static FORCED: std::sync::OnceLock<Option<Algo>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("LDM_CPU_CONV").ok()?.as_str() {
+        "im2col" => Some(Algo::Im2col),
+        "f2" => Some(Algo::F2),
+        "f4" => Some(Algo::F4),
+        _ => None,
+    })
+}
+
+/// The algorithm for a layer: F(4x4) for stride-1 3x3 kernels whose images hold at least 64
+/// output tiles (32x32 outputs and up), im2col otherwise.
+///
+/// Measured on the SD-1.5 shapes (`cargo run --release --example conv_algos`, 2 cores,
+/// AVX-512, f32 weights): F(4x4) is 2.1-2.3x faster than im2col at 64x64 and 1.9-2.3x on the
+/// decoder's 128-512 px layers, 1.3-1.4x at 32x32 (F(2x2) the same there); at 16x16 both
+/// variants are slower (0.5-0.7x): the per-call weight transform of a 1280x1280 layer costs
+/// more than 64 tiles save, and the GEMMs are too narrow.
+pub fn choose(g: &ConvShape) -> Algo {
+    if g.kh != 3 || g.kw != 3 || g.stride != 1 {
+        return Algo::Im2col;
+    }
+    if let Some(a) = forced() {
+        return a;
+    }
+    let (ho, wo) = g.out_hw();
+    if ho.div_ceil(4) * wo.div_ceil(4) >= 64 {
+        Algo::F4
+    } else {
+        Algo::Im2col
+    }
+}
+
+/// The chunking of one layer: output channels per weight panel and tile rows per input chunk.
+pub struct Blocks {
+    pub panel_rows: usize,
+    pub tile_rows: usize,
+}
+
+/// Panel and chunk sizes that keep every buffer inside the scratch limits `panel` and `cols`
+/// (in f32 values): the transformed weight `[nb, a^2, C]`, the widened weight `[nb, 9C]`, the
+/// transformed input `[C, a^2, rows * tw]` and the product `[nb, a^2, rows * tw]`.
+pub fn blocks(v: &Variant, g: &ConvShape, panel: usize, cols: usize) -> Blocks {
+    let (ho, wo) = g.out_hw();
+    let (th, st) = (ho.div_ceil(v.m), stride(v, wo));
+    let a2 = v.a * v.a;
+    let panel_rows = (panel / (a2 * g.c).max(1)).clamp(1, g.o.max(1));
+    let widest = g.c.max(panel_rows);
+    let tile_rows = (cols / (a2 * widest * st).max(1)).clamp(1, th.max(1));
+    Blocks {
+        panel_rows,
+        tile_rows,
+    }
+}
+
+/// Scratch values (f32) the layer grows: `[widened weight, transformed input, transformed
+/// weight, product]`, matching the buffers `conv2d` takes. For the memory planner.
+pub fn scratch_values(v: &Variant, g: &ConvShape, panel: usize, cols: usize) -> [u64; 4] {
+    let b = blocks(v, g, panel, cols);
+    let (_, wo) = g.out_hw();
+    let tc = (b.tile_rows * stride(v, wo)) as u64;
+    let (a2, nb, c) = ((v.a * v.a) as u64, b.panel_rows as u64, g.c as u64);
+    [nb * 9 * c, c * a2 * tc, nb * a2 * c, nb * a2 * tc]
+}
+
+/// Shares a raw pointer with the threads of one parallel loop, each of which touches a part
+/// of the buffer no other touches.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: only used where the parallel iterations write disjoint elements (see each use).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// `u[o][xi][c] = (G w[o][c] G^T)[xi]` for the `nb` weight rows `w [nb, C, 3, 3]`.
+fn transform_weight(v: &Variant, w: &[f32], c: usize, u: &mut [f32]) {
+    let a = v.a;
+    u.par_chunks_mut(a * a * c)
+        .zip(w.par_chunks(9 * c))
+        .for_each_init(
+            || (vec![0f32; 9 * c], vec![0f32; a * 3 * c]),
+            |(wt, t), (uo, wo)| weight_row(v, wo, c, wt, t, uo),
+        );
+}
+
+multiversion!(
+    fn weight_row(v: &Variant, wo: &[f32], c: usize, wt: &mut [f32], t: &mut [f32], uo: &mut [f32]) => weight_row_body
+);
+
+#[inline(always)]
+fn weight_row_body(
+    v: &Variant,
+    wo: &[f32],
+    c: usize,
+    wt: &mut [f32],
+    t: &mut [f32],
+    uo: &mut [f32],
+) {
+    let a = v.a;
+    // wt[k][c] = wo[c][k]: the channel becomes the contiguous, vectorized axis.
+    for (ci, k9) in wo.chunks_exact(9).enumerate() {
+        for (k, &val) in k9.iter().enumerate() {
+            wt[k * c + ci] = val;
+        }
+    }
+    // t[yi][kx][c] = sum_ky G[yi][ky] w[ky][kx][c]
+    t.fill(0.0);
+    for yi in 0..a {
+        for ky in 0..3 {
+            let s = v.g[yi * 3 + ky];
+            if s == 0.0 {
+                continue;
+            }
+            for kx in 0..3 {
+                axpy(
+                    s,
+                    &wt[(ky * 3 + kx) * c..][..c],
+                    &mut t[(yi * 3 + kx) * c..][..c],
+                );
+            }
+        }
+    }
+    // u[yi][xi][c] = sum_kx G[xi][kx] t[yi][kx][c]
+    uo.fill(0.0);
+    for yi in 0..a {
+        for xi in 0..a {
+            let dst = &mut uo[(yi * a + xi) * c..][..c];
+            for kx in 0..3 {
+                let s = v.g[xi * 3 + kx];
+                if s != 0.0 {
+                    axpy(s, &t[(yi * 3 + kx) * c..][..c], dst);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn axpy(s: f32, x: &[f32], y: &mut [f32]) {
+    if s == 1.0 {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y += x);
+    } else if s == -1.0 {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y -= x);
+    } else {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y += s * x);
+    }
+}
+
+/// Tiles per tile row as the transforms lay them out: `tw` real ones and `(a - 1) / m` more
+/// whose values are never used. The extra columns let each transform step run as one long
+/// vector operation over every tile row of a chunk (tile `tx`'s `j`-th input column is
+/// phase `j % m` of the row at index `tx + j / m`, which for the last real tile reaches into
+/// the next tile row's slots), at the cost of computing `(a - 1) / m / tw` more tiles: 1/17
+/// for F(4x4) at 64 columns.
+pub fn stride(v: &Variant, wo: usize) -> usize {
+    wo.div_ceil(v.m) + (v.a - 1) / v.m
+}
+
+/// The transformed input of tile rows `r0 .. r0 + rows` of one image `x [C, H, W]`:
+/// `vt[c][xi][t] = (B^T d B)[xi]` for the tile `t = ty * stride + tx`.
+fn transform_input(v: &Variant, x: &[f32], g: &ConvShape, r0: usize, rows: usize, vt: &mut [f32]) {
+    let (a, m) = (v.a, v.m);
+    let s = stride(v, g.out_hw().1);
+    let tc = rows * s;
+    let extra = (a - 1) / m;
+    vt.par_chunks_mut(a * a * tc)
+        .zip(x.par_chunks(g.h * g.w))
+        .for_each_init(
+            || {
+                (
+                    vec![0f32; s * m + a],
+                    vec![0f32; a * m * (tc + extra)],
+                    vec![0f32; a * a * tc],
+                )
+            },
+            |(padded, ph, r), (vc, plane)| input_channel(v, plane, g, r0, rows, padded, ph, r, vc),
+        );
+}
+
+multiversion!(
+    #[allow(clippy::too_many_arguments)]
+    fn input_channel(v: &Variant, plane: &[f32], g: &ConvShape, r0: usize, rows: usize, padded: &mut [f32], ph: &mut [f32], r: &mut [f32], vc: &mut [f32]) => input_channel_body
+);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn input_channel_body(
+    v: &Variant,
+    plane: &[f32],
+    g: &ConvShape,
+    r0: usize,
+    rows: usize,
+    padded: &mut [f32],
+    ph: &mut [f32],
+    r: &mut [f32],
+    vc: &mut [f32],
+) {
+    let (a, m) = (v.a, v.m);
+    let s = stride(v, g.out_hw().1);
+    let tc = rows * s;
+    let len = tc + (a - 1) / m;
+    let (pt, pl) = (g.pads[0], g.pads[1]);
+    // ph[i][q][ty * s + k] = x[(r0 + ty) m + i - top][k m + q - left]: the tile rows' input
+    // rows, split into their m phases, zero outside the image.
+    for i in 0..a {
+        for ty in 0..rows {
+            let iy = ((r0 + ty) * m + i).checked_sub(pt).filter(|&y| y < g.h);
+            padded.fill(0.0);
+            if let Some(iy) = iy {
+                let src = &plane[iy * g.w..][..g.w];
+                // padded[k] = x[.., k - left]
+                let n = g.w.min(padded.len().saturating_sub(pl));
+                padded[pl..pl + n].copy_from_slice(&src[..n]);
+            }
+            for q in 0..m {
+                let dst = &mut ph[(i * m + q) * len + ty * s..][..s];
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = padded[k * m + q];
+                }
+            }
+        }
+    }
+    // r[i][xi][t] = sum_j B^T[xi][j] d[i][j][t]
+    for i in 0..a {
+        for xi in 0..a {
+            let dst = &mut r[(i * a + xi) * tc..][..tc];
+            dst.fill(0.0);
+            for j in 0..a {
+                let c = v.bt[xi * a + j];
+                if c != 0.0 {
+                    axpy(c, &ph[(i * m + j % m) * len + j / m..][..tc], dst);
+                }
+            }
+        }
+    }
+    // vc[yi][xi][t] = sum_i B^T[yi][i] r[i][xi][t]
+    for yi in 0..a {
+        for xi in 0..a {
+            let dst = &mut vc[(yi * a + xi) * tc..][..tc];
+            dst.fill(0.0);
+            for i in 0..a {
+                let c = v.bt[yi * a + i];
+                if c != 0.0 {
+                    axpy(c, &r[(i * a + xi) * tc..][..tc], dst);
+                }
+            }
+        }
+    }
+}
+
+/// Writes output rows of tile rows `r0 .. r0 + rows` for the `nb` channels of `out [nb, Ho,
+/// Wo]` from the product `prod[o][xi][t]`: `y = A^T M A + bias`, cut at the image's edge.
+fn transform_output(
+    v: &Variant,
+    prod: &[f32],
+    r0: usize,
+    rows: usize,
+    (ho, wo): (usize, usize),
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let (a, m) = (v.a, v.m);
+    let tc = rows * stride(v, wo);
+    out.par_chunks_mut(ho * wo)
+        .zip(prod.par_chunks(a * a * tc))
+        .zip(bias.par_iter())
+        .for_each_init(
+            || (vec![0f32; a * m * tc], vec![0f32; m * m * tc]),
+            |(s, y), ((oc, mo), &b)| output_channel(v, mo, r0, rows, ho, wo, b, s, y, oc),
+        );
+}
+
+multiversion!(
+    #[allow(clippy::too_many_arguments)]
+    fn output_channel(v: &Variant, mo: &[f32], r0: usize, rows: usize, ho: usize, wo: usize, b: f32, s: &mut [f32], y: &mut [f32], oc: &mut [f32]) => output_channel_body
+);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_channel_body(
+    v: &Variant,
+    mo: &[f32],
+    r0: usize,
+    rows: usize,
+    ho: usize,
+    wo: usize,
+    b: f32,
+    s: &mut [f32],
+    y: &mut [f32],
+    oc: &mut [f32],
+) {
+    let (a, m) = (v.a, v.m);
+    let st = stride(v, wo);
+    let tc = rows * st;
+    // s[yi][ux][t] = sum_xi A^T[ux][xi] M[yi][xi][t]
+    for yi in 0..a {
+        for ux in 0..m {
+            let dst = &mut s[(yi * m + ux) * tc..][..tc];
+            dst.fill(0.0);
+            for xi in 0..a {
+                let c = v.at[ux * a + xi];
+                if c != 0.0 {
+                    axpy(c, &mo[(yi * a + xi) * tc..][..tc], dst);
+                }
+            }
+        }
+    }
+    // y[uy][ux][t] = bias + sum_yi A^T[uy][yi] s[yi][ux][t]
+    for uy in 0..m {
+        for ux in 0..m {
+            let dst = &mut y[(uy * m + ux) * tc..][..tc];
+            dst.fill(b);
+            for yi in 0..a {
+                let c = v.at[uy * a + yi];
+                if c != 0.0 {
+                    axpy(c, &s[(yi * m + ux) * tc..][..tc], dst);
+                }
+            }
+        }
+    }
+    let tw = wo.div_ceil(m);
+    for ty in 0..rows {
+        for uy in 0..m {
+            let oy = (r0 + ty) * m + uy;
+            if oy >= ho {
+                break;
+            }
+            let row = &mut oc[oy * wo..][..wo];
+            for ux in 0..m {
+                let src = &y[(uy * m + ux) * tc + ty * st..][..tw];
+                for (tx, &val) in src.iter().enumerate() {
+                    if let Some(d) = row.get_mut(tx * m + ux) {
+                        *d = val;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Buffers the layer works in, taken from the kernels' shared scratch.
+pub struct Buffers<'a> {
+    pub widened: &'a mut Vec<f32>,
+    pub input: &'a mut Vec<f32>,
+    pub weight: &'a mut Vec<f32>,
+    pub prod: &'a mut Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// `out[B, O, Ho, Wo] = conv3x3(x[B, C, H, W], w[O, C, 3, 3]) (+ bias[O])`, stride 1.
+pub fn conv2d(
+    v: &Variant,
+    x: &[f32],
+    g: &ConvShape,
+    w: &CompactWeight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    bufs: Buffers,
+    (panel, cols): (usize, usize),
+) {
+    debug_assert!(g.kh == 3 && g.kw == 3 && g.stride == 1);
+    let (ho, wo) = g.out_hw();
+    let (th, st) = (ho.div_ceil(v.m), stride(v, wo));
+    let a2 = v.a * v.a;
+    let b = blocks(v, g, panel, cols);
+    let (nb_max, rows_max) = (b.panel_rows, b.tile_rows);
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = vec![0f32; g.o];
+            &zeros
+        }
+    };
+    let direct = w.f32_view();
+    let whole = nb_max >= g.o;
+    let kdim = 9 * g.c;
+    let u = grow(bufs.weight, nb_max * a2 * g.c);
+    let widened = match direct {
+        Some(_) => &mut bufs.widened[..0],
+        None => grow(bufs.widened, nb_max * kdim),
+    };
+    let mut load_panel = |o0: usize, nb: usize, u: &mut [f32]| {
+        let rows = match direct {
+            Some(wf) => &wf[o0 * kdim..][..nb * kdim],
+            None => {
+                w.widen_into(o0 * kdim, &mut widened[..nb * kdim]);
+                &widened[..nb * kdim]
+            }
+        };
+        transform_weight(v, rows, g.c, &mut u[..nb * a2 * g.c]);
+    };
+    if whole {
+        load_panel(0, g.o, u);
+    }
+    let vt = grow(bufs.input, g.c * a2 * rows_max * st);
+    let prod = grow(bufs.prod, nb_max * a2 * rows_max * st);
+    let image = g.c * g.h * g.w;
+    for (bi, ob) in out
+        .chunks_exact_mut(g.o * ho * wo)
+        .enumerate()
+        .take(g.batch)
+    {
+        let xb = &x[bi * image..][..image];
+        for r0 in (0..th).step_by(rows_max) {
+            let rows = rows_max.min(th - r0);
+            let tc = rows * st;
+            transform_input(v, xb, g, r0, rows, &mut vt[..g.c * a2 * tc]);
+            for o0 in (0..g.o).step_by(nb_max) {
+                let nb = nb_max.min(g.o - o0);
+                if !whole {
+                    load_panel(o0, nb, u);
+                }
+                let uo = if whole { &u[o0 * a2 * g.c..] } else { &u[..] };
+                let (up, vp, pp) = (
+                    Shared(uo.as_ptr() as *mut f32),
+                    Shared(vt.as_ptr() as *mut f32),
+                    Shared(prod.as_mut_ptr()),
+                );
+                // The a^2 products are independent: one per thread at a time, each GEMM
+                // single-threaded, so no product waits on another's threads.
+                (0..a2).into_par_iter().for_each(|xi| {
+                    let (up, vp, pp) = (up, vp, pp);
+                    // SAFETY: product xi reads rows xi of u [nb][a2][C] and vt [C][a2][tc],
+                    // and writes row xi of prod [nb][a2][tc], which no other xi writes; every
+                    // extent lies inside the buffers grown above.
+                    unsafe {
+                        gemm::gemm(
+                            nb,
+                            tc,
+                            g.c,
+                            pp.0.add(xi * tc),
+                            1,
+                            (a2 * tc) as isize,
+                            false,
+                            up.0.add(xi * g.c),
+                            1,
+                            (a2 * g.c) as isize,
+                            vp.0.add(xi * tc),
+                            1,
+                            (a2 * tc) as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    }
+                });
+                transform_output(
+                    v,
+                    &prod[..nb * a2 * tc],
+                    r0,
+                    rows,
+                    (ho, wo),
+                    &bias[o0..o0 + nb],
+                    &mut ob[o0 * ho * wo..(o0 + nb) * ho * wo],
+                );
+            }
+        }
+    }
+}
