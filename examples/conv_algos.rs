@@ -19,8 +19,8 @@ fn main() -> ldm_edge::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(5usize);
-    // (batch, in channels, out channels, side): the UNet's 3x3 convs at 32x32 and 64x64
-    // latents, and decoder layers at 256 and 512 px.
+    // (batch, in channels, out channels, side): SD-1.5's UNet 3x3 convs at 32x32 and 64x64
+    // latents and decoder layers at 256 and 512 px, then narrow layers.
     let shapes = [
         (1, 320, 320, 64),
         (2, 320, 320, 64),
@@ -28,6 +28,9 @@ fn main() -> ldm_edge::Result<()> {
         (1, 320, 320, 32),
         (2, 320, 320, 32),
         (1, 640, 640, 32),
+        (1, 1280, 1280, 32),
+        (1, 1920, 640, 32),
+        (1, 960, 320, 64),
         (1, 640, 640, 16),
         (1, 1280, 1280, 16),
         (2, 1280, 1280, 16),
@@ -36,6 +39,13 @@ fn main() -> ldm_edge::Result<()> {
         (1, 256, 256, 128),
         (1, 128, 128, 256),
         (1, 128, 128, 512),
+        // The shipped shapes model's decoder (32-64 channels at 8-32 px) and narrow layers.
+        (1, 64, 64, 16),
+        (1, 64, 32, 32),
+        (1, 32, 32, 32),
+        (1, 32, 3, 32),
+        (1, 64, 64, 32),
+        (1, 128, 128, 32),
     ];
     let mut seed = 1u64;
     let mut rnd = move || {

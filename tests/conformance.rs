@@ -281,21 +281,20 @@ fn conv2d() {
     );
 }
 
-/// Stride-1 3x3 convolutions with at least 64 output tiles of 4x4 run Winograd F(4x4, 3x3) on
-/// the compact plan (`backend::cpu::compact::winograd`): partial tiles at the right and
-/// bottom edges, asymmetric and no padding, input chunks and weight panels.
+/// Stride-1 3x3 convolutions of 32x32 outputs and up, with at least 64 input and 32 output
+/// channels, run Winograd on the compact plan (`backend::cpu::compact::winograd::choose`):
+/// F(2x2, 3x3) from 32x32, F(4x4, 3x3) from 64x64, here with partial tiles at the right and
+/// bottom edges and asymmetric padding. Weight panels and input chunks are covered by the
+/// module's unit tests, which can shrink the scratch limits.
 #[test]
 fn conv2d_winograd() {
     suite(
         "conv2d_winograd",
         cases![
-            "x[1,8,32,32] w[5,8,3,3] p1 bias" => |c| conv(c, &[1, 8, 32, 32], &[5, 8, 3, 3], true, 1, [1; 4]),
-            "x[2,7,33,35] w[6,7,3,3] p1 nobias" => |c| conv(c, &[2, 7, 33, 35], &[6, 7, 3, 3], false, 1, [1; 4]),
-            "x[1,5,37,45] w[4,5,3,3] p[0,1,2,0] bias" => |c| conv(c, &[1, 5, 37, 45], &[4, 5, 3, 3], true, 1, [0, 1, 2, 0]),
-            "x[1,3,40,34] w[3,3,3,3] p0 bias" => |c| conv(c, &[1, 3, 40, 34], &[3, 3, 3, 3], true, 1, [0; 4]),
-            "x[1,64,32,32] w[64,64,3,3] p1 bias" => |c| conv(c, &[1, 64, 32, 32], &[64, 64, 3, 3], true, 1, [1; 4]),
-            "x[1,300,96,96] w[2,300,3,3] p1 (input chunks)" => |c| conv(c, &[1, 300, 96, 96], &[2, 300, 3, 3], true, 1, [1; 4]),
-            "x[2,400,32,32] w[150,400,3,3] p1 (weight panels)" => |c| conv(c, &[2, 400, 32, 32], &[150, 400, 3, 3], true, 1, [1; 4]),
+            "x[1,64,32,32] w[32,64,3,3] p1 bias (F2)" => |c| conv(c, &[1, 64, 32, 32], &[32, 64, 3, 3], true, 1, [1; 4]),
+            "x[2,64,33,35] w[40,64,3,3] p1 nobias (F2)" => |c| conv(c, &[2, 64, 33, 35], &[40, 64, 3, 3], false, 1, [1; 4]),
+            "x[1,64,64,64] w[32,64,3,3] p1 bias (F4)" => |c| conv(c, &[1, 64, 64, 64], &[32, 64, 3, 3], true, 1, [1; 4]),
+            "x[1,65,67,70] w[33,65,3,3] p[0,1,2,0] bias (F4)" => |c| conv(c, &[1, 65, 67, 70], &[33, 65, 3, 3], true, 1, [0, 1, 2, 0]),
         ],
     );
 }

@@ -18,6 +18,11 @@ use std::sync::Mutex;
 const PANEL: usize = 2 << 20;
 /// Largest im2col chunk: 16 MiB.
 const COLS: usize = 4 << 20;
+/// Largest Winograd input chunk and product: 32 MiB each. The transformed weight panel is
+/// rebuilt for every chunk, so a chunk must hold enough tiles to amortize it: at 16 MiB a
+/// 1280-channel layer at 32x32 took two chunks and ran 1.18x faster than im2col, at 32 MiB one
+/// chunk and 1.36x (`examples/conv_algos.rs`).
+const WINOGRAD_COLS: usize = 8 << 20;
 /// Attention rows per task are chosen so one task's scores take about 4 MiB: each task packs
 /// its head's keys and values for the GEMMs, so taller query blocks amortize that (SD-1.5 at
 /// 64x64 latents, 4096 keys: 256 rows per block instead of 64 took attention from 562-578 ms
@@ -357,7 +362,7 @@ pub fn conv2d_with(
                 weight: &mut s.xt,
                 prod: &mut s.prod,
             };
-            winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, COLS));
+            winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, WINOGRAD_COLS));
         });
         return;
     }
@@ -802,7 +807,7 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
                 pads,
             };
             if let Some(v) = winograd::choose(&g).variant() {
-                return winograd::scratch_values(v, &g, PANEL, COLS);
+                return winograd::scratch_values(v, &g, PANEL, WINOGRAD_COLS);
             }
             let k = numel(&w[1..]);
             let (b, o) = (node.shape[0] as u64, w[0] as u64);

@@ -119,14 +119,15 @@ fn forced() -> Option<Algo> {
     })
 }
 
-/// The algorithm for a layer: F(4x4) for stride-1 3x3 kernels whose images hold at least 64
-/// output tiles (32x32 outputs and up), im2col otherwise.
+/// The algorithm for a layer: Winograd for stride-1 3x3 kernels with enough tiles and
+/// channels for its GEMMs to be wide, F(4x4) from 64x64 outputs, F(2x2) from 32x32.
 ///
-/// Measured on the SD-1.5 shapes (`cargo run --release --example conv_algos`, 2 cores,
-/// AVX-512, f32 weights): F(4x4) is 2.1-2.3x faster than im2col at 64x64 and 1.9-2.3x on the
-/// decoder's 128-512 px layers, 1.3-1.4x at 32x32 (F(2x2) the same there); at 16x16 both
-/// variants are slower (0.5-0.7x): the per-call weight transform of a 1280x1280 layer costs
-/// more than 64 tiles save, and the GEMMs are too narrow.
+/// Measured on SD-1.5's layer shapes (`cargo run --release --example conv_algos`, 2 cores,
+/// AVX-512, f32 weights, median of 3): against im2col, F(4x4) is 2.0-2.5x faster at 64x64 and
+/// about 2x on the decoder's 128-512 px layers; at 32x32 F(2x2) is 1.24-1.57x and F(4x4) no
+/// better at 15x the rounding error. At 16x16 both are slower (0.7-0.85x: the weight transform,
+/// redone every call, costs more than 64 tiles save). Layers with under 64 input or 32 output
+/// channels (the shipped model's 32-channel decoder top, any conv_out) are faster on im2col.
 pub fn choose(g: &ConvShape) -> Algo {
     if g.kh != 3 || g.kw != 3 || g.stride != 1 {
         return Algo::Im2col;
@@ -135,8 +136,13 @@ pub fn choose(g: &ConvShape) -> Algo {
         return a;
     }
     let (ho, wo) = g.out_hw();
-    if ho.div_ceil(4) * wo.div_ceil(4) >= 64 {
+    let tiles = |m: usize| ho.div_ceil(m) * wo.div_ceil(m);
+    if g.c < 64 || g.o < 32 {
+        Algo::Im2col
+    } else if tiles(4) >= 256 {
         Algo::F4
+    } else if tiles(2) >= 256 {
+        Algo::F2
     } else {
         Algo::Im2col
     }
@@ -155,7 +161,12 @@ pub fn blocks(v: &Variant, g: &ConvShape, panel: usize, cols: usize) -> Blocks {
     let (ho, wo) = g.out_hw();
     let (th, st) = (ho.div_ceil(v.m), stride(v, wo));
     let a2 = v.a * v.a;
-    let panel_rows = (panel / (a2 * g.c).max(1)).clamp(1, g.o.max(1));
+    let mut panel_rows = (panel / (a2 * g.c).max(1)).clamp(1, g.o.max(1));
+    // Whole multiples of the GEMM's 16-row register block: a 102-row panel of a 1280-channel
+    // layer ran its last 6 rows through the slow edge kernel in every one of 13 panels.
+    if panel_rows < g.o && panel_rows >= 16 {
+        panel_rows -= panel_rows % 16;
+    }
     let widest = g.c.max(panel_rows);
     let tile_rows = (cols / (a2 * widest * st).max(1)).clamp(1, th.max(1));
     Blocks {
@@ -208,9 +219,9 @@ fn weight_row_body(
 ) {
     let a = v.a;
     // wt[k][c] = wo[c][k]: the channel becomes the contiguous, vectorized axis.
-    for (ci, k9) in wo.chunks_exact(9).enumerate() {
-        for (k, &val) in k9.iter().enumerate() {
-            wt[k * c + ci] = val;
+    for (k, row) in wt.chunks_exact_mut(c).enumerate().take(9) {
+        for (d, k9) in row.iter_mut().zip(wo.chunks_exact(9)) {
+            *d = k9[k];
         }
     }
     // t[yi][kx][c] = sum_ky G[yi][ky] w[ky][kx][c]
@@ -574,6 +585,167 @@ pub fn conv2d(
                     &mut ob[o0 * ho * wo..(o0 + nb) * ho * wo],
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::quant::{dequantize_q8, quantize_q8};
+    use crate::format::{DType, SharedBytes};
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Direct convolution in f64: the definition, with nothing shared with the kernels.
+    fn naive(x: &[f32], g: &ConvShape, w: &[f32], bias: &[f32]) -> Vec<f64> {
+        let (ho, wo) = g.out_hw();
+        let mut out = vec![0f64; g.batch * g.o * ho * wo];
+        for b in 0..g.batch {
+            for o in 0..g.o {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = bias[o] as f64;
+                        for c in 0..g.c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy + ky) as isize - g.pads[0] as isize;
+                                    let ix = (ox + kx) as isize - g.pads[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((b * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    acc += xv as f64 * w[((o * g.c + c) * 3 + ky) * 3 + kx] as f64;
+                                }
+                            }
+                        }
+                        out[((b * g.o + o) * ho + oy) * wo + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Max error relative to the largest output, of `v` on `g` with scratch limits
+    /// `(panel, cols)` small enough to force several weight panels and input chunks.
+    fn rel_err(v: &Variant, g: ConvShape, q8: bool, limits: (usize, usize)) -> f64 {
+        let x = data(g.batch * g.c * g.h * g.w, 1);
+        let mut wf = data(g.o * g.c * 9, 2);
+        let bias = data(g.o, 3);
+        let w = if q8 {
+            let bytes = quantize_q8(&wf);
+            wf = dequantize_q8(&bytes, wf.len());
+            CompactWeight::new(DType::Q8, &[g.o, g.c, 3, 3], SharedBytes::from_vec(bytes)).unwrap()
+        } else {
+            CompactWeight::from_f32(&[g.o, g.c, 3, 3], &wf).unwrap()
+        };
+        let (ho, wo) = g.out_hw();
+        let mut out = vec![f32::NAN; g.batch * g.o * ho * wo];
+        let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
+        let bufs = Buffers {
+            widened: &mut a,
+            input: &mut b,
+            weight: &mut c,
+            prod: &mut d,
+        };
+        conv2d(v, &x, &g, &w, Some(&bias), &mut out, bufs, limits);
+        let r = naive(&x, &g, &wf, &bias);
+        let scale = r.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        let err = out.iter().zip(&r).fold(0f64, |m, (&o, &r)| {
+            let d = (o as f64 - r).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                m.max(d)
+            }
+        });
+        err / scale
+    }
+
+    fn shape(batch: usize, c: usize, h: usize, w: usize, o: usize, pads: [usize; 4]) -> ConvShape {
+        ConvShape {
+            batch,
+            c,
+            h,
+            w,
+            o,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pads,
+        }
+    }
+
+    #[test]
+    fn variants_match_a_direct_convolution() {
+        let shapes = [
+            shape(1, 5, 8, 8, 3, [1; 4]),
+            shape(2, 7, 13, 11, 6, [1; 4]),
+            shape(1, 4, 9, 17, 5, [0, 1, 2, 0]),
+            shape(1, 3, 6, 5, 2, [0; 4]),
+            shape(3, 9, 21, 19, 10, [2, 0, 1, 2]),
+        ];
+        let big = (usize::MAX / 64, usize::MAX / 64);
+        for v in [&F2, &F4] {
+            for g in shapes {
+                for q8 in [false, true] {
+                    // Whole, then limits that split the weight into panels of one or two output
+                    // channels and the input into chunks of one tile row.
+                    for limits in [big, (v.a * v.a * g.c * 2, 1)] {
+                        let e = rel_err(v, g, q8, limits);
+                        let tol = if v.m == 2 { 2e-6 } else { 2e-5 };
+                        assert!(
+                            e <= tol,
+                            "F({m}) {g:?} q8 {q8} limits {limits:?}: {e:.2e}",
+                            m = v.m
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scratch_values_bound_what_the_layer_grows() {
+        let g = shape(2, 70, 40, 37, 50, [1; 4]);
+        for v in [&F2, &F4] {
+            let limits = (v.a * v.a * g.c * 7, 200_000);
+            let [pw, pi, pu, pp] = scratch_values(v, &g, limits.0, limits.1);
+            let x = data(g.batch * g.c * g.h * g.w, 1);
+            let w = CompactWeight::new(
+                DType::Q8,
+                &[g.o, g.c, 3, 3],
+                SharedBytes::from_vec(quantize_q8(&data(g.o * g.c * 9, 2))),
+            )
+            .unwrap();
+            let (ho, wo) = g.out_hw();
+            let mut out = vec![0f32; g.batch * g.o * ho * wo];
+            let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
+            let bufs = Buffers {
+                widened: &mut a,
+                input: &mut b,
+                weight: &mut c,
+                prod: &mut d,
+            };
+            conv2d(v, &x, &g, &w, None, &mut out, bufs, limits);
+            assert_eq!(
+                [a.len(), b.len(), c.len(), d.len()].map(|n| n as u64),
+                [pw, pi, pu, pp]
+            );
+            assert!(pu <= limits.0 as u64 && pi <= limits.1 as u64 && pp <= limits.1 as u64);
         }
     }
 }
