@@ -25,6 +25,9 @@ pub struct StageMemory {
     pub stage: &'static str,
     pub weights: u64,
     pub activations: u64,
+    /// The CPU kernels' scratch (part of `activations`): one process-wide set, freed between
+    /// stages unless plans are kept.
+    pub scratch: u64,
     /// Bytes of the stage's values big enough for the caching allocator to keep once freed
     /// ([`crate::alloc::BIG`]): what its cache can hold from this stage, at most.
     pub cacheable: u64,
@@ -105,13 +108,14 @@ impl MemoryPlan {
         }
     }
 
-    /// What kept plans add to the peak: at each stage, every other stage's plan is alive. A
-    /// plan is counted at its stage's weights (and device memory, where that is the host's):
-    /// exact for plans that own f32 copies or device buffers, an upper bound for the compact
-    /// CPU plan, whose weights are mapped pages released when a stage ends.
+    /// What kept plans add to the peak: at each stage, every other stage's plan is alive, and
+    /// the kernels' scratch is at its largest over all stages (with plans kept, neither the
+    /// weights' mapped pages nor the scratch are released between stages). A plan is counted
+    /// at its stage's weights (and device memory, where that is the host's).
     fn kept_cost(&self) -> u64 {
         let held = |s: &StageMemory| s.weights + if s.device_in_host { s.device } else { 0 };
         let all: u64 = self.stages.iter().map(held).sum();
+        let scratch = self.stages.iter().map(|s| s.scratch).max().unwrap_or(0);
         let worst = self
             .stages
             .iter()
@@ -121,7 +125,7 @@ impl MemoryPlan {
         let with = self
             .stages
             .iter()
-            .map(|s| s.total() + all - held(s))
+            .map(|s| s.total() + all - held(s) + scratch - s.scratch)
             .max()
             .unwrap_or(0);
         with - worst
@@ -412,6 +416,7 @@ impl Pipeline<'_> {
             stage,
             weights: largest + 2 * 4096 * stored.len() as u64,
             activations: m.upload_overhead() + largest + outputs.iter().sum::<u64>() + extra,
+            scratch: 0,
             cacheable: stored.iter().chain(&outputs).filter(|&&b| b >= big).sum(),
             device,
             device_in_host: m.unified(),
@@ -439,6 +444,7 @@ impl Pipeline<'_> {
                 .unwrap_or(0)
                 + scratch_bytes(graphs)
                 + extra,
+            scratch: scratch_bytes(graphs),
             cacheable: graphs
                 .iter()
                 .map(|g| memory::big_value_bytes(g, crate::alloc::BIG as u64))
@@ -724,6 +730,7 @@ mod tests {
             stage,
             weights,
             activations,
+            scratch: 0,
             cacheable: 0,
             device: 0,
             device_in_host: false,
@@ -757,5 +764,9 @@ mod tests {
         assert!(p.fits());
         p.budget = Some(200);
         assert!(!p.fits());
+        // Scratch stays at its largest: the UNet's 15 sits in the decoder stage too.
+        p.stages[1].scratch = 15;
+        p.stages[2].scratch = 5;
+        assert_eq!(p.kept_cost(), 55);
     }
 }

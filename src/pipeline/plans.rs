@@ -75,6 +75,11 @@ impl PlanStore {
         self.0.borrow_mut().kept.clear();
     }
 
+    /// Whether returned plans are being kept.
+    pub fn keeping(&self) -> bool {
+        self.0.borrow().keeping
+    }
+
     /// Whether returned plans are kept (the memory planner turns this off for a request
     /// whose budget has no room for them); turning it off drops the kept ones.
     pub fn set_keeping(&self, on: bool) {
