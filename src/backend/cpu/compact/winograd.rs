@@ -225,33 +225,33 @@ fn weight_row_body(
         }
     }
     // t[yi][kx][c] = sum_ky G[yi][ky] w[ky][kx][c]
-    t.fill(0.0);
     for yi in 0..a {
-        for ky in 0..3 {
-            let s = v.g[yi * 3 + ky];
-            if s == 0.0 {
-                continue;
-            }
-            for kx in 0..3 {
-                axpy(
-                    s,
-                    &wt[(ky * 3 + kx) * c..][..c],
-                    &mut t[(yi * 3 + kx) * c..][..c],
-                );
-            }
+        for kx in 0..3 {
+            let dst = &mut t[(yi * 3 + kx) * c..][..c];
+            combine(dst, 0.0, &v.g[yi * 3..][..3], |ky| {
+                &wt[(ky * 3 + kx) * c..][..c]
+            });
         }
     }
     // u[yi][xi][c] = sum_kx G[xi][kx] t[yi][kx][c]
-    uo.fill(0.0);
     for yi in 0..a {
         for xi in 0..a {
             let dst = &mut uo[(yi * a + xi) * c..][..c];
-            for kx in 0..3 {
-                let s = v.g[xi * 3 + kx];
-                if s != 0.0 {
-                    axpy(s, &t[(yi * 3 + kx) * c..][..c], dst);
-                }
-            }
+            combine(dst, 0.0, &v.g[xi * 3..][..3], |kx| {
+                &t[(yi * 3 + kx) * c..][..c]
+            });
+        }
+    }
+}
+
+/// `dst = init + sum_k row[k] src(k)`, skipping zero coefficients: one row of a transform
+/// matrix applied to whole vectors of tiles.
+#[inline(always)]
+fn combine<'a>(dst: &mut [f32], init: f32, row: &[f32], src: impl Fn(usize) -> &'a [f32]) {
+    dst.fill(init);
+    for (k, &c) in row.iter().enumerate() {
+        if c != 0.0 {
+            axpy(c, src(k), dst);
         }
     }
 }
@@ -345,26 +345,18 @@ fn input_channel_body(
     for i in 0..a {
         for xi in 0..a {
             let dst = &mut r[(i * a + xi) * tc..][..tc];
-            dst.fill(0.0);
-            for j in 0..a {
-                let c = v.bt[xi * a + j];
-                if c != 0.0 {
-                    axpy(c, &ph[(i * m + j % m) * len + j / m..][..tc], dst);
-                }
-            }
+            combine(dst, 0.0, &v.bt[xi * a..][..a], |j| {
+                &ph[(i * m + j % m) * len + j / m..][..tc]
+            });
         }
     }
     // vc[yi][xi][t] = sum_i B^T[yi][i] r[i][xi][t]
     for yi in 0..a {
         for xi in 0..a {
             let dst = &mut vc[(yi * a + xi) * tc..][..tc];
-            dst.fill(0.0);
-            for i in 0..a {
-                let c = v.bt[yi * a + i];
-                if c != 0.0 {
-                    axpy(c, &r[(i * a + xi) * tc..][..tc], dst);
-                }
-            }
+            combine(dst, 0.0, &v.bt[yi * a..][..a], |i| {
+                &r[(i * a + xi) * tc..][..tc]
+            });
         }
     }
 }
@@ -417,26 +409,18 @@ fn output_channel_body(
     for yi in 0..a {
         for ux in 0..m {
             let dst = &mut s[(yi * m + ux) * tc..][..tc];
-            dst.fill(0.0);
-            for xi in 0..a {
-                let c = v.at[ux * a + xi];
-                if c != 0.0 {
-                    axpy(c, &mo[(yi * a + xi) * tc..][..tc], dst);
-                }
-            }
+            combine(dst, 0.0, &v.at[ux * a..][..a], |xi| {
+                &mo[(yi * a + xi) * tc..][..tc]
+            });
         }
     }
     // y[uy][ux][t] = bias + sum_yi A^T[uy][yi] s[yi][ux][t]
     for uy in 0..m {
         for ux in 0..m {
             let dst = &mut y[(uy * m + ux) * tc..][..tc];
-            dst.fill(b);
-            for yi in 0..a {
-                let c = v.at[uy * a + yi];
-                if c != 0.0 {
-                    axpy(c, &s[(yi * m + ux) * tc..][..tc], dst);
-                }
-            }
+            combine(dst, b, &v.at[uy * a..][..a], |yi| {
+                &s[(yi * m + ux) * tc..][..tc]
+            });
         }
     }
     let tw = wo.div_ceil(m);
