@@ -167,6 +167,16 @@ fn conv(x: &[usize], w: &[usize], bias: bool, stride: usize, pads: [usize; 4]) -
     b.finish(&[y])
 }
 
+fn embedding(vocab: usize, d: usize, ids: &[usize]) -> B {
+    let mut b = B::default();
+    let n: usize = ids.iter().product();
+    let table = b.param(&[vocab, d]);
+    let id_data = (0..n).map(|i| ((i * 5 + 3) % vocab) as f32).collect();
+    let ii = b.input_with(ids, id_data);
+    let y = b.op(Op::Embedding, &[table, ii]);
+    b.finish(&[y])
+}
+
 fn linear(x: &[usize], w: &[usize], bias: bool) -> B {
     let mut b = B::default();
     let xi = b.input(x);
@@ -583,6 +593,17 @@ fn quantized_and_f16_weights_match_reference() {
             (
                 "conv [1,64,4,4]*[40,64,3,3] split-K".into(),
                 conv(&[1, 64, 4, 4], &[40, 64, 3, 3], true, 1, [1; 4]),
+            ),
+            // Tables are read in their stored format too (SD's token table: 40 MiB as q8,
+            // 145 MiB as f32), including a last partial block.
+            ("embedding [7,5] ids [4]".into(), embedding(7, 5, &[4])),
+            (
+                "embedding [64,33] ids [1,16]".into(),
+                embedding(64, 33, &[1, 16]),
+            ),
+            (
+                "embedding [100,48] ids [2,77]".into(),
+                embedding(100, 48, &[2, 77]),
             ),
         ];
         for (label, b) in cases {

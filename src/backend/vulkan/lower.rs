@@ -20,7 +20,7 @@ pub enum Storage {
     Weight(usize),
 }
 
-/// How a matrix weight (of Linear or Conv2d) is stored on the device.
+/// How a matrix weight (of Linear or Conv2d) or an embedding table is stored on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightFmt {
     F32,
@@ -275,9 +275,15 @@ pub fn lower_with(
         // Place the output (before freeing inputs, so it never overlaps what it reads).
         match &node.op {
             Op::Param { path } => {
+                // Weights the kernels read in their stored format: matrices of linear and conv
+                // layers, and embedding tables (SD's 49408 x 768 token table binds 40 MiB as
+                // q8, under the 128 MiB storage binding of llvmpipe and many mobile GPUs, where
+                // its f32 copy, 145 MiB, does not).
                 let matrix = !readers[i].is_empty()
-                    && readers[i].iter().all(|&(r, pos)| {
-                        pos == 1 && matches!(g.nodes[r].op, Op::Linear | Op::Conv2d { .. })
+                    && readers[i].iter().all(|&(r, pos)| match g.nodes[r].op {
+                        Op::Linear | Op::Conv2d { .. } => pos == 1,
+                        Op::Embedding => pos == 0,
+                        _ => false,
                     });
                 let fmt = if matrix { fmt_of(path) } else { WeightFmt::F32 };
                 wfmt[i] = fmt;
@@ -590,10 +596,10 @@ pub fn lower_with(
                 if let Some(&k) = input_pos.get(&node.inputs[1]) {
                     id_checks.push((k, ts[0]));
                 }
-                let push = vec![u(on)?, u(ts[1])?, u(ts[0])?];
+                let push = vec![u(on)?, u(ts[1])?, u(ts[0])?, u(numel(ts).div_ceil(32))?];
                 step(
-                    "embedding".into(),
-                    vec![arg(0)?, arg(1)?, out],
+                    format!("embedding_{}", wfmt[node.inputs[0]].suffix()),
+                    vec![arg(1)?, arg(0)?, out],
                     push,
                     elementwise(on),
                 );
