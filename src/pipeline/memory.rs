@@ -434,6 +434,7 @@ impl Pipeline<'_> {
         extra: u64,
         backend: &str,
     ) -> StageMemory {
+        let scratch = scratch_bytes(graphs);
         StageMemory {
             stage,
             weights: paths.iter().map(|p| self.held_bytes(p, backend)).sum(),
@@ -442,9 +443,9 @@ impl Pipeline<'_> {
                 .map(|g| memory::activation_peak(g, transient_bytes))
                 .max()
                 .unwrap_or(0)
-                + scratch_bytes(graphs)
+                + scratch
                 + extra,
-            scratch: scratch_bytes(graphs),
+            scratch,
             cacheable: graphs
                 .iter()
                 .map(|g| memory::big_value_bytes(g, crate::alloc::BIG as u64))

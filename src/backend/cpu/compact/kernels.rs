@@ -81,7 +81,7 @@ fn threads() -> Parallelism {
     }
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+pub(super) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
     }
@@ -90,10 +90,10 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// A strided matrix operand: pointer, row stride, column stride (in elements).
 #[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+pub(super) struct Mat {
+    pub(super) ptr: *const f32,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 /// `dst[m x n] = (dst if accumulate) + s * lhs[m x k] rhs[k x n]`.
@@ -101,7 +101,7 @@ struct Mat {
 /// # Safety
 /// Every operand must address valid memory for its extent; `dst` must not alias the others.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
+pub(super) unsafe fn matmul(
     m: usize,
     n: usize,
     k: usize,
@@ -278,6 +278,21 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// The geometry of `x [B, C, H, W]` convolved with `w [O, C, kh, kw]`.
+    pub fn new(x: &[usize], w: &[usize], stride: usize, pads: [usize; 4]) -> Self {
+        ConvShape {
+            batch: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            o: w[0],
+            kh: w[2],
+            kw: w[3],
+            stride,
+            pads,
+        }
+    }
+
     pub fn out_hw(&self) -> (usize, usize) {
         let ho = (self.h + self.pads[0] + self.pads[2] - self.kh) / self.stride + 1;
         let wo = (self.w + self.pads[1] + self.pads[3] - self.kw) / self.stride + 1;
@@ -531,8 +546,9 @@ pub fn embedding(table: &CompactWeight, ids: &[usize], out: &mut [f32]) {
     }
 }
 
+/// Shares a raw pointer with the tasks of one parallel loop.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint regions of one output buffer that outlives them.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -794,18 +810,7 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
         }
         Op::Conv2d { stride, pads } => {
             let w = &graph.nodes[node.inputs[1]].shape;
-            let x = &graph.nodes[node.inputs[0]].shape;
-            let g = ConvShape {
-                batch: x[0],
-                c: x[1],
-                h: x[2],
-                w: x[3],
-                o: w[0],
-                kh: w[2],
-                kw: w[3],
-                stride,
-                pads,
-            };
+            let g = ConvShape::new(&graph.nodes[node.inputs[0]].shape, w, stride, pads);
             if let Some(v) = winograd::choose(&g).variant() {
                 return winograd::scratch_values(v, &g, PANEL, WINOGRAD_COLS);
             }

@@ -144,17 +144,7 @@ impl CompactOp {
                 let xs = dims(&inputs[0], 4, "conv input")?;
                 let ws = &weight.shape;
                 ensure!(ws[1] == xs[1], "conv weight {ws:?} on input {xs:?}");
-                let g = ConvShape {
-                    batch: xs[0],
-                    c: xs[1],
-                    h: xs[2],
-                    w: xs[3],
-                    o: ws[0],
-                    kh: ws[2],
-                    kw: ws[3],
-                    stride: *stride,
-                    pads: *pads,
-                };
+                let g = ConvShape::new(&xs, ws, *stride, *pads);
                 let (ho, wo) = g.out_hw();
                 ensure!(
                     self.out_shape == [g.batch, g.o, ho, wo],

@@ -11,7 +11,7 @@
 //! rows (at most `COLS` values), the transformed weight a panel of output channels (at most
 //! `PANEL` values), widened from the stored dtype and transformed per call, so a q8 weight is
 //! never kept in f32.
-use super::kernels::ConvShape;
+use super::kernels::{grow, matmul, ConvShape, Mat, SendPtr};
 use super::math::multiversion;
 use super::weight::CompactWeight;
 use rayon::prelude::*;
@@ -184,14 +184,6 @@ pub fn scratch_values(v: &Variant, g: &ConvShape, panel: usize, cols: usize) -> 
     let (a2, nb, c) = ((v.a * v.a) as u64, b.panel_rows as u64, g.c as u64);
     [nb * 9 * c, c * a2 * tc, nb * a2 * c, nb * a2 * tc]
 }
-
-/// Shares a raw pointer with the threads of one parallel loop, each of which touches a part
-/// of the buffer no other touches.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: only used where the parallel iterations write disjoint elements (see each use).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
 
 /// `u[o][xi][c] = (G w[o][c] G^T)[xi]` for the `nb` weight rows `w [nb, C, 3, 3]`.
 fn transform_weight(v: &Variant, w: &[f32], c: usize, u: &mut [f32]) {
@@ -451,14 +443,8 @@ pub struct Buffers<'a> {
     pub prod: &'a mut Vec<f32>,
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
-}
-
 /// `out[B, O, Ho, Wo] = conv3x3(x[B, C, H, W], w[O, C, 3, 3]) (+ bias[O])`, stride 1.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     v: &Variant,
     x: &[f32],
@@ -524,37 +510,36 @@ pub fn conv2d(
                 }
                 let uo = if whole { &u[o0 * a2 * g.c..] } else { &u[..] };
                 let (up, vp, pp) = (
-                    Shared(uo.as_ptr() as *mut f32),
-                    Shared(vt.as_ptr() as *mut f32),
-                    Shared(prod.as_mut_ptr()),
+                    SendPtr(uo.as_ptr() as *mut f32),
+                    SendPtr(vt.as_ptr() as *mut f32),
+                    SendPtr(prod.as_mut_ptr()),
                 );
                 // The a^2 products are independent: one per thread at a time, each GEMM
                 // single-threaded, so no product waits on another's threads.
                 (0..a2).into_par_iter().for_each(|xi| {
                     let (up, vp, pp) = (up, vp, pp);
+                    let (ld_u, ld_v) = ((a2 * g.c) as isize, (a2 * tc) as isize);
                     // SAFETY: product xi reads rows xi of u [nb][a2][C] and vt [C][a2][tc],
                     // and writes row xi of prod [nb][a2][tc], which no other xi writes; every
                     // extent lies inside the buffers grown above.
                     unsafe {
-                        gemm::gemm(
+                        matmul(
                             nb,
                             tc,
                             g.c,
-                            pp.0.add(xi * tc),
-                            1,
-                            (a2 * tc) as isize,
+                            (pp.0.add(xi * tc), ld_v, 1),
                             false,
-                            up.0.add(xi * g.c),
-                            1,
-                            (a2 * g.c) as isize,
-                            vp.0.add(xi * tc),
-                            1,
-                            (a2 * tc) as isize,
-                            0.0,
+                            Mat {
+                                ptr: up.0.add(xi * g.c),
+                                rs: ld_u,
+                                cs: 1,
+                            },
+                            Mat {
+                                ptr: vp.0.add(xi * tc),
+                                rs: ld_v,
+                                cs: 1,
+                            },
                             1.0,
-                            false,
-                            false,
-                            false,
                             gemm::Parallelism::None,
                         )
                     }
@@ -623,6 +608,29 @@ mod tests {
         out
     }
 
+    /// Runs the layer on fresh buffers (the output starts as NaN, so a value never written
+    /// shows); returns the output and the lengths the buffers grew to.
+    fn run(
+        v: &Variant,
+        x: &[f32],
+        g: &ConvShape,
+        w: &CompactWeight,
+        bias: Option<&[f32]>,
+        limits: (usize, usize),
+    ) -> (Vec<f32>, [u64; 4]) {
+        let (ho, wo) = g.out_hw();
+        let mut out = vec![f32::NAN; g.batch * g.o * ho * wo];
+        let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
+        let bufs = Buffers {
+            widened: &mut a,
+            input: &mut b,
+            weight: &mut c,
+            prod: &mut d,
+        };
+        conv2d(v, x, g, w, bias, &mut out, bufs, limits);
+        (out, [a.len(), b.len(), c.len(), d.len()].map(|n| n as u64))
+    }
+
     /// Max error relative to the largest output, of `v` on `g` with scratch limits
     /// `(panel, cols)` small enough to force several weight panels and input chunks.
     fn rel_err(v: &Variant, g: ConvShape, q8: bool, limits: (usize, usize)) -> f64 {
@@ -636,16 +644,7 @@ mod tests {
         } else {
             CompactWeight::from_f32(&[g.o, g.c, 3, 3], &wf).unwrap()
         };
-        let (ho, wo) = g.out_hw();
-        let mut out = vec![f32::NAN; g.batch * g.o * ho * wo];
-        let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
-        let bufs = Buffers {
-            widened: &mut a,
-            input: &mut b,
-            weight: &mut c,
-            prod: &mut d,
-        };
-        conv2d(v, &x, &g, &w, Some(&bias), &mut out, bufs, limits);
+        let (out, _) = run(v, &x, &g, &w, Some(&bias), limits);
         let r = naive(&x, &g, &wf, &bias);
         let scale = r.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
         let err = out.iter().zip(&r).fold(0f64, |m, (&o, &r)| {
@@ -715,20 +714,8 @@ mod tests {
                 SharedBytes::from_vec(quantize_q8(&data(g.o * g.c * 9, 2))),
             )
             .unwrap();
-            let (ho, wo) = g.out_hw();
-            let mut out = vec![0f32; g.batch * g.o * ho * wo];
-            let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
-            let bufs = Buffers {
-                widened: &mut a,
-                input: &mut b,
-                weight: &mut c,
-                prod: &mut d,
-            };
-            conv2d(v, &x, &g, &w, None, &mut out, bufs, limits);
-            assert_eq!(
-                [a.len(), b.len(), c.len(), d.len()].map(|n| n as u64),
-                [pw, pi, pu, pp]
-            );
+            let (_, grown) = run(v, &x, &g, &w, None, limits);
+            assert_eq!(grown, [pw, pi, pu, pp]);
             assert!(pu <= limits.0 as u64 && pi <= limits.1 as u64 && pp <= limits.1 as u64);
         }
     }
