@@ -5,7 +5,8 @@
 //! the f32 copy of any weight is bounded and short-lived; the products run on the `gemm`
 //! crate's f32 kernels. Convolutions are im2col + GEMM over chunks of output positions (at
 //! most `COLS`, 4M values, of im2col at once), so a 512 px decoder layer never builds its
-//! gigabyte-sized column matrix.
+//! gigabyte-sized column matrix; stride-1 3x3 layers on large images run Winograd instead
+//! ([`super::winograd`]), in bounded chunks too.
 use super::math;
 use super::weight::CompactWeight;
 use super::winograd;
