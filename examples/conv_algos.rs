@@ -21,7 +21,7 @@ fn main() -> ldm_edge::Result<()> {
         .unwrap_or(5usize);
     // (batch, in channels, out channels, side): SD-1.5's UNet 3x3 convs at 32x32 and 64x64
     // latents and decoder layers at 256 and 512 px, then narrow layers.
-    let shapes = [
+    let default_shapes = [
         (1, 320, 320, 64),
         (2, 320, 320, 64),
         (1, 640, 320, 64),
@@ -47,6 +47,15 @@ fn main() -> ldm_edge::Result<()> {
         (1, 64, 64, 32),
         (1, 128, 128, 32),
     ];
+    // `--shapes b,c,o,side;b,c,o,side`: these layers instead.
+    let shapes: Vec<(usize, usize, usize, usize)> = match args.iter().position(|a| a == "--shapes")
+    {
+        Some(i) => args
+            .get(i + 1)
+            .map(|s| s.split(';').filter_map(parse_shape).collect())
+            .unwrap_or_default(),
+        None => default_shapes.to_vec(),
+    };
     let mut seed = 1u64;
     let mut rnd = move || {
         seed = seed
@@ -55,8 +64,18 @@ fn main() -> ldm_edge::Result<()> {
         ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
     println!(
-        "{:<22} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9}",
-        "shape b,c->o,side", "im2col ms", "f2 ms", "f4 ms", "f2 x", "f4 x", "f2 err", "f4 err"
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "shape b,c->o,side",
+        "im2col ms",
+        "f2 ms",
+        "f4 ms",
+        "direct ms",
+        "f2 x",
+        "f4 x",
+        "dir x",
+        "f2 err",
+        "f4 err",
+        "dir err"
     );
     for (b, c, o, side) in shapes {
         let g = ConvShape {
@@ -79,9 +98,9 @@ fn main() -> ldm_edge::Result<()> {
         } else {
             CompactWeight::from_f32(&[o, c, 3, 3], &wf)?
         };
-        let algos = [Algo::Im2col, Algo::F2, Algo::F4];
-        let mut outs = vec![vec![0f32; b * o * side * side]; 3];
-        let mut times = vec![Vec::new(); 3];
+        let algos = [Algo::Im2col, Algo::F2, Algo::F4, Algo::Direct];
+        let mut outs = vec![vec![0f32; b * o * side * side]; 4];
+        let mut times = vec![Vec::new(); 4];
         for _ in 0..reps + 1 {
             for (i, &a) in algos.iter().enumerate() {
                 let t = Instant::now();
@@ -95,6 +114,7 @@ fn main() -> ldm_edge::Result<()> {
             v[v.len() / 2]
         };
         let t: Vec<f64> = times.iter_mut().map(med).collect();
+
         let scale = outs[0].iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         let err = |k: usize| {
             outs[k]
@@ -106,7 +126,7 @@ fn main() -> ldm_edge::Result<()> {
         let pick = choose(&g);
         let mark = |a: Algo| if a == pick { "*" } else { " " };
         println!(
-            "{:<22} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>7.2} {:>7.2} {:>9.1e} {:>9.1e}",
+            "{:<22} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>7.2} {:>7.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e}",
             format!("{b},{c}->{o},{side}"),
             t[0],
             mark(Algo::Im2col),
@@ -114,11 +134,23 @@ fn main() -> ldm_edge::Result<()> {
             mark(Algo::F2),
             t[2],
             mark(Algo::F4),
+            t[3],
+            mark(Algo::Direct),
             t[0] / t[1],
             t[0] / t[2],
+            t[0] / t[3],
             err(1),
-            err(2)
+            err(2),
+            err(3)
         );
     }
     Ok(())
+}
+
+fn parse_shape(s: &str) -> Option<(usize, usize, usize, usize)> {
+    let v: Vec<usize> = s.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    match v[..] {
+        [b, c, o, side] => Some((b, c, o, side)),
+        _ => None,
+    }
 }

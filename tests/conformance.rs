@@ -22,6 +22,8 @@ const TOLERANCE: &[(&str, f64)] = &[
     // rounds a few times more than a direct product: 0.8-2e-5 of the output's largest value
     // on the SD-1.5 layer shapes (`examples/conv_algos.rs`).
     ("conv2d_winograd", 5e-5),
+    // A plain f32 dot product like im2col's, summed in another order.
+    ("conv2d_direct", 1e-5),
     ("linear", 1e-5),
     ("add", 1e-6),
     ("mul", 1e-6),
@@ -299,6 +301,22 @@ fn conv2d_winograd() {
     );
 }
 
+/// The compact CPU plan's AVX-512 direct convolution: chosen for 3x3 stride-1 layers of 512
+/// output pixels and more per call below Winograd's sizes (`winograd::choose`), with partial channel blocks and output
+/// groups, two K-groups, odd row runs and asymmetric padding. On a CPU without AVX-512 these
+/// run im2col (the kernel's own unit tests say SKIPPED there).
+#[test]
+fn conv2d_direct() {
+    suite(
+        "conv2d_direct",
+        cases![
+            "x[2,64,16,16] w[32,64,3,3] p1 bias" => |c| conv(c, &[2, 64, 16, 16], &[32, 64, 3, 3], true, 1, [1; 4]),
+            "x[4,70,13,11] w[45,70,3,3] p1 nobias" => |c| conv(c, &[4, 70, 13, 11], &[45, 70, 3, 3], false, 1, [1; 4]),
+            "x[2,200,17,19] w[40,200,3,3] p[0,1,2,0] bias" => |c| conv(c, &[2, 200, 17, 19], &[40, 200, 3, 3], true, 1, [0, 1, 2, 0]),
+        ],
+    );
+}
+
 fn linear(c: &mut Case, x: &[usize], out: usize, bias: bool) -> Result<NodeId> {
     let xi = c.input(x);
     let wi = c.param(&[out, *x.last().unwrap()]);
@@ -320,6 +338,8 @@ fn linear_() {
             "x[1,4,33] w[65,33] nobias (rows straddle blocks)" => |c| linear(c, &[1, 4, 33], 65, false),
             "x[1,300,40] w[100,40] bias (many rows: x w^T)" => |c| linear(c, &[1, 300, 40], 100, true),
             "x[2,100,40] w[70,40] nobias (w x^T, then transposed)" => |c| linear(c, &[2, 100, 40], 70, false),
+            "x[1,400,64] w[100,64] bias (w x^T at 257-512 rows)" => |c| linear(c, &[1, 400, 64], 100, true),
+            "x[1,600,64] w[100,64] bias (x w^T past 512 rows)" => |c| linear(c, &[1, 600, 64], 100, true),
         ],
     );
 }

@@ -6,7 +6,9 @@
 //! crate's f32 kernels. Convolutions are im2col + GEMM over chunks of output positions (at
 //! most `COLS`, 4M values, of im2col at once), so a 512 px decoder layer never builds its
 //! gigabyte-sized column matrix; stride-1 3x3 layers on large images run Winograd instead
-//! ([`super::winograd`]), in bounded chunks too.
+//! ([`super::winograd`]), in bounded chunks too, and on 16x16-level images an AVX-512 direct
+//! kernel ([`super::direct`]) where the CPU has it.
+use super::direct;
 use super::math;
 use super::weight::CompactWeight;
 use super::winograd;
@@ -125,34 +127,67 @@ fn panel_rows(rows: usize, cols: usize) -> usize {
     (PANEL / cols.max(1)).clamp(1, rows.max(1))
 }
 
-/// Whether a linear of `m` rows reads its weight faster as the left operand of `w x^T`
-/// (weight-major, like the convolutions) than as the right operand of `x w^T`.
+/// Whether a linear of `m` rows runs faster as `w x^T` (the weight as the GEMM's row-major
+/// left operand, `x` and the product transposed around it) than as `x w^T`.
 ///
 /// With few rows the product is bound by streaming the weight, and `x w^T` makes the GEMM
 /// pack the weight with a row stride of `k` values: at k = 5120 (20 KiB, a multiple of the
 /// 4 KiB cache-set period) every row of a packing step lands in the same cache sets. Measured
-/// on this machine, cold weights, 2 threads, `x w^T` against transpose + `w x^T` + transpose:
-/// 64x1280x5120 9.3 ms vs 2.0; 16x1280x1280 0.78 vs 0.33; 256x1280x5120 14.5 vs 7.6;
-/// 256x640x640 0.81 vs 0.56. With many rows, or a wide output, the two transposes cost more
-/// than they save: 1024x320x320 0.51 vs 1.57; 256x5120x640 4.2 vs 7.6; 256x10240x1280 18.1
-/// vs 22.5.
+/// on this machine (`cargo run --release --example linear_algos`: cold weights, 2 threads,
+/// the two transposes included, `x w^T` against `w x^T`, ms): 128x1280x5120 16.2 vs 5.5;
+/// 128x10240x1280 15.5 vs 11.9; 128x1280x1280 1.56 vs 1.15; 154x1280x768 1.15 vs 0.94;
+/// 512x640x2560 5.75 vs 4.9; 512x640x640 1.15 vs 1.10. With many rows and a wide output the
+/// transposes cost more than they save: 512x5120x640 8.4 vs 9.8; 2048x2560x320 8.5 vs 11.5;
+/// 2048x320x320 1.0 vs 1.6.
 fn streams_weight(m: usize, n: usize, k: usize) -> bool {
-    m <= 64 || (m <= 256 && n <= 2 * k)
+    m <= 256 || (m <= 512 && n <= 2 * k)
 }
 
-/// `dst[c, r] = src[r, c]`, in 32x32 tiles so both sides are read and written a cache line
-/// at a time.
+/// Transposing tile: 16 values (a cache line) of each of 16 rows.
+const T: usize = 16;
+
+/// `dst[c, r] = src[r, c]`, a 16x16 tile at a time through a local tile, so every read and
+/// every write is a whole 64-byte run. Writing one value per destination row instead (the
+/// first version) touched 32 lines a row stride apart, the same L1 set whenever the stride
+/// is a multiple of 4 KiB: 6 ms for a [10240, 128] product, now under 1.
 fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
-    const T: usize = 32;
     dst.par_chunks_mut(T * r.max(1))
         .enumerate()
         .for_each(|(cb, d)| {
             let (c0, cn) = (cb * T, T.min(c - cb * T));
+            let mut tile = [[0f32; T]; T];
             for r0 in (0..r).step_by(T) {
-                for i in r0..(r0 + T).min(r) {
-                    for (jj, &v) in src[i * c + c0..][..cn].iter().enumerate() {
-                        d[jj * r + i] = v;
+                let rn = T.min(r - r0);
+                for (i, s) in src[r0 * c + c0..].chunks(c).take(rn).enumerate() {
+                    for (j, &v) in s[..cn].iter().enumerate() {
+                        tile[j][i] = v;
                     }
+                }
+                for (j, t) in tile.iter().enumerate().take(cn) {
+                    d[j * r + r0..][..rn].copy_from_slice(&t[..rn]);
+                }
+            }
+        });
+}
+
+/// `out[i, n0 + j] += prod[j, i]` for `prod [nb, m]` into the `m` rows of `out` (row stride
+/// `n`), tiled like [`transpose`].
+fn transpose_add(prod: &[f32], nb: usize, m: usize, out: &mut [f32], n: usize, n0: usize) {
+    out.par_chunks_mut(T * n.max(1))
+        .enumerate()
+        .for_each(|(ib, o)| {
+            let (i0, inn) = (ib * T, T.min(m - ib * T));
+            let mut tile = [[0f32; T]; T];
+            for j0 in (0..nb).step_by(T) {
+                let jn = T.min(nb - j0);
+                for (j, s) in prod[j0 * m + i0..].chunks(m).take(jn).enumerate() {
+                    for (i, &v) in s[..inn].iter().enumerate() {
+                        tile[i][j] = v;
+                    }
+                }
+                for (i, t) in tile.iter().enumerate().take(inn) {
+                    let row = &mut o[i * n + n0 + j0..][..jn];
+                    row.iter_mut().zip(t).for_each(|(d, &v)| *d += v);
                 }
             }
         });
@@ -160,6 +195,20 @@ fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
 
 /// `out[m, n] = x[m, k] w[n, k]^T (+ bias[n])`.
 pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (n, k) = (w.shape[0], w.shape[1]);
+    linear_with(streams_weight(m, n, k), x, m, w, bias, out)
+}
+
+/// [`linear`] with the layout given rather than chosen (for benchmarks and tests): `stream`
+/// runs `w x^T` between two transposes, otherwise `x w^T`.
+pub fn linear_with(
+    stream: bool,
+    x: &[f32],
+    m: usize,
+    w: &CompactWeight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (n, k) = (w.shape[0], w.shape[1]);
     debug_assert!(x.len() == m * k && out.len() == m * n);
     // `out` is fresh memory (see `CompactOp::eval`): this first write faults its pages in, so
@@ -176,7 +225,6 @@ pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out:
         Some(_) => n.max(1),
         None => panel_rows(n, k),
     };
-    let stream = streams_weight(m, n, k);
     with_scratch(|s| {
         {
             let Scratch {
@@ -226,12 +274,7 @@ pub fn linear(x: &[f32], m: usize, w: &CompactWeight, bias: Option<&[f32]>, out:
                             threads(),
                         )
                     }
-                    let prod = &prod[..nb * m];
-                    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-                        for (j, o) in row[n0..n0 + nb].iter_mut().enumerate() {
-                            *o += prod[j * m + i];
-                        }
-                    });
+                    transpose_add(&prod[..nb * m], nb, m, out, n, n0);
                     continue;
                 }
                 // SAFETY: x is [m, k], the weight rows n0..n0+nb ([nb, k], in place or
@@ -369,6 +412,16 @@ pub fn conv2d_with(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    if algo == winograd::Algo::Direct && direct::available() && direct::fits(g) {
+        with_scratch(|s| {
+            let bufs = direct::Buffers {
+                input: &mut s.cols,
+                prod: &mut s.prod,
+            };
+            direct::conv2d(x, g, w, bias, out, bufs);
+        });
+        return;
+    }
     let winograd_fits = g.kh == 3 && g.kw == 3 && g.stride == 1;
     if let Some(v) = algo.variant().filter(|_| winograd_fits) {
         with_scratch(|s| {
@@ -812,7 +865,13 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
         Op::Conv2d { stride, pads } => {
             let w = &graph.nodes[node.inputs[1]].shape;
             let g = ConvShape::new(&graph.nodes[node.inputs[0]].shape, w, stride, pads);
-            if let Some(v) = winograd::choose(&g).variant() {
+            let algo = winograd::choose(&g);
+            if algo == winograd::Algo::Direct && direct::available() && direct::fits(&g) {
+                let [input, prod] = direct::scratch_values(&g);
+                // The buffers `conv2d_with` hands it: cols and prod.
+                return [0, input, 0, prod];
+            }
+            if let Some(v) = algo.variant() {
                 return winograd::scratch_values(v, &g, PANEL, WINOGRAD_COLS);
             }
             let k = numel(&w[1..]);

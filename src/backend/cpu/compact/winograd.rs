@@ -95,19 +95,21 @@ pub enum Algo {
     Im2col,
     F2,
     F4,
+    /// The AVX-512 direct kernel ([`super::direct`]).
+    Direct,
 }
 
 impl Algo {
     pub fn variant(self) -> Option<&'static Variant> {
         match self {
-            Algo::Im2col => None,
+            Algo::Im2col | Algo::Direct => None,
             Algo::F2 => Some(&F2),
             Algo::F4 => Some(&F4),
         }
     }
 }
 
-/// `LDM_CPU_CONV=im2col|f2|f4|auto` overrides the choice (for measuring one against another,
+/// `LDM_CPU_CONV=im2col|f2|f4|direct|auto` overrides the choice (for measuring one against another,
 /// and as a way out should a variant misbehave on some CPU); read once.
 fn forced() -> Option<Algo> {
     static FORCED: std::sync::OnceLock<Option<Algo>> = std::sync::OnceLock::new();
@@ -115,18 +117,25 @@ fn forced() -> Option<Algo> {
         "im2col" => Some(Algo::Im2col),
         "f2" => Some(Algo::F2),
         "f4" => Some(Algo::F4),
+        "direct" => Some(Algo::Direct),
         _ => None,
     })
 }
 
 /// The algorithm for a layer: Winograd for stride-1 3x3 kernels with enough tiles and
-/// channels for its GEMMs to be wide, F(4x4) from 64x64 outputs, F(2x2) from 32x32.
+/// channels for its GEMMs to be wide, F(4x4) from 64x64 outputs, F(2x2) from 32x32; below
+/// that the AVX-512 direct kernel from 512 output pixels per call (both halves of a guided
+/// call at 16x16), im2col under it.
 ///
 /// Measured on SD-1.5's layer shapes (`cargo run --release --example conv_algos`, 2 cores,
-/// AVX-512, f32 weights, median of 3): against im2col, F(4x4) is 2.0-2.5x faster at 64x64 and
-/// about 2x on the decoder's 128-512 px layers; at 32x32 F(2x2) is 1.24-1.57x and F(4x4) no
-/// better at 15x the rounding error. At 16x16 both are slower (0.7-0.85x: the weight transform,
-/// redone every call, costs more than 64 tiles save). Layers with under 64 input or 32 output
+/// AVX-512, f32 weights, median of 5, onnxruntime's own conv timed in the same session):
+/// against im2col, F(4x4) is 2.0-2.5x faster at 64x64 and about 2x on the decoder's 128-512 px
+/// layers; at 32x32 F(2x2) is 1.4-1.7x (the direct kernel 1.2-1.6x) and F(4x4) no better at
+/// 15x the rounding error. At 16x16 both Winograd variants are slower (0.5-0.95x: the weight
+/// transform, redone every call, costs more than 64 tiles save); the direct kernel is
+/// 1.0-1.4x faster for two images, but for one (256 pixels) 0.8-1.1x, as repacking the
+/// weight costs twice as much per pixel. At 8x8 and 4x4 repacking a 30-120 MB weight for 128
+/// or 32 pixels costs more than the product: im2col there (0.4-0.9x). Layers with under 64 input or 32 output
 /// channels (the shipped model's 32-channel decoder top, any conv_out) are faster on im2col.
 pub fn choose(g: &ConvShape) -> Algo {
     if g.kh != 3 || g.kw != 3 || g.stride != 1 {
@@ -143,6 +152,8 @@ pub fn choose(g: &ConvShape) -> Algo {
         Algo::F4
     } else if tiles(2) >= 256 {
         Algo::F2
+    } else if g.batch * ho * wo >= 512 && super::direct::available() {
+        Algo::Direct
     } else {
         Algo::Im2col
     }
@@ -560,53 +571,10 @@ pub fn conv2d(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{data, naive};
     use super::*;
     use crate::format::quant::{dequantize_q8, quantize_q8};
     use crate::format::{DType, SharedBytes};
-
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
-
-    /// Direct convolution in f64: the definition, with nothing shared with the kernels.
-    fn naive(x: &[f32], g: &ConvShape, w: &[f32], bias: &[f32]) -> Vec<f64> {
-        let (ho, wo) = g.out_hw();
-        let mut out = vec![0f64; g.batch * g.o * ho * wo];
-        for b in 0..g.batch {
-            for o in 0..g.o {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut acc = bias[o] as f64;
-                        for c in 0..g.c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let iy = (oy + ky) as isize - g.pads[0] as isize;
-                                    let ix = (ox + kx) as isize - g.pads[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv =
-                                        x[((b * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
-                                    acc += xv as f64 * w[((o * g.c + c) * 3 + ky) * 3 + kx] as f64;
-                                }
-                            }
-                        }
-                        out[((b * g.o + o) * ho + oy) * wo + ox] = acc;
-                    }
-                }
-            }
-        }
-        out
-    }
 
     /// Runs the layer on fresh buffers (the output starts as NaN, so a value never written
     /// shows); returns the output and the lengths the buffers grew to.
