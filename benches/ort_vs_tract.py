@@ -314,14 +314,22 @@ def main():
             # read as a difference between engines. The ratio is the median of the per-round
             # ratios, each from two runs a few seconds apart.
             ort_rounds, ours_rounds = [], {b: [] for b in backends}
+            engines = [None, *backends]  # None: onnxruntime
             for rnd in range(a.rounds):
-                text, ort_rss, ort_others = measure(
-                    [sys.executable, __file__, "--ort-worker", onnx, "--threads", a.threads, "--iters", a.iters])
-                o = json.loads(text)
-                ort_rounds.append((o, ort_rss, ort_others))
-                print(f"  round {rnd + 1}/{a.rounds}: onnxruntime {o['ms_per_eval']:.0f} ms/eval, "
-                      f"peak RSS {ort_rss:.0f} MiB{contended(ort_others)}", file=sys.stderr)
-                for backend in backends:
+                # The order rotates by round: whichever engine ran right after onnxruntime
+                # (3.4-7 GB of RSS and its own copy of the weights in the page cache) was the
+                # slower one in most rounds, whatever engine it was.
+                shift = rnd % len(engines)
+                for backend in engines[shift:] + engines[:shift]:
+                    if backend is None:
+                        text, ort_rss, ort_others = measure(
+                            [sys.executable, __file__, "--ort-worker", onnx, "--threads", a.threads,
+                             "--iters", a.iters])
+                        o = json.loads(text)
+                        ort_rounds.append((o, ort_rss, ort_others))
+                        print(f"  round {rnd + 1}/{a.rounds}: onnxruntime {o['ms_per_eval']:.0f} ms/eval, "
+                              f"peak RSS {ort_rss:.0f} MiB{contended(ort_others)}", file=sys.stderr)
+                        continue
                     # `cpu@LDM_CPU_CONV=im2col`: the backend with environment settings, so
                     # two settings of one backend alternate with onnxruntime in one run.
                     name, *settings = backend.split("@")
