@@ -199,9 +199,9 @@ unsafe fn conv2d_avx512(
                 let per_tile = lines.div_ceil((t1 - t0).max(1));
                 for (i, t) in (t0..t1).enumerate() {
                     if let (Some((c1, sp)), Some(wf)) = (next, wf) {
-                        let per_row = sp.div_ceil(16);
+                        let row_lines = sp.div_ceil(16);
                         for l in i * per_tile..((i + 1) * per_tile).min(lines) {
-                            let (oo, li) = (l / per_row, l % per_row);
+                            let (oo, li) = (l / row_lines, l % row_lines);
                             let at = (rows0 + oo) * kdim + c1 + li * 16;
                             // SAFETY: a prefetch of an address inside the weight.
                             unsafe {
@@ -355,7 +355,7 @@ unsafe fn tile<const R: usize>(k: &Kern) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{data, naive};
+    use super::super::test_support::{data, max_rel_err, naive};
     use super::*;
     use crate::format::quant::{dequantize_q4, dequantize_q8, quantize_q4, quantize_q8};
     use crate::format::{DType, SharedBytes};
@@ -410,16 +410,10 @@ mod tests {
         };
         conv2d(&x, &g, &w, Some(&bias), &mut out, bufs);
         let r = naive(&x, &g, &wf, &bias);
-        let scale = r.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let err = out.iter().zip(&r).fold(0f64, |m, (&o, &r)| {
-            let d = (o as f64 - r).abs();
-            if d.is_nan() {
-                f64::INFINITY
-            } else {
-                m.max(d)
-            }
-        });
-        (err / scale, [input.len() as u64, prod.len() as u64])
+        (
+            max_rel_err(&out, &r),
+            [input.len() as u64, prod.len() as u64],
+        )
     }
 
     #[test]

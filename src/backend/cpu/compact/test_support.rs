@@ -43,3 +43,18 @@ pub fn naive(x: &[f32], g: &ConvShape, w: &[f32], bias: &[f32]) -> Vec<f64> {
     }
     out
 }
+
+/// Max |out - reference| relative to the reference's largest value; a NaN (a value never
+/// written: the tests start outputs as NaN) counts as infinite.
+pub fn max_rel_err(out: &[f32], reference: &[f64]) -> f64 {
+    let scale = reference.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let err = out.iter().zip(reference).fold(0f64, |m, (&o, &r)| {
+        let d = (o as f64 - r).abs();
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(d)
+        }
+    });
+    err / scale
+}

@@ -571,7 +571,7 @@ pub fn conv2d(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{data, naive};
+    use super::super::test_support::{data, max_rel_err, naive};
     use super::*;
     use crate::format::quant::{dequantize_q8, quantize_q8};
     use crate::format::{DType, SharedBytes};
@@ -614,16 +614,7 @@ mod tests {
         };
         let (out, _) = run(v, &x, &g, &w, Some(&bias), limits);
         let r = naive(&x, &g, &wf, &bias);
-        let scale = r.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let err = out.iter().zip(&r).fold(0f64, |m, (&o, &r)| {
-            let d = (o as f64 - r).abs();
-            if d.is_nan() {
-                f64::INFINITY
-            } else {
-                m.max(d)
-            }
-        });
-        err / scale
+        max_rel_err(&out, &r)
     }
 
     fn shape(batch: usize, c: usize, h: usize, w: usize, o: usize, pads: [usize; 4]) -> ConvShape {
