@@ -309,10 +309,10 @@ def main():
         for batch in batches:
             print(f"latent {side}x{side}, batch {batch}:", file=sys.stderr)
             onnx, export_s = export_unet(a, model, side, batch, log)
-            # Rounds alternate the two engines (ORT, ours, ORT, ours, ...): the speed of a shared
-            # machine drifts over minutes, and a drift that one engine's runs took alone would
-            # read as a difference between engines. The ratio is the median of the per-round
-            # ratios, each from two runs a few seconds apart.
+            # Every round runs each engine once: the speed of a shared machine drifts over
+            # minutes, and a drift that one engine's runs took alone would read as a difference
+            # between engines. The ratio is the median of the per-round ratios, each from runs
+            # a few seconds apart.
             ort_rounds, ours_rounds = [], {b: [] for b in backends}
             engines = [None, *backends]  # None: onnxruntime
             for rnd in range(a.rounds):

@@ -2,9 +2,9 @@
 //! SD-1.5 UNet and decoder: `cargo run --release --example conv_algos [-- --q8] [--reps N]`.
 //! Each shape runs im2col, Winograd F(2x2) and F(4x4) in turn, `reps` rounds, and prints the
 //! median per algorithm, the speedup over im2col and the largest difference from it
-//! (relative to the output's largest value). What `winograd::choose` picks is marked `*`.
+//! (relative to the output's largest value). What `conv_algo::choose` picks is marked `*`.
+use ldm_edge::backend::cpu::compact::conv_algo::{choose, Algo};
 use ldm_edge::backend::cpu::compact::kernels::{conv2d_with, ConvShape};
-use ldm_edge::backend::cpu::compact::winograd::{choose, Algo};
 use ldm_edge::backend::cpu::compact::CompactWeight;
 use ldm_edge::format::quant::quantize_q8;
 use ldm_edge::format::{DType, SharedBytes};

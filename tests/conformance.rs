@@ -284,7 +284,7 @@ fn conv2d() {
 }
 
 /// Stride-1 3x3 convolutions of 32x32 outputs and up, with at least 64 input and 32 output
-/// channels, run Winograd on the compact plan (`backend::cpu::compact::winograd::choose`):
+/// channels, run Winograd on the compact plan (`backend::cpu::compact::conv_algo::choose`):
 /// F(2x2, 3x3) from 32x32, F(4x4, 3x3) from 64x64, here with partial tiles at the right and
 /// bottom edges and asymmetric padding. Weight panels and input chunks are covered by the
 /// module's unit tests, which can shrink the scratch limits.
@@ -302,7 +302,7 @@ fn conv2d_winograd() {
 }
 
 /// The compact CPU plan's AVX-512 direct convolution: chosen for 3x3 stride-1 layers of 512
-/// output pixels and more per call below Winograd's sizes (`winograd::choose`), with partial channel blocks and output
+/// output pixels and more per call below Winograd's sizes (`conv_algo::choose`), with partial channel blocks and output
 /// groups, two K-groups, odd row runs and asymmetric padding. On a CPU without AVX-512 these
 /// run im2col (the kernel's own unit tests say SKIPPED there).
 #[test]

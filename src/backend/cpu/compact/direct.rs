@@ -3,15 +3,16 @@
 //! the layout onnxruntime's MLAS calls NCHWc) by a register-blocked kernel that keeps 32 output
 //! channels of up to 12 pixels in 24 vector registers.
 //!
-//! Why: on SD-1.5's 32x32, 16x16 and 8x8 levels im2col + GEMM ran at 170-240 GFLOP/s here
-//! (2 cores, AVX-512) against onnxruntime's 400 (its NCHWc direct convolution): building and
-//! re-reading the 9x larger column matrix costs as much as the product. Winograd wins only
-//! where tiles are many (64x64). This kernel is the x86-64 override of that layer; every
-//! other CPU keeps im2col and Winograd.
+//! Why: on SD-1.5's 16x16 level im2col + GEMM ran at 240-310 GFLOP/s here (2 cores,
+//! AVX-512) against onnxruntime's ~400 (its NCHWc direct convolution): building and re-reading
+//! the 9x larger column matrix costs as much as the product, and Winograd's per-call weight
+//! transform costs more than 64 tiles save. This kernel is the x86-64 override of that layer;
+//! every other CPU keeps im2col and Winograd ([`super::conv_algo`] picks).
 //!
-//! The weight is repacked per call into `[C/16][kh*kw][16 c][32 o]` panels, a bounded batch of
-//! 32-channel output groups at a time, so q8 and q4 weights are widened a group at a time and
-//! never held whole in f32 (issue #11's memory line).
+//! The weight is repacked per call, into `[8 channel blocks][kh*kw][16 c][32 o]` slices (one 32-output
+//! group, one 128-channel K-group) that stay in the packing thread's L2 until used, so q8 and
+//! q4 weights are widened a slice at a time and never held whole in f32 (issue #11's memory
+//! line).
 use super::kernels::{grow, ConvShape, SendPtr};
 use super::weight::CompactWeight;
 use rayon::prelude::*;
@@ -160,7 +161,6 @@ unsafe fn conv2d_avx512(
     let block = taps * CB * OB;
 
     (0..nop * splits).into_par_iter().for_each(|task| {
-        let prod_ptr = prod_ptr;
         let (op, part) = (task / splits, task % splits);
         let (t0, t1) = (part * chunk, ((part + 1) * chunk).min(tiles));
         let rows0 = op * OB;
@@ -190,7 +190,9 @@ unsafe fn conv2d_avx512(
                 }
                 let pan = slice.as_ptr();
                 // The next group's weight runs, fetched a share per tile while this group
-                // computes: packing waited on memory for 32 rows at a time.
+                // computes, so packing it does not wait on memory for 32 rows at once
+                // (conv_algos, with and without, alternating, three rounds: 2x1280->640 at
+                // 16x16 21.9-22.2 ms against 22.9-23.9, 2x1920->640 32-34.5 against 34.7-37.7).
                 let next = (k0 + K_GROUP < ncb).then(|| {
                     let c1 = col0 + kn * CB * taps;
                     (c1, (K_GROUP * CB * taps).min(kdim - c1))
@@ -229,7 +231,7 @@ unsafe fn conv2d_avx512(
                                 .add(((b * ncb + k0) * hp + y) * wp * CB + x0 * CB),
                             x_cb: plane,
                             x_row: wp * CB,
-                            acc: prod_ptr.0.add((((b * nop + op) * ho + y) * wo + x0) * OB),
+                            acc: prod_ptr.get().add((((b * nop + op) * ho + y) * wo + x0) * OB),
                             first: k0 == 0,
                         };
                         dispatch(r, &k);
@@ -255,9 +257,8 @@ unsafe fn conv2d_avx512(
 }
 
 /// `dst[t][ci][oo] = rows[oo][col0 + ci * taps + t]` for `n_o` rows of `kdim` values and `n_c`
-/// channels; zero elsewhere. Reads each row's run contiguously: the 18 KiB block stays in L1
-/// while its 4608 values are stored, so this runs at a store per cycle (the bounds-checked,
-/// zero-filled first version took 8.7 ms for a 59 MB weight, 2.5x the compute's share).
+/// channels; zero elsewhere. Reads each row's run contiguously; the 18 KiB block stays in L1
+/// while its 4608 values are stored.
 fn pack(
     rows: &[f32],
     kdim: usize,
@@ -355,31 +356,10 @@ unsafe fn tile<const R: usize>(k: &Kern) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{data, max_rel_err, naive};
+    use super::super::test_support::{data, max_rel_err, naive, shape};
     use super::*;
     use crate::format::quant::{dequantize_q4, dequantize_q8, quantize_q4, quantize_q8};
     use crate::format::{DType, SharedBytes};
-
-    fn shape(
-        b: usize,
-        c: usize,
-        hw: (usize, usize),
-        o: usize,
-        k: usize,
-        pads: [usize; 4],
-    ) -> ConvShape {
-        ConvShape {
-            batch: b,
-            c,
-            h: hw.0,
-            w: hw.1,
-            o,
-            kh: k,
-            kw: k,
-            stride: 1,
-            pads,
-        }
-    }
 
     /// Max error relative to the largest output against the f64 definition, and the lengths
     /// the shared buffers grew to. The output starts as NaN, so a value never written shows.

@@ -8,6 +8,7 @@
 //! gigabyte-sized column matrix; stride-1 3x3 layers on large images run Winograd instead
 //! ([`super::winograd`]), in bounded chunks too, and on 16x16-level images an AVX-512 direct
 //! kernel ([`super::direct`]) where the CPU has it.
+use super::conv_algo::{self, Algo};
 use super::direct;
 use super::math;
 use super::weight::CompactWeight;
@@ -146,12 +147,13 @@ fn streams_weight(m: usize, n: usize, k: usize) -> bool {
 /// Transposing tile: 16 values (a cache line) of each of 16 rows.
 const T: usize = 16;
 
-/// `dst[c, r] = src[r, c]`, a 16x16 tile at a time through a local tile, so every read and
+/// `dst[j, off + i] = src[i, j]` (or `+=` with `add`) for `src [r, c]` into the `c` rows of
+/// `dst` (row stride `ld`), a 16x16 tile at a time through a local tile, so every read and
 /// every write is a whole 64-byte run. Writing one value per destination row instead (the
 /// first version) touched 32 lines a row stride apart, the same L1 set whenever the stride
 /// is a multiple of 4 KiB: 6 ms for a [10240, 128] product, now under 1.
-fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
-    dst.par_chunks_mut(T * r.max(1))
+fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32], ld: usize, off: usize, add: bool) {
+    dst.par_chunks_mut(T * ld.max(1))
         .enumerate()
         .for_each(|(cb, d)| {
             let (c0, cn) = (cb * T, T.min(c - cb * T));
@@ -164,30 +166,12 @@ fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
                     }
                 }
                 for (j, t) in tile.iter().enumerate().take(cn) {
-                    d[j * r + r0..][..rn].copy_from_slice(&t[..rn]);
-                }
-            }
-        });
-}
-
-/// `out[i, n0 + j] += prod[j, i]` for `prod [nb, m]` into the `m` rows of `out` (row stride
-/// `n`), tiled like [`transpose`].
-fn transpose_add(prod: &[f32], nb: usize, m: usize, out: &mut [f32], n: usize, n0: usize) {
-    out.par_chunks_mut(T * n.max(1))
-        .enumerate()
-        .for_each(|(ib, o)| {
-            let (i0, inn) = (ib * T, T.min(m - ib * T));
-            let mut tile = [[0f32; T]; T];
-            for j0 in (0..nb).step_by(T) {
-                let jn = T.min(nb - j0);
-                for (j, s) in prod[j0 * m + i0..].chunks(m).take(jn).enumerate() {
-                    for (i, &v) in s[..inn].iter().enumerate() {
-                        tile[i][j] = v;
+                    let row = &mut d[j * ld + off + r0..][..rn];
+                    if add {
+                        row.iter_mut().zip(t).for_each(|(d, &v)| *d += v);
+                    } else {
+                        row.copy_from_slice(&t[..rn]);
                     }
-                }
-                for (i, t) in tile.iter().enumerate().take(inn) {
-                    let row = &mut o[i * n + n0 + j0..][..jn];
-                    row.iter_mut().zip(t).for_each(|(d, &v)| *d += v);
                 }
             }
         });
@@ -236,7 +220,7 @@ pub fn linear_with(
             };
             let (xt, prod) = if stream {
                 let xt = grow(xt, k * m);
-                transpose(x, m, k, xt);
+                transpose(x, m, k, xt, m, 0, false);
                 (xt, grow(prod, rows.min(n) * m))
             } else {
                 (&mut xt[..0], &mut prod[..0])
@@ -274,7 +258,7 @@ pub fn linear_with(
                             threads(),
                         )
                     }
-                    transpose_add(&prod[..nb * m], nb, m, out, n, n0);
+                    transpose(&prod[..nb * m], nb, m, out, n, n0, true);
                     continue;
                 }
                 // SAFETY: x is [m, k], the weight rows n0..n0+nb ([nb, k], in place or
@@ -399,20 +383,21 @@ fn im2col(x: &[f32], g: &ConvShape, wo: usize, p0: usize, pc: usize, cols: &mut 
 
 /// `out[B, O, Ho, Wo] = conv(x[B, C, H, W], w[O, C, kh, kw]) (+ bias[O])`.
 pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>, out: &mut [f32]) {
-    conv2d_with(winograd::choose(g), x, g, w, bias, out)
+    conv2d_with(conv_algo::choose(g), x, g, w, bias, out)
 }
 
-/// [`conv2d`] with the algorithm given rather than chosen (for benchmarks and tests); a
-/// Winograd variant needs a stride-1 3x3 kernel and falls back to im2col otherwise.
+/// [`conv2d`] with the algorithm given rather than chosen (for benchmarks and tests); one the
+/// layer or the CPU cannot run falls back to im2col ([`conv_algo::resolve`]).
 pub fn conv2d_with(
-    algo: winograd::Algo,
+    algo: Algo,
     x: &[f32],
     g: &ConvShape,
     w: &CompactWeight,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    if algo == winograd::Algo::Direct && direct::available() && direct::fits(g) {
+    let algo = conv_algo::resolve(algo, g);
+    if algo == Algo::Direct {
         with_scratch(|s| {
             let bufs = direct::Buffers {
                 input: &mut s.cols,
@@ -422,8 +407,7 @@ pub fn conv2d_with(
         });
         return;
     }
-    let winograd_fits = g.kh == 3 && g.kw == 3 && g.stride == 1;
-    if let Some(v) = algo.variant().filter(|_| winograd_fits) {
+    if let Some(v) = algo.variant() {
         with_scratch(|s| {
             let bufs = winograd::Buffers {
                 widened: &mut s.panel,
@@ -607,6 +591,14 @@ pub(super) struct SendPtr(pub(super) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer. A closure that calls this captures the whole `SendPtr` (which is `Sync`);
+    /// one that names the field captures only the raw pointer (which is not).
+    pub(super) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// softmax(q k^T / sqrt(d)) v per head, on `[B, L, heads * d]` tensors, computed a block of
 /// query rows at a time: the scores of one block (about 256 KiB) are all that is held, never
 /// the `[B, heads, Lq, Lk]` matrix (8 x 4096 x 4096 f32 = 512 MiB per image for SD at 64x64).
@@ -643,7 +635,6 @@ pub fn attention(
             let nr = rows.min(lq - r0);
             let s = grow(scores, nr * lk);
             sums.clear();
-            let dst = dst;
             // SAFETY: q rows r0..r0+nr of head h, k and v all rows of head h (strided views of
             // the [B, L, heads*d] inputs); the scores are this task's own; the output block (rows
             // r0.., columns h*dv..) is written by this task alone.
@@ -680,7 +671,7 @@ pub fn attention(
                     nr,
                     dv,
                     lk,
-                    (dst.0.add((b * lq + r0) * cv + h * dv), cv as isize, 1),
+                    (dst.get().add((b * lq + r0) * cv + h * dv), cv as isize, 1),
                     false,
                     Mat {
                         ptr: s.as_ptr(),
@@ -699,7 +690,7 @@ pub fn attention(
                 // scores.
                 for (i, &sum) in sums.iter().enumerate() {
                     let row = std::slice::from_raw_parts_mut(
-                        dst.0.add((b * lq + r0 + i) * cv + h * dv),
+                        dst.get().add((b * lq + r0 + i) * cv + h * dv),
                         dv,
                     );
                     let inv = 1.0 / sum;
@@ -865,8 +856,8 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
         Op::Conv2d { stride, pads } => {
             let w = &graph.nodes[node.inputs[1]].shape;
             let g = ConvShape::new(&graph.nodes[node.inputs[0]].shape, w, stride, pads);
-            let algo = winograd::choose(&g);
-            if algo == winograd::Algo::Direct && direct::available() && direct::fits(&g) {
+            let algo = conv_algo::choose(&g);
+            if algo == Algo::Direct {
                 let [input, prod] = direct::scratch_values(&g);
                 // The buffers `conv2d_with` hands it: cols and prod.
                 return [0, input, 0, prod];

@@ -13,6 +13,7 @@
 //! optimizer per UNet evaluation. Widening a panel into L2-sized f32 and running a tuned f32
 //! GEMM costs one pass over the stored bytes per evaluation, which is also all the memory
 //! traffic an f32 plan spends reading its own packed weights.
+pub mod conv_algo;
 pub mod direct;
 pub mod kernels;
 mod math;

@@ -1,6 +1,29 @@
 //! Test helpers shared by the convolution kernels' unit tests.
 use super::kernels::ConvShape;
 
+/// A stride-1 `k x k` convolution of `batch` images of `c` channels and `(h, w)` pixels
+/// into `o` channels.
+pub fn shape(
+    batch: usize,
+    c: usize,
+    (h, w): (usize, usize),
+    o: usize,
+    k: usize,
+    pads: [usize; 4],
+) -> ConvShape {
+    ConvShape {
+        batch,
+        c,
+        h,
+        w,
+        o,
+        kh: k,
+        kw: k,
+        stride: 1,
+        pads,
+    }
+}
+
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..n)

@@ -89,76 +89,6 @@ pub const F4: Variant = Variant {
     ],
 };
 
-/// Which convolution algorithm a layer runs, chosen per layer from its shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algo {
-    Im2col,
-    F2,
-    F4,
-    /// The AVX-512 direct kernel ([`super::direct`]).
-    Direct,
-}
-
-impl Algo {
-    pub fn variant(self) -> Option<&'static Variant> {
-        match self {
-            Algo::Im2col | Algo::Direct => None,
-            Algo::F2 => Some(&F2),
-            Algo::F4 => Some(&F4),
-        }
-    }
-}
-
-/// `LDM_CPU_CONV=im2col|f2|f4|direct|auto` overrides the choice (for measuring one against another,
-/// and as a way out should a variant misbehave on some CPU); read once.
-fn forced() -> Option<Algo> {
-    static FORCED: std::sync::OnceLock<Option<Algo>> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| match std::env::var("LDM_CPU_CONV").ok()?.as_str() {
-        "im2col" => Some(Algo::Im2col),
-        "f2" => Some(Algo::F2),
-        "f4" => Some(Algo::F4),
-        "direct" => Some(Algo::Direct),
-        _ => None,
-    })
-}
-
-/// The algorithm for a layer: Winograd for stride-1 3x3 kernels with enough tiles and
-/// channels for its GEMMs to be wide, F(4x4) from 64x64 outputs, F(2x2) from 32x32; below
-/// that the AVX-512 direct kernel from 512 output pixels per call (both halves of a guided
-/// call at 16x16), im2col under it.
-///
-/// Measured on SD-1.5's layer shapes (`cargo run --release --example conv_algos`, 2 cores,
-/// AVX-512, f32 weights, median of 5, onnxruntime's own conv timed in the same session):
-/// against im2col, F(4x4) is 2.0-2.5x faster at 64x64 and about 2x on the decoder's 128-512 px
-/// layers; at 32x32 F(2x2) is 1.4-1.7x (the direct kernel 1.2-1.6x) and F(4x4) no better at
-/// 15x the rounding error. At 16x16 both Winograd variants are slower (0.5-0.95x: the weight
-/// transform, redone every call, costs more than 64 tiles save); the direct kernel is
-/// 1.0-1.4x faster for two images, but for one (256 pixels) 0.8-1.1x, as repacking the
-/// weight costs twice as much per pixel. At 8x8 and 4x4 repacking a 30-120 MB weight for 128
-/// or 32 pixels costs more than the product: im2col there (0.4-0.9x). Layers with under 64 input or 32 output
-/// channels (the shipped model's 32-channel decoder top, any conv_out) are faster on im2col.
-pub fn choose(g: &ConvShape) -> Algo {
-    if g.kh != 3 || g.kw != 3 || g.stride != 1 {
-        return Algo::Im2col;
-    }
-    if let Some(a) = forced() {
-        return a;
-    }
-    let (ho, wo) = g.out_hw();
-    let tiles = |m: usize| ho.div_ceil(m) * wo.div_ceil(m);
-    if g.c < 64 || g.o < 32 {
-        Algo::Im2col
-    } else if tiles(4) >= 256 {
-        Algo::F4
-    } else if tiles(2) >= 256 {
-        Algo::F2
-    } else if g.batch * ho * wo >= 512 && super::direct::available() {
-        Algo::Direct
-    } else {
-        Algo::Im2col
-    }
-}
-
 /// The chunking of one layer: output channels per weight panel and tile rows per input chunk.
 pub struct Blocks {
     pub panel_rows: usize,
@@ -528,7 +458,6 @@ pub fn conv2d(
                 // The a^2 products are independent: one per thread at a time, each GEMM
                 // single-threaded, so no product waits on another's threads.
                 (0..a2).into_par_iter().for_each(|xi| {
-                    let (up, vp, pp) = (up, vp, pp);
                     let (ld_u, ld_v) = ((a2 * g.c) as isize, (a2 * tc) as isize);
                     // SAFETY: product xi reads rows xi of u [nb][a2][C] and vt [C][a2][tc],
                     // and writes row xi of prod [nb][a2][tc], which no other xi writes; every
@@ -538,15 +467,15 @@ pub fn conv2d(
                             nb,
                             tc,
                             g.c,
-                            (pp.0.add(xi * tc), ld_v, 1),
+                            (pp.get().add(xi * tc), ld_v, 1),
                             false,
                             Mat {
-                                ptr: up.0.add(xi * g.c),
+                                ptr: up.get().add(xi * g.c),
                                 rs: ld_u,
                                 cs: 1,
                             },
                             Mat {
-                                ptr: vp.0.add(xi * tc),
+                                ptr: vp.get().add(xi * tc),
                                 rs: ld_v,
                                 cs: 1,
                             },
@@ -571,7 +500,7 @@ pub fn conv2d(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{data, max_rel_err, naive};
+    use super::super::test_support::{data, max_rel_err, naive, shape};
     use super::*;
     use crate::format::quant::{dequantize_q8, quantize_q8};
     use crate::format::{DType, SharedBytes};
@@ -617,28 +546,14 @@ mod tests {
         max_rel_err(&out, &r)
     }
 
-    fn shape(batch: usize, c: usize, h: usize, w: usize, o: usize, pads: [usize; 4]) -> ConvShape {
-        ConvShape {
-            batch,
-            c,
-            h,
-            w,
-            o,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pads,
-        }
-    }
-
     #[test]
     fn variants_match_a_direct_convolution() {
         let shapes = [
-            shape(1, 5, 8, 8, 3, [1; 4]),
-            shape(2, 7, 13, 11, 6, [1; 4]),
-            shape(1, 4, 9, 17, 5, [0, 1, 2, 0]),
-            shape(1, 3, 6, 5, 2, [0; 4]),
-            shape(3, 9, 21, 19, 10, [2, 0, 1, 2]),
+            shape(1, 5, (8, 8), 3, 3, [1; 4]),
+            shape(2, 7, (13, 11), 6, 3, [1; 4]),
+            shape(1, 4, (9, 17), 5, 3, [0, 1, 2, 0]),
+            shape(1, 3, (6, 5), 2, 3, [0; 4]),
+            shape(3, 9, (21, 19), 10, 3, [2, 0, 1, 2]),
         ];
         let big = (usize::MAX / 64, usize::MAX / 64);
         for v in [&F2, &F4] {
@@ -662,7 +577,7 @@ mod tests {
 
     #[test]
     fn scratch_values_bound_what_the_layer_grows() {
-        let g = shape(2, 70, 40, 37, 50, [1; 4]);
+        let g = shape(2, 70, (40, 37), 50, 3, [1; 4]);
         for v in [&F2, &F4] {
             let limits = (v.a * v.a * g.c * 7, 200_000);
             let [pw, pi, pu, pp] = scratch_values(v, &g, limits.0, limits.1);
