@@ -4,7 +4,8 @@
 //! median per algorithm, the speedup over im2col and the largest difference from it
 //! (relative to the output's largest value). What `conv_algo::choose` picks is marked `*`.
 use ldm_edge::backend::cpu::compact::conv_algo::{choose, Algo};
-use ldm_edge::backend::cpu::compact::kernels::{conv2d_with, ConvShape};
+use ldm_edge::backend::cpu::compact::direct::{self, Packed};
+use ldm_edge::backend::cpu::compact::kernels::{conv2d_packed, conv2d_with, ConvShape};
 use ldm_edge::backend::cpu::compact::CompactWeight;
 use ldm_edge::format::quant::quantize_q8;
 use ldm_edge::format::{DType, SharedBytes};
@@ -64,18 +65,21 @@ fn main() -> ldm_edge::Result<()> {
         ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
     println!(
-        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "shape b,c->o,side",
         "im2col ms",
         "f2 ms",
         "f4 ms",
         "direct ms",
+        "packed ms",
         "f2 x",
         "f4 x",
         "dir x",
+        "pack x",
         "f2 err",
         "f4 err",
-        "dir err"
+        "dir err",
+        "pack err"
     );
     for (b, c, o, side) in shapes {
         let g = ConvShape {
@@ -99,14 +103,22 @@ fn main() -> ldm_edge::Result<()> {
             CompactWeight::from_f32(&[o, c, 3, 3], &wf)?
         };
         let algos = [Algo::Im2col, Algo::F2, Algo::F4, Algo::Direct];
-        let mut outs = vec![vec![0f32; b * o * side * side]; 4];
-        let mut times = vec![Vec::new(); 4];
+        // The direct kernel again with the weight packed once beforehand (the packed plan).
+        let packed = direct::available().then(|| Packed::new(&w)).transpose()?;
+        let mut outs = vec![vec![0f32; b * o * side * side]; 5];
+        let mut times = vec![Vec::new(); 5];
         for _ in 0..reps + 1 {
             for (i, &a) in algos.iter().enumerate() {
                 let t = Instant::now();
                 conv2d_with(a, &x, &g, &w, Some(&bias), &mut outs[i]);
                 times[i].push(t.elapsed().as_secs_f64() * 1e3);
             }
+            let t = Instant::now();
+            match &packed {
+                Some(p) => conv2d_packed(&x, &g, p, Some(&bias), &mut outs[4]),
+                None => conv2d_with(Algo::Im2col, &x, &g, &w, Some(&bias), &mut outs[4]),
+            }
+            times[4].push(t.elapsed().as_secs_f64() * 1e3);
         }
         let med = |v: &mut Vec<f64>| {
             v.remove(0); // warm-up
@@ -126,7 +138,7 @@ fn main() -> ldm_edge::Result<()> {
         let pick = choose(&g);
         let mark = |a: Algo| if a == pick { "*" } else { " " };
         println!(
-            "{:<22} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>7.2} {:>7.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e}",
+            "{:<22} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>10.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>9.1e}",
             format!("{b},{c}->{o},{side}"),
             t[0],
             mark(Algo::Im2col),
@@ -136,12 +148,15 @@ fn main() -> ldm_edge::Result<()> {
             mark(Algo::F4),
             t[3],
             mark(Algo::Direct),
+            t[4],
             t[0] / t[1],
             t[0] / t[2],
             t[0] / t[3],
+            t[0] / t[4],
             err(1),
             err(2),
-            err(3)
+            err(3),
+            err(4)
         );
     }
     Ok(())

@@ -185,10 +185,14 @@ impl Board {
             ));
         }
         match self.runtime.backend.as_str() {
-            "cpu" => {}
+            "cpu" | "cpu-packed" => {}
             "vulkan" if self.gpu.is_some() => {}
             "vulkan" => return Err("runtime.backend is vulkan but the profile has no [gpu]".into()),
-            other => return Err(format!("runtime.backend `{other}` (cpu or vulkan)")),
+            other => {
+                return Err(format!(
+                    "runtime.backend `{other}` (cpu, cpu-packed or vulkan)"
+                ))
+            }
         }
         match (self.display.kind.as_str(), &self.display.device) {
             ("none", _) => {}

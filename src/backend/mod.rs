@@ -193,6 +193,7 @@ pub fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<()> {
 pub fn select(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "cpu" => Ok(Box::new(cpu::CpuBackend)),
+        "cpu-packed" => Ok(Box::new(cpu::CpuPackedBackend)),
         "cpu-expanded" => Ok(Box::new(cpu::CpuExpandedBackend)),
         "reference" => Ok(Box::new(reference::ReferenceBackend)),
         "auto" => Ok(select_auto(&AutoOptions::from_env())),
@@ -206,7 +207,7 @@ pub fn select(name: &str) -> Result<Box<dyn Backend>> {
             msg: "this build has no Vulkan backend (built without the `vulkan` feature)".into(),
         }),
         other => Err(crate::Error::Input(format!(
-            "unknown backend `{other}` (expected auto, cpu, cpu-expanded, vulkan or reference)"
+            "unknown backend `{other}` (expected auto, cpu, cpu-packed, cpu-expanded, vulkan or reference)"
         ))),
     }
 }

@@ -221,8 +221,10 @@ impl SampleArgs {
             .map(ldm_edge::board::Board::find)
             .transpose()?;
         let backend_name = match &board {
-            // `auto` already prefers a real GPU; a CPU board pins the CPU.
-            Some(b) if self.backend == "auto" && b.runtime.backend == "cpu" => "cpu",
+            // `auto` already prefers a real GPU; a CPU board pins its CPU plan.
+            Some(b) if self.backend == "auto" && b.runtime.backend.starts_with("cpu") => {
+                b.runtime.backend.as_str()
+            }
             _ => self.backend.as_str(),
         };
         if let Some(b) = &board {

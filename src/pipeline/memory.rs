@@ -8,13 +8,14 @@
 //! - **weights**: the stage's tensors as the backend holds them. The compact CPU plan reads
 //!   them from the mapping in their stored dtype, and the pipeline drops a stage's mapped
 //!   pages when the stage ends ([`crate::format::ModelFile::release_pages`]), so only one stage's
-//!   weights are resident at a time. The expanded CPU plan holds f32 copies and peaks at about
+//!   weights are resident at a time. The packed CPU plan adds f32 copies of the conv weights
+//!   it packs ([`packed_bytes`]). The expanded CPU plan holds f32 copies and peaks at about
 //!   2.3x them while tract packs;
 //! - **activations**: [`crate::graph::memory::activation_peak`] of the stage's graph with the CPU
 //!   kernels' scratch ([`transient_bytes`]).
 use super::shared::Pipeline;
 use super::vae_tiles::VaeTiling;
-use crate::backend::cpu::compact::kernels::{scratch_bytes, transient_bytes};
+use crate::backend::cpu::compact::kernels::{packed_bytes, scratch_bytes, transient_bytes};
 use crate::graph::{memory, Graph};
 use crate::{Error, Result};
 use std::fmt;
@@ -354,6 +355,12 @@ const TILES: [usize; 6] = [64, 48, 32, 24, 16, 8];
 /// Tile sizes tried when the planner tiles only to keep the autoencoder below the peak.
 const AUTO_TILES: [usize; 4] = [32, 24, 16, 8];
 
+/// Whether a CPU backend of this name reads weights in their stored dtype (the compact plan,
+/// packed or not).
+fn compact_cpu(backend: &str) -> bool {
+    matches!(backend, "cpu" | "cpu-packed")
+}
+
 impl Pipeline<'_> {
     /// A stage that runs several graphs one after another (a tiled autoencoder): the weights
     /// any of them reads, the activations of the largest.
@@ -368,7 +375,9 @@ impl Pipeline<'_> {
             match self.device_stage(m.as_ref(), stage, graphs, &paths, extra) {
                 Ok(s) => return Ok(s),
                 // Explicit `--backend vulkan` has nothing to fall back to: refused up front.
-                Err(e) if self.backend.fallback().is_none() && self.backend.name() != "cpu" => {
+                Err(e)
+                    if self.backend.fallback().is_none() && !compact_cpu(self.backend.name()) =>
+                {
                     return Err(e)
                 }
                 Err(Error::Backend { msg, .. }) => {
@@ -435,9 +444,17 @@ impl Pipeline<'_> {
         backend: &str,
     ) -> StageMemory {
         let scratch = scratch_bytes(graphs);
+        let packed = match backend {
+            "cpu-packed" => packed_bytes(graphs),
+            _ => 0,
+        };
         StageMemory {
             stage,
-            weights: paths.iter().map(|p| self.held_bytes(p, backend)).sum(),
+            weights: paths
+                .iter()
+                .map(|p| self.held_bytes(p, backend))
+                .sum::<u64>()
+                + packed,
             activations: graphs
                 .iter()
                 .map(|g| memory::activation_peak(g, transient_bytes))
@@ -471,7 +488,7 @@ impl Pipeline<'_> {
     /// Bytes the backend holds for one weight tensor while its stage runs.
     fn held_bytes(&self, path: &str, backend: &str) -> u64 {
         self.model.file.tensor(path).map_or(0, |t| {
-            if backend != "cpu" {
+            if !compact_cpu(backend) {
                 // f32 copies, packed by tract while it prepares (2.3x measured).
                 (t.numel() as u64 * 4) * 23 / 10
             } else {
@@ -689,7 +706,7 @@ impl Pipeline<'_> {
         // q4 stores 18 bytes per 32 weights where q8 stores 34.
         let p = self.plan_with(r, tiles)?;
         let q4 = |s: &StageMemory| s.activations + s.weights * 18 / 34;
-        if self.backend.name() == "cpu"
+        if compact_cpu(self.backend.name())
             && p.base + p.stages.iter().map(q4).max().unwrap_or(0) <= budget
         {
             hints.push("a q4 model (`ldm-host quantize`/`import --dtype q4`)".into());

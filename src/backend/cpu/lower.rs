@@ -4,6 +4,9 @@
 //! activations and attention are decomposed rather than mapped onto newer fused operators, and
 //! the 2x upsampling is a reshape + broadcast rather than `Resize`, whose many modes are the
 //! part of ONNX importers most often subtly wrong.
+use super::compact::conv_algo;
+use super::compact::direct::Packed;
+use super::compact::kernels::ConvShape;
 use super::compact::{CompactOp, CompactWeight, Kernel};
 use super::onnx::{attr_int, attr_ints, dims, ProtoBuilder};
 use crate::backend::reference::kernels::timestep_freqs;
@@ -38,6 +41,16 @@ pub enum WeightMode {
     /// Weight-bearing nodes and attention become compact nodes that read the stored bytes
     /// (`compact`); the proto holds only small tensors (norms, biases).
     Compact,
+    /// Compact, and the conv weights that `conv_algo::packs` names are also packed in f32 for
+    /// the direct kernel at preparation: faster, for boards with RAM to spare.
+    Packed,
+}
+
+impl WeightMode {
+    /// Whether weight-bearing nodes become compact nodes.
+    fn compact(self) -> bool {
+        matches!(self, WeightMode::Compact | WeightMode::Packed)
+    }
 }
 
 /// Builds the plain ONNX model of `graph`, reading every weight once from `weights`.
@@ -86,7 +99,7 @@ fn param_uses(g: &Graph, mode: WeightMode) -> Vec<ParamUse> {
                 Op::Embedding => slot == 0,
                 _ => false,
             };
-            if mode == WeightMode::Compact && param && weight_slot {
+            if mode.compact() && param && weight_slot {
                 uses[i].compact = true;
             } else if matches!(n.op, Op::Linear) && slot == 1 {
                 uses[i].transposed = true;
@@ -118,6 +131,8 @@ struct Lowerer<'g> {
     uses: Vec<ParamUse>,
     /// The stored-dtype weight of each `Param` read by compact nodes.
     compact_w: Vec<Option<Arc<CompactWeight>>>,
+    /// Packed mode: the packed copy of each conv weight the direct kernel reads.
+    packed_w: Vec<Option<Arc<Packed>>>,
     compact_ops: Vec<CompactOp>,
     /// The f32 ONNX value of each IR node, once made.
     f32s: Vec<Option<String>>,
@@ -136,6 +151,7 @@ impl<'g> Lowerer<'g> {
             mode,
             uses: param_uses(g, mode),
             compact_w: vec![None; n],
+            packed_w: vec![None; n],
             compact_ops: Vec::new(),
             f32s: vec![None; n],
             i64s: vec![None; n],
@@ -322,7 +338,7 @@ impl<'g> Lowerer<'g> {
     /// In compact mode, lowers a weight-bearing node (or attention) to an `LdmCompact` node;
     /// `None` when the node is lowered to plain ONNX.
     fn compact_node(&mut self, id: NodeId) -> Result<Option<String>> {
-        if self.mode != WeightMode::Compact {
+        if !self.mode.compact() {
             return Ok(None);
         }
         let node = &self.g.nodes[id];
@@ -339,6 +355,7 @@ impl<'g> Lowerer<'g> {
             Op::Conv2d { stride, pads } => match weight_at(1) {
                 Some(weight) => (
                     Kernel::Conv {
+                        packed: self.packed(ins[0], ins[1], &weight, stride, pads)?,
                         weight,
                         stride,
                         pads,
@@ -395,6 +412,32 @@ impl<'g> Lowerer<'g> {
             &refs,
             attrs,
         )))
+    }
+
+    /// In packed mode, the conv weight (node `wid`) packed for the direct kernel if
+    /// `conv_algo::packs` the layer reading input `xid`. A weight read by several convs (a
+    /// tiled decoder's tiles) is packed once.
+    fn packed(
+        &mut self,
+        xid: NodeId,
+        wid: NodeId,
+        w: &CompactWeight,
+        stride: usize,
+        pads: [usize; 4],
+    ) -> Result<Option<Arc<Packed>>> {
+        let x = &self.g.nodes[xid].shape;
+        if self.mode != WeightMode::Packed || x.len() != 4 || w.shape.len() != 4 {
+            return Ok(None);
+        }
+        if !conv_algo::packs(&ConvShape::new(x, &w.shape, stride, pads)) {
+            return Ok(None);
+        }
+        if let Some(p) = &self.packed_w[wid] {
+            return Ok(Some(p.clone()));
+        }
+        let p = Arc::new(Packed::new(w)?);
+        self.packed_w[wid] = Some(p.clone());
+        Ok(Some(p))
     }
 
     /// Loads a weight once and emits the initializer(s) its readers need.
@@ -606,5 +649,73 @@ impl<'g> Lowerer<'g> {
         let (first, second) = if flip { (cos, sin) } else { (sin, cos) };
         self.b
             .node("Concat", &[&first, &second], vec![attr_int("axis", 1)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Tensor;
+    use crate::graph::Tracer;
+    use crate::ops::Ops;
+    use std::collections::HashMap;
+
+    /// Whether each conv of `x [1, c, h, w]` * `w [o, c, 3, 3]` is lowered with a packed weight;
+    /// checks on the way that the planner counts the bytes the lowering packs.
+    fn packed_convs(mode: WeightMode, x: &[usize], o: usize) -> Vec<bool> {
+        let mut t = Tracer::new();
+        let xi = t.input("x", x, ValueType::F32);
+        let ws = [o, x[1], 3, 3];
+        let wi = t.param("w", &ws).unwrap();
+        let y = t.conv2d(&xi, &wi, None, 1, [1; 4]).unwrap();
+        let g = t.finish(&[y]);
+        let mut weights = HashMap::new();
+        let data = (0..numel(&ws)).map(|i| (i % 7) as f32).collect();
+        weights.insert("w".to_string(), Tensor::new(ws.to_vec(), data).unwrap());
+        let (_, ops) = lower_with(&g, &weights, mode).unwrap();
+        let held: usize = ops
+            .iter()
+            .filter_map(|op| match &op.kernel {
+                Kernel::Conv { packed, .. } => packed.as_ref().map(|p| p.bytes()),
+                _ => None,
+            })
+            .sum();
+        let planned = match mode {
+            WeightMode::Packed => super::super::compact::kernels::packed_bytes(&[g]),
+            _ => 0,
+        };
+        assert_eq!(held as u64, planned, "{mode:?} {x:?} -> {o}");
+        ops.iter()
+            .filter_map(|op| match &op.kernel {
+                Kernel::Conv { packed, .. } => Some(packed.is_some()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The packed plan packs what `conv_algo::packs` names and nothing else; the compact plan
+    /// packs nothing.
+    #[test]
+    fn packed_mode_packs_the_layers_conv_algo_names() {
+        let direct = super::super::compact::direct::available();
+        // One image at 8x8: per-call packing would not pay, a packed weight does.
+        assert_eq!(
+            packed_convs(WeightMode::Packed, &[1, 64, 8, 8], 32),
+            [direct]
+        );
+        assert_eq!(
+            packed_convs(WeightMode::Compact, &[1, 64, 8, 8], 32),
+            [false]
+        );
+        // Too few channels: im2col, nothing packed.
+        assert_eq!(
+            packed_convs(WeightMode::Packed, &[1, 32, 8, 8], 32),
+            [false]
+        );
+        // 64x64 runs Winograd, which packs nothing.
+        assert_eq!(
+            packed_convs(WeightMode::Packed, &[1, 64, 64, 64], 32),
+            [false]
+        );
     }
 }

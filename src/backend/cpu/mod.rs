@@ -6,8 +6,11 @@
 //!   their stored dtype in the model file's mapping and are widened a panel at a time inside
 //!   the compact kernels ([`compact`]); attention never holds its score matrix. Memory is the
 //!   mapped file plus activations.
+//! - [`CpuPackedBackend`] (`--backend cpu-packed`): the same plan, with the conv weights of
+//!   the layers where repacking per call costs most (the 16x16 level and below) also packed in
+//!   f32 for the direct kernel at preparation; faster, for boards with RAM to spare.
 //! - [`CpuExpandedBackend`] (`--backend cpu-expanded`): every weight is widened to f32 and
-//!   packed by tract at load, as before; for boards with RAM to spare.
+//!   packed by tract at load, as before the compact plan existed.
 pub mod compact;
 mod export;
 mod lower;
@@ -24,6 +27,9 @@ use std::sync::Once;
 
 /// The CPU backend with weights kept in their stored dtype (see the module doc).
 pub struct CpuBackend;
+
+/// The compact CPU backend with the direct kernel's conv weights packed at preparation.
+pub struct CpuPackedBackend;
 
 /// The CPU backend with every weight widened to f32 and packed by tract at load.
 pub struct CpuExpandedBackend;
@@ -61,6 +67,16 @@ impl Backend for CpuBackend {
 
     fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>> {
         prepare(graph, weights, WeightMode::Compact)
+    }
+}
+
+impl Backend for CpuPackedBackend {
+    fn name(&self) -> &'static str {
+        "cpu-packed"
+    }
+
+    fn prepare(&self, graph: &Graph, weights: &dyn WeightSource) -> Result<Box<dyn Executable>> {
+        prepare(graph, weights, WeightMode::Packed)
     }
 }
 

@@ -70,6 +70,23 @@ pub fn resolve(algo: Algo, g: &ConvShape) -> Algo {
 /// or 32 pixels costs more than the product: im2col there (direct 0.4-0.9x). Layers with
 /// under 64 input or 32 output channels (the shipped model's 32-channel decoder top, any
 /// conv_out) are faster on im2col.
+/// Whether the packed plan (`--backend cpu-packed`) packs this layer's weight at preparation:
+/// the 3x3 stride-1 layers that [`choose`] does not give to Winograd, with at least 64 input
+/// and 32 output channels, on a CPU that runs the direct kernel. With the weight packed the
+/// direct kernel beats im2col on every such SD-1.5 layer (`conv_algos`, f32, median of 5,
+/// im2col time over packed time): one image at 16x16 1.13-1.76x, 8x8 1.03-1.15x, 4x4
+/// 1.25-1.76x. `LDM_CPU_CONV` forcing another algorithm turns packing off.
+pub fn packs(g: &ConvShape) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.c >= 64
+        && g.o >= 32
+        && forced().map_or(true, |a| a == Algo::Direct)
+        && matches!(choose(g), Algo::Im2col | Algo::Direct)
+        && direct::available()
+}
+
 pub fn choose(g: &ConvShape) -> Algo {
     if g.kh != 3 || g.kw != 3 || g.stride != 1 {
         return Algo::Im2col;

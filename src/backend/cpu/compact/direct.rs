@@ -83,12 +83,86 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// A conv weight packed once, at plan preparation, into the kernel's own layout: every
+/// `[C/16][kh*kw][16 c][32 o]` K-group slice of every 32-output group, back to back
+/// (`[O/32][C/16][taps][16][32]`, zero-padded to whole groups and blocks). The packed plan
+/// (`--backend cpu-packed`) keeps these in f32 for the layers where repacking per call costs
+/// more than the product: one-image 16x16 and the 8x8 and 4x4 levels, where a 59 MB weight
+/// meets 16-256 pixels.
+pub struct Packed {
+    data: Vec<f32>,
+    /// `[O, C, kh, kw]` of the weight it was packed from.
+    shape: [usize; 4],
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "packed{:?}", self.shape)
+    }
+}
+
+impl Packed {
+    /// Packs `w` (`[O, C, kh, kw]`, any stored dtype), one 32-output group per task.
+    pub fn new(w: &CompactWeight) -> crate::Result<Packed> {
+        let shape: [usize; 4] = w.shape[..].try_into().map_err(|_| crate::Error::Backend {
+            backend: "cpu",
+            msg: format!("a conv weight must be [O, C, kh, kw], not {:?}", w.shape),
+        })?;
+        let [o, c, kh, kw] = shape;
+        let taps = kh * kw;
+        let (ncb, kdim, block) = (c.div_ceil(CB), c * taps, taps * CB * OB);
+        let mut data = vec![0f32; Self::values(&shape) as usize];
+        data.par_chunks_mut((ncb * block).max(1))
+            .enumerate()
+            .for_each(|(op, group)| {
+                let n_o = OB.min(o - op * OB);
+                let mut rows = vec![0f32; n_o * kdim];
+                w.widen_into(op * OB * kdim, &mut rows);
+                for (cb, dst) in group.chunks_exact_mut(block).enumerate() {
+                    pack(
+                        &rows,
+                        kdim,
+                        cb * CB * taps,
+                        n_o,
+                        CB.min(c - cb * CB),
+                        taps,
+                        dst,
+                    );
+                }
+            });
+        Ok(Packed { data, shape })
+    }
+
+    /// f32 values a packed `[O, C, kh, kw]` weight holds. For the memory planner.
+    pub fn values(shape: &[usize; 4]) -> u64 {
+        let [o, c, kh, kw] = *shape;
+        (o.div_ceil(OB) * c.div_ceil(CB) * kh * kw * CB * OB) as u64
+    }
+
+    pub fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+
+    /// Whether this is `g`'s weight.
+    pub fn fits(&self, g: &ConvShape) -> bool {
+        self.shape == [g.o, g.c, g.kh, g.kw]
+    }
+}
+
+/// Where a call's weight comes from: the stored weight, packed a K-group slice at a time, or
+/// one packed at preparation.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    Stored(&'a CompactWeight),
+    Packed(&'a Packed),
+}
+
 /// `out [B, O, Ho, Wo] = conv(x [B, C, H, W], w [O, C, kh, kw]) + bias`, stride 1.
-/// The caller checked [`available`] and [`fits`].
+/// The caller checked [`available`] and [`fits`] (and, for a packed weight, [`Packed::fits`]).
 pub(super) fn conv2d(
     x: &[f32],
     g: &ConvShape,
-    w: &CompactWeight,
+    w: Weight,
     bias: Option<&[f32]>,
     out: &mut [f32],
     bufs: Buffers,
@@ -113,7 +187,7 @@ pub(super) fn conv2d(
 unsafe fn conv2d_avx512(
     x: &[f32],
     g: &ConvShape,
-    w: &CompactWeight,
+    w: Weight,
     bias: Option<&[f32]>,
     out: &mut [f32],
     bufs: Buffers,
@@ -152,12 +226,17 @@ unsafe fn conv2d_avx512(
     let tiles = g.batch * ho * per_row;
     // Each task is one 32-channel output group (all its tiles), so it packs each slice of
     // its weight once; layers with few groups split their tiles too, repacking per task.
+    // A packed weight costs nothing to split.
     let threads = rayon::current_num_threads().max(1);
+    let (stored, packed) = match w {
+        Weight::Stored(w) => (Some(w), None),
+        Weight::Packed(p) => (None, Some(&p.data[..])),
+    };
     let splits = (2 * threads).div_ceil(nop).clamp(1, tiles.max(1));
     let chunk = tiles.div_ceil(splits);
     let prod = grow(bufs.prod, g.batch * nop * ho * wo * OB);
     let prod_ptr = SendPtr(prod.as_mut_ptr());
-    let wf = w.f32_view();
+    let wf = stored.and_then(|w| w.f32_view());
     let block = taps * CB * OB;
 
     (0..nop * splits).into_par_iter().for_each(|task| {
@@ -168,27 +247,21 @@ unsafe fn conv2d_avx512(
         SLICES.with(|cell| {
             let mut cell = cell.borrow_mut();
             let (slice, wide) = &mut *cell;
-            let slice = grow(slice, K_GROUP * block);
+            let slice = match packed {
+                Some(_) => &mut slice[..0],
+                None => grow(slice, K_GROUP * block),
+            };
             for k0 in (0..ncb).step_by(K_GROUP) {
                 let kn = K_GROUP.min(ncb - k0);
-                // This group's columns of the 32 weight rows: in place, or widened.
                 let col0 = k0 * CB * taps;
-                let span = (kn * CB * taps).min(kdim - col0);
-                let (src, ld, c0) = match wf {
-                    Some(wf) => (&wf[rows0 * kdim..], kdim, col0),
-                    None => {
-                        let wide = grow(wide, n_o * span);
-                        for (oo, run) in wide.chunks_exact_mut(span).enumerate() {
-                            w.widen_into((rows0 + oo) * kdim + col0, run);
-                        }
-                        (&wide[..], span, 0)
+                let pan = match (packed, stored) {
+                    (Some(p), _) => p[(op * ncb + k0) * block..][..kn * block].as_ptr(),
+                    (None, Some(w)) => {
+                        pack_group(w, wf, (rows0, n_o, kdim), (k0, kn, col0), g, slice, wide);
+                        slice.as_ptr()
                     }
+                    (None, None) => unreachable!("a weight is stored or packed"),
                 };
-                for (i, dst) in slice.chunks_exact_mut(block).take(kn).enumerate() {
-                    let cb = k0 + i;
-                    pack(src, ld, c0 + i * CB * taps, n_o, CB.min(g.c - cb * CB), taps, dst);
-                }
-                let pan = slice.as_ptr();
                 // The next group's weight runs, fetched a share per tile while this group
                 // computes, so packing it does not wait on memory for 32 rows at once
                 // (conv_algos, with and without, alternating, three rounds: 2x1280->640 at
@@ -254,6 +327,45 @@ unsafe fn conv2d_avx512(
                 *d = src[i * OB] + bv;
             }
         });
+}
+
+/// Packs the K-group `k0 .. k0 + kn` (channel blocks; weight columns from `col0`) of the
+/// 32-output group at `rows0` into `slice`: from the mapping in place when the weight is f32,
+/// otherwise through `wide`, this group's columns widened.
+fn pack_group(
+    w: &CompactWeight,
+    wf: Option<&[f32]>,
+    (rows0, n_o, kdim): (usize, usize, usize),
+    (k0, kn, col0): (usize, usize, usize),
+    g: &ConvShape,
+    slice: &mut [f32],
+    wide: &mut Vec<f32>,
+) {
+    let taps = g.kh * g.kw;
+    let block = taps * CB * OB;
+    let span = (kn * CB * taps).min(kdim - col0);
+    let (src, ld, c0) = match wf {
+        Some(wf) => (&wf[rows0 * kdim..], kdim, col0),
+        None => {
+            let wide = grow(wide, n_o * span);
+            for (oo, run) in wide.chunks_exact_mut(span).enumerate() {
+                w.widen_into((rows0 + oo) * kdim + col0, run);
+            }
+            (&wide[..], span, 0)
+        }
+    };
+    for (i, dst) in slice.chunks_exact_mut(block).take(kn).enumerate() {
+        let cb = k0 + i;
+        pack(
+            src,
+            ld,
+            c0 + i * CB * taps,
+            n_o,
+            CB.min(g.c - cb * CB),
+            taps,
+            dst,
+        );
+    }
 }
 
 /// `dst[t][ci][oo] = rows[oo][col0 + ci * taps + t]` for `n_o` rows of `kdim` values and `n_c`
@@ -362,8 +474,9 @@ mod tests {
     use crate::format::{DType, SharedBytes};
 
     /// Max error relative to the largest output against the f64 definition, and the lengths
-    /// the shared buffers grew to. The output starts as NaN, so a value never written shows.
-    fn check(g: ConvShape, dtype: DType) -> (f64, [u64; 2]) {
+    /// the shared buffers grew to, with the weight packed per call (`packed` false) or at
+    /// preparation. The output starts as NaN, so a value never written shows.
+    fn check(g: ConvShape, dtype: DType, packed: bool) -> (f64, [u64; 2]) {
         let x = data(g.batch * g.c * g.h * g.w, 1);
         let mut wf = data(g.o * g.c * g.kh * g.kw, 2);
         let bias = data(g.o, 3);
@@ -388,7 +501,14 @@ mod tests {
             input: &mut input,
             prod: &mut prod,
         };
-        conv2d(&x, &g, &w, Some(&bias), &mut out, bufs);
+        let p = Packed::new(&w).unwrap();
+        assert!(p.fits(&g));
+        assert_eq!(p.bytes() as u64, 4 * Packed::values(&dims));
+        let weight = match packed {
+            true => Weight::Packed(&p),
+            false => Weight::Stored(&w),
+        };
+        conv2d(&x, &g, weight, Some(&bias), &mut out, bufs);
         let r = naive(&x, &g, &wf, &bias);
         (
             max_rel_err(&out, &r),
@@ -417,8 +537,13 @@ mod tests {
         ];
         for g in shapes {
             for dtype in [DType::F32, DType::Q8, DType::Q4] {
-                let (err, _) = check(g, dtype);
-                assert!(err < 1e-5, "{g:?} {dtype:?}: relative error {err:e}");
+                for packed in [false, true] {
+                    let (err, _) = check(g, dtype, packed);
+                    assert!(
+                        err < 1e-5,
+                        "{g:?} {dtype:?} packed {packed}: relative error {err:e}"
+                    );
+                }
             }
         }
     }
@@ -433,8 +558,10 @@ mod tests {
             shape(2, 70, (13, 13), 45, 3, [1; 4]),
             shape(1, 33, (9, 24), 64, 3, [0, 1, 2, 0]),
         ] {
-            let (_, grown) = check(g, DType::Q8);
-            assert_eq!(grown, scratch_values(&g), "{g:?}");
+            for packed in [false, true] {
+                let (_, grown) = check(g, DType::Q8, packed);
+                assert_eq!(grown, scratch_values(&g), "{g:?} packed {packed}");
+            }
         }
     }
 }

@@ -386,6 +386,25 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
     conv2d_with(conv_algo::choose(g), x, g, w, bias, out)
 }
 
+/// [`conv2d`] with a weight packed at preparation ([`direct::Packed`]): the packed CPU plan's
+/// layers where repacking per call would cost more than the product. The caller checked
+/// [`direct::available`], [`direct::fits`] and [`direct::Packed::fits`].
+pub fn conv2d_packed(
+    x: &[f32],
+    g: &ConvShape,
+    w: &direct::Packed,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    with_scratch(|s| {
+        let bufs = direct::Buffers {
+            input: &mut s.cols,
+            prod: &mut s.prod,
+        };
+        direct::conv2d(x, g, direct::Weight::Packed(w), bias, out, bufs);
+    });
+}
+
 /// [`conv2d`] with the algorithm given rather than chosen (for benchmarks and tests); one the
 /// layer or the CPU cannot run falls back to im2col ([`conv_algo::resolve`]).
 pub fn conv2d_with(
@@ -403,7 +422,7 @@ pub fn conv2d_with(
                 input: &mut s.cols,
                 prod: &mut s.prod,
             };
-            direct::conv2d(x, g, w, bias, out, bufs);
+            direct::conv2d(x, g, direct::Weight::Stored(w), bias, out, bufs);
         });
         return;
     }
@@ -898,6 +917,35 @@ pub fn scratch_bytes(graphs: &[crate::graph::Graph]) -> u64 {
         }
     }
     4 * most.iter().sum::<u64>()
+}
+
+/// Bytes the packed plan (`--backend cpu-packed`) adds for its packed conv weights while
+/// `graphs` run: each weight a conv of theirs packs ([`conv_algo::packs`]), once however many
+/// graphs read it (a tiled decoder's tiles share theirs within one plan; the count is exact
+/// for one graph and an upper bound across several). For the memory planner.
+pub fn packed_bytes(graphs: &[crate::graph::Graph]) -> u64 {
+    use crate::graph::Op;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for graph in graphs {
+        for node in &graph.nodes {
+            let Op::Conv2d { stride, pads } = node.op else {
+                continue;
+            };
+            let (x, wid) = (&graph.nodes[node.inputs[0]].shape, node.inputs[1]);
+            let w = &graph.nodes[wid].shape;
+            let (Op::Param { path }, &[o, c, kh, kw]) = (&graph.nodes[wid].op, &w[..]) else {
+                continue;
+            };
+            if x.len() == 4
+                && conv_algo::packs(&ConvShape::new(x, w, stride, pads))
+                && seen.insert(path.clone())
+            {
+                total += 4 * direct::Packed::values(&[o, c, kh, kw]);
+            }
+        }
+    }
+    total
 }
 
 /// Working memory one node holds on top of its inputs, its output and the shared scratch

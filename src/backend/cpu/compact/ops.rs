@@ -5,6 +5,7 @@
 //! op itself (kernel, weight, output shape) waits in a table that [`import`] makes visible to
 //! tract's ONNX parser for the duration of the import. The weights therefore never pass
 //! through the proto, and every node is whole from the moment tract creates it.
+use super::direct::Packed;
 use super::kernels::{self, ConvShape};
 use super::weight::CompactWeight;
 use std::cell::RefCell;
@@ -26,6 +27,8 @@ pub enum Kernel {
         weight: Arc<CompactWeight>,
         stride: usize,
         pads: [usize; 4],
+        /// The same weight packed for the direct kernel at preparation (the packed plan).
+        packed: Option<Arc<Packed>>,
     },
     /// inputs: ids (int64); table `[V, D]`
     Embedding(Arc<CompactWeight>),
@@ -84,6 +87,11 @@ impl Op for CompactOp {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(match &self.kernel {
+            Kernel::Conv {
+                weight,
+                packed: Some(p),
+                ..
+            } => vec![format!("weight {weight:?}, {p:?}")],
             Kernel::Linear(w) | Kernel::Conv { weight: w, .. } | Kernel::Embedding(w) => {
                 vec![format!("weight {w:?}")]
             }
@@ -140,6 +148,7 @@ impl CompactOp {
                 weight,
                 stride,
                 pads,
+                packed,
             } => {
                 let xs = dims(&inputs[0], 4, "conv input")?;
                 let ws = &weight.shape;
@@ -152,7 +161,14 @@ impl CompactOp {
                     [g.batch, g.o, ho, wo],
                     self.out_shape
                 );
-                kernels::conv2d(f32s(&inputs[0])?, &g, weight, self.bias(inputs, g.o)?, out);
+                let (x, bias) = (f32s(&inputs[0])?, self.bias(inputs, g.o)?);
+                match packed {
+                    Some(p) => {
+                        ensure!(p.fits(&g), "conv {g:?} with a weight packed as {p:?}");
+                        kernels::conv2d_packed(x, &g, p, bias, out);
+                    }
+                    None => kernels::conv2d(x, &g, weight, bias, out),
+                }
             }
             Kernel::Embedding(table) => {
                 let (v, d) = (table.shape[0], table.shape[1]);
