@@ -82,7 +82,7 @@ pub fn packs(g: &ConvShape) -> bool {
         && g.stride == 1
         && g.c >= 64
         && g.o >= 32
-        && forced().map_or(true, |a| a == Algo::Direct)
+        && forced().is_none_or(|a| a == Algo::Direct)
         && matches!(choose(g), Algo::Im2col | Algo::Direct)
         && direct::available()
 }
