@@ -1,10 +1,10 @@
 //! Times the compact CPU convolution algorithms against each other on the 3x3 layers of an
 //! SD-1.5 UNet and decoder: `cargo run --release --example conv_algos [-- --q8] [--reps N]`.
-//! Each shape runs im2col, Winograd F(2x2) and F(4x4) in turn, `reps` rounds, and prints the
-//! median per algorithm, the speedup over im2col and the largest difference from it
+//! Each shape runs im2col, Winograd F(2x2) and F(4x4), the direct kernel, and what the packed
+//! plan (`--backend cpu-packed`) runs, on a weight prepared beforehand, in turn, `reps` rounds,
+//! and prints the median per algorithm, the speedup over im2col and the largest difference from it
 //! (relative to the output's largest value). What `conv_algo::choose` picks is marked `*`.
-use ldm_edge::backend::cpu::compact::conv_algo::{choose, Algo};
-use ldm_edge::backend::cpu::compact::direct::{self, Packed};
+use ldm_edge::backend::cpu::compact::conv_algo::{choose, Algo, Prepared};
 use ldm_edge::backend::cpu::compact::kernels::{conv2d_packed, conv2d_with, ConvShape};
 use ldm_edge::backend::cpu::compact::CompactWeight;
 use ldm_edge::format::quant::quantize_q8;
@@ -48,15 +48,18 @@ fn main() -> ldm_edge::Result<()> {
         (1, 64, 64, 32),
         (1, 128, 128, 32),
     ];
-    // `--shapes b,c,o,side;b,c,o,side`: these layers instead.
-    let shapes: Vec<(usize, usize, usize, usize)> = match args.iter().position(|a| a == "--shapes")
-    {
-        Some(i) => args
-            .get(i + 1)
-            .map(|s| s.split(';').filter_map(parse_shape).collect())
-            .unwrap_or_default(),
-        None => default_shapes.to_vec(),
-    };
+    // `--shapes b,c,o,side[,k];...`: these layers instead (k x k kernels, 3 by default).
+    let shapes: Vec<(usize, usize, usize, usize, usize)> =
+        match args.iter().position(|a| a == "--shapes") {
+            Some(i) => args
+                .get(i + 1)
+                .map(|s| s.split(';').filter_map(parse_shape).collect())
+                .unwrap_or_default(),
+            None => default_shapes
+                .iter()
+                .map(|&(b, c, o, s)| (b, c, o, s, 3))
+                .collect(),
+        };
     let mut seed = 1u64;
     let mut rnd = move || {
         seed = seed
@@ -81,30 +84,31 @@ fn main() -> ldm_edge::Result<()> {
         "dir err",
         "pack err"
     );
-    for (b, c, o, side) in shapes {
+    for (b, c, o, side, k) in shapes {
         let g = ConvShape {
             batch: b,
             c,
             h: side,
             w: side,
             o,
-            kh: 3,
-            kw: 3,
+            kh: k,
+            kw: k,
             stride: 1,
-            pads: [1; 4],
+            pads: [k / 2; 4],
         };
         let x: Vec<f32> = (0..b * c * side * side).map(|_| rnd()).collect();
-        let wf: Vec<f32> = (0..o * c * 9).map(|_| rnd() * 0.1).collect();
+        let wf: Vec<f32> = (0..o * c * k * k).map(|_| rnd() * 0.1).collect();
         let bias: Vec<f32> = (0..o).map(|_| rnd()).collect();
         let w = if q8 {
             let bytes = SharedBytes::from_vec(quantize_q8(&wf));
-            CompactWeight::new(DType::Q8, &[o, c, 3, 3], bytes)?
+            CompactWeight::new(DType::Q8, &[o, c, k, k], bytes)?
         } else {
-            CompactWeight::from_f32(&[o, c, 3, 3], &wf)?
+            CompactWeight::from_f32(&[o, c, k, k], &wf)?
         };
         let algos = [Algo::Im2col, Algo::F2, Algo::F4, Algo::Direct];
-        // The direct kernel again with the weight packed once beforehand (the packed plan).
-        let packed = direct::available().then(|| Packed::new(&w)).transpose()?;
+        // What the packed plan runs: the layer's algorithm on a weight prepared beforehand
+        // (packed for the direct kernel, or Winograd-transformed), or im2col.
+        let packed = Prepared::new(&g, &w)?;
         let mut outs = vec![vec![0f32; b * o * side * side]; 5];
         let mut times = vec![Vec::new(); 5];
         for _ in 0..reps + 1 {
@@ -139,7 +143,7 @@ fn main() -> ldm_edge::Result<()> {
         let mark = |a: Algo| if a == pick { "*" } else { " " };
         println!(
             "{:<22} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>9.2}{} {:>10.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>9.1e}",
-            format!("{b},{c}->{o},{side}"),
+            format!("{b},{c}->{o},{side}{}", if k == 3 { String::new() } else { format!(",k{k}") }),
             t[0],
             mark(Algo::Im2col),
             t[1],
@@ -162,10 +166,11 @@ fn main() -> ldm_edge::Result<()> {
     Ok(())
 }
 
-fn parse_shape(s: &str) -> Option<(usize, usize, usize, usize)> {
+fn parse_shape(s: &str) -> Option<(usize, usize, usize, usize, usize)> {
     let v: Vec<usize> = s.split(',').filter_map(|t| t.trim().parse().ok()).collect();
     match v[..] {
-        [b, c, o, side] => Some((b, c, o, side)),
+        [b, c, o, side] => Some((b, c, o, side, 3)),
+        [b, c, o, side, k] if k % 2 == 1 => Some((b, c, o, side, k)),
         _ => None,
     }
 }

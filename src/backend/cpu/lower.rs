@@ -4,8 +4,7 @@
 //! activations and attention are decomposed rather than mapped onto newer fused operators, and
 //! the 2x upsampling is a reshape + broadcast rather than `Resize`, whose many modes are the
 //! part of ONNX importers most often subtly wrong.
-use super::compact::conv_algo;
-use super::compact::direct::Packed;
+use super::compact::conv_algo::Prepared;
 use super::compact::kernels::ConvShape;
 use super::compact::{CompactOp, CompactWeight, Kernel};
 use super::onnx::{attr_int, attr_ints, dims, ProtoBuilder};
@@ -41,8 +40,9 @@ pub enum WeightMode {
     /// Weight-bearing nodes and attention become compact nodes that read the stored bytes
     /// (`compact`); the proto holds only small tensors (norms, biases).
     Compact,
-    /// Compact, and the conv weights that `conv_algo::packs` names are also packed in f32 for
-    /// the direct kernel at preparation: faster, for boards with RAM to spare.
+    /// Compact, and the conv weights that `conv_algo::prepares` names are also held in f32,
+    /// packed or transformed for their algorithm at preparation: faster, for boards with RAM
+    /// to spare.
     Packed,
 }
 
@@ -131,8 +131,8 @@ struct Lowerer<'g> {
     uses: Vec<ParamUse>,
     /// The stored-dtype weight of each `Param` read by compact nodes.
     compact_w: Vec<Option<Arc<CompactWeight>>>,
-    /// Packed mode: the packed copy of each conv weight the direct kernel reads.
-    packed_w: Vec<Option<Arc<Packed>>>,
+    /// Packed mode: each conv weight as prepared for its algorithm.
+    packed_w: Vec<Option<Arc<Prepared>>>,
     compact_ops: Vec<CompactOp>,
     /// The f32 ONNX value of each IR node, once made.
     f32s: Vec<Option<String>>,
@@ -414,9 +414,9 @@ impl<'g> Lowerer<'g> {
         )))
     }
 
-    /// In packed mode, the conv weight (node `wid`) packed for the direct kernel if
-    /// `conv_algo::packs` the layer reading input `xid`. A weight read by several convs (a
-    /// tiled decoder's tiles) is packed once.
+    /// In packed mode, the conv weight (node `wid`) prepared for the algorithm of the layer
+    /// reading input `xid`, if `conv_algo::prepares` one. A weight read by several convs (a
+    /// tiled decoder's tiles, all of one shape) is prepared once.
     fn packed(
         &mut self,
         xid: NodeId,
@@ -424,20 +424,20 @@ impl<'g> Lowerer<'g> {
         w: &CompactWeight,
         stride: usize,
         pads: [usize; 4],
-    ) -> Result<Option<Arc<Packed>>> {
+    ) -> Result<Option<Arc<Prepared>>> {
         let x = &self.g.nodes[xid].shape;
         if self.mode != WeightMode::Packed || x.len() != 4 || w.shape.len() != 4 {
             return Ok(None);
         }
-        if !conv_algo::packs(&ConvShape::new(x, &w.shape, stride, pads)) {
-            return Ok(None);
-        }
-        if let Some(p) = &self.packed_w[wid] {
+        let g = ConvShape::new(x, &w.shape, stride, pads);
+        if let Some(p) = self.packed_w[wid].as_ref().filter(|p| p.fits(&g)) {
             return Ok(Some(p.clone()));
         }
-        let p = Arc::new(Packed::new(w)?);
-        self.packed_w[wid] = Some(p.clone());
-        Ok(Some(p))
+        let p = Prepared::new(&g, w)?.map(Arc::new);
+        if p.is_some() {
+            self.packed_w[wid] = p.clone();
+        }
+        Ok(p)
     }
 
     /// Loads a weight once and emits the initializer(s) its readers need.
@@ -661,7 +661,7 @@ mod tests {
     use std::collections::HashMap;
 
     /// Whether each conv of `x [1, c, h, w]` * `w [o, c, 3, 3]` is lowered with a packed weight;
-    /// checks on the way that the planner counts the bytes the lowering packs.
+    /// checks on the way that the planner counts the bytes the lowering prepares.
     fn packed_convs(mode: WeightMode, x: &[usize], o: usize) -> Vec<bool> {
         let mut t = Tracer::new();
         let xi = t.input("x", x, ValueType::F32);
@@ -693,8 +693,8 @@ mod tests {
             .collect()
     }
 
-    /// The packed plan packs what `conv_algo::packs` names and nothing else; the compact plan
-    /// packs nothing.
+    /// The packed plan prepares what `conv_algo::prepares` names and nothing else; the compact
+    /// plan prepares nothing.
     #[test]
     fn packed_mode_packs_the_layers_conv_algo_names() {
         let direct = super::super::compact::direct::available();
@@ -712,10 +712,15 @@ mod tests {
             packed_convs(WeightMode::Packed, &[1, 32, 8, 8], 32),
             [false]
         );
-        // 64x64 runs Winograd, which packs nothing.
+        // One image at 16x16: Winograd F(2x2) on a weight transformed beforehand, on any CPU.
+        assert_eq!(
+            packed_convs(WeightMode::Packed, &[1, 64, 16, 16], 32),
+            [true]
+        );
+        // 64x64 runs Winograd, its weight transformed beforehand.
         assert_eq!(
             packed_convs(WeightMode::Packed, &[1, 64, 64, 64], 32),
-            [false]
+            [true]
         );
     }
 }

@@ -4,7 +4,9 @@
 //! benchmarks all go through [`choose`] and [`resolve`], so they agree on what runs.
 use super::direct;
 use super::kernels::ConvShape;
-use super::winograd::{Variant, F2, F4};
+use super::weight::CompactWeight;
+use super::winograd::{self, Variant, F2, F4};
+use crate::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
@@ -70,21 +72,90 @@ pub fn resolve(algo: Algo, g: &ConvShape) -> Algo {
 /// or 32 pixels costs more than the product: im2col there (direct 0.4-0.9x). Layers with
 /// under 64 input or 32 output channels (the shipped model's 32-channel decoder top, any
 /// conv_out) are faster on im2col.
-/// Whether the packed plan (`--backend cpu-packed`) packs this layer's weight at preparation:
-/// the 3x3 stride-1 layers that [`choose`] does not give to Winograd, with at least 64 input
-/// and 32 output channels, on a CPU that runs the direct kernel. With the weight packed the
-/// direct kernel beats im2col on every such SD-1.5 layer (`conv_algos`, f32, median of 5,
-/// im2col time over packed time): one image at 16x16 1.13-1.76x, 8x8 1.03-1.15x, 4x4
-/// 1.25-1.76x. `LDM_CPU_CONV` forcing another algorithm turns packing off.
-pub fn packs(g: &ConvShape) -> bool {
-    g.kh == 3
-        && g.kw == 3
-        && g.stride == 1
-        && g.c >= 64
-        && g.o >= 32
-        && forced().is_none_or(|a| a == Algo::Direct)
-        && matches!(choose(g), Algo::Im2col | Algo::Direct)
-        && direct::available()
+/// What the packed plan (`--backend cpu-packed`) prepares for a layer at plan preparation,
+/// as the algorithm that will read it. Winograd's transformed weight where [`choose`] picks
+/// Winograd; for the other 3x3 stride-1 layers with at least 64 input and 32 output channels,
+/// F(2x2) down to 16x16 outputs and the direct kernel's packed weight below (on a CPU that
+/// runs it; im2col otherwise). `LDM_CPU_CONV` forcing an algorithm prepares only that one.
+///
+/// Once its weight transform is paid at preparation, Winograd wins down to 16x16, and the
+/// direct kernel, once its packing is, wins at 8x8 and 4x4 (`conv_algos` with and without
+/// `LDM_CPU_CONV=f2`, f32, median of 5, ms, prepared weights): F(2x2) against direct at 16x16
+/// 16.2 vs 16.9 (one image, 1280 channels), 27.9 vs 32.6 (two images); at 8x8 14.0 vs 9.3.
+/// Against what the compact plan runs: 32x32 F(2x2) 1.25x faster, 64x64 F(4x4) 1.16-1.18x,
+/// 8x8 1.12-1.23x, 4x4 1.03-1.76x.
+pub fn prepares(g: &ConvShape) -> Option<Algo> {
+    let chosen = choose(g);
+    if matches!(chosen, Algo::F2 | Algo::F4) {
+        return Some(chosen);
+    }
+    if forced().is_some() {
+        return (chosen == Algo::Direct).then_some(Algo::Direct);
+    }
+    if g.kh != 3 || g.kw != 3 || g.stride != 1 || g.c < 64 || g.o < 32 {
+        return None;
+    }
+    let (ho, wo) = g.out_hw();
+    if ho.div_ceil(2) * wo.div_ceil(2) >= 64 {
+        Some(Algo::F2)
+    } else {
+        direct::available().then_some(Algo::Direct)
+    }
+}
+
+/// A conv weight prepared once for the algorithm its layer runs ([`prepares`]).
+pub enum Prepared {
+    Direct(direct::Packed),
+    Winograd(&'static Variant, winograd::Transformed),
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prepared::Direct(p) => p.fmt(f),
+            Prepared::Winograd(_, t) => t.fmt(f),
+        }
+    }
+}
+
+impl Prepared {
+    /// `w` prepared for layer `g`, if [`prepares`] names an algorithm for it.
+    pub fn new(g: &ConvShape, w: &CompactWeight) -> Result<Option<Prepared>> {
+        Ok(match prepares(g) {
+            Some(Algo::Direct) => Some(Prepared::Direct(direct::Packed::new(w)?)),
+            Some(a) => match a.variant() {
+                Some(v) => Some(Prepared::Winograd(v, winograd::Transformed::new(v, w)?)),
+                None => None,
+            },
+            None => None,
+        })
+    }
+
+    /// Bytes [`Prepared::new`] holds for layer `g`. For the memory planner.
+    pub fn bytes_for(g: &ConvShape) -> u64 {
+        4 * match prepares(g) {
+            Some(Algo::Direct) => direct::Packed::values(&[g.o, g.c, g.kh, g.kw]),
+            Some(a) => a
+                .variant()
+                .map_or(0, |v| winograd::Transformed::values(v, g.o, g.c)),
+            None => 0,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Prepared::Direct(p) => p.bytes(),
+            Prepared::Winograd(_, t) => t.bytes(),
+        }
+    }
+
+    /// Whether this is `g`'s weight, prepared for the algorithm `g` runs.
+    pub fn fits(&self, g: &ConvShape) -> bool {
+        match self {
+            Prepared::Direct(p) => p.fits(g) && direct::fits(g) && direct::available(),
+            Prepared::Winograd(v, t) => t.fits(v, g) && g.stride == 1,
+        }
+    }
 }
 
 pub fn choose(g: &ConvShape) -> Algo {

@@ -386,22 +386,33 @@ pub fn conv2d(x: &[f32], g: &ConvShape, w: &CompactWeight, bias: Option<&[f32]>,
     conv2d_with(conv_algo::choose(g), x, g, w, bias, out)
 }
 
-/// [`conv2d`] with a weight packed at preparation ([`direct::Packed`]): the packed CPU plan's
-/// layers where repacking per call would cost more than the product. The caller checked
-/// [`direct::available`], [`direct::fits`] and [`direct::Packed::fits`].
+/// [`conv2d`] with a weight prepared at plan preparation (the packed CPU plan's layers, see
+/// [`conv_algo::prepares`]). The caller checked [`conv_algo::Prepared::fits`].
 pub fn conv2d_packed(
     x: &[f32],
     g: &ConvShape,
-    w: &direct::Packed,
+    w: &conv_algo::Prepared,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    with_scratch(|s| {
-        let bufs = direct::Buffers {
-            input: &mut s.cols,
-            prod: &mut s.prod,
-        };
-        direct::conv2d(x, g, direct::Weight::Packed(w), bias, out, bufs);
+    with_scratch(|s| match w {
+        conv_algo::Prepared::Direct(p) => {
+            let bufs = direct::Buffers {
+                input: &mut s.cols,
+                prod: &mut s.prod,
+            };
+            direct::conv2d(x, g, direct::Weight::Packed(p), bias, out, bufs);
+        }
+        conv_algo::Prepared::Winograd(v, t) => {
+            let bufs = winograd::Buffers {
+                widened: &mut s.panel,
+                input: &mut s.cols,
+                weight: &mut s.xt,
+                prod: &mut s.prod,
+            };
+            let w = winograd::Weight::Transformed(t);
+            winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, WINOGRAD_COLS));
+        }
     });
 }
 
@@ -434,6 +445,7 @@ pub fn conv2d_with(
                 weight: &mut s.xt,
                 prod: &mut s.prod,
             };
+            let w = winograd::Weight::Stored(w);
             winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, WINOGRAD_COLS));
         });
         return;
@@ -919,8 +931,8 @@ pub fn scratch_bytes(graphs: &[crate::graph::Graph]) -> u64 {
     4 * most.iter().sum::<u64>()
 }
 
-/// Bytes the packed plan (`--backend cpu-packed`) adds for its packed conv weights while
-/// `graphs` run: each weight a conv of theirs packs ([`conv_algo::packs`]), once however many
+/// Bytes the packed plan (`--backend cpu-packed`) adds for its prepared conv weights while
+/// `graphs` run: each weight a conv of theirs prepares ([`conv_algo::prepares`]), once however many
 /// graphs read it (a tiled decoder's tiles share theirs within one plan; the count is exact
 /// for one graph and an upper bound across several). For the memory planner.
 pub fn packed_bytes(graphs: &[crate::graph::Graph]) -> u64 {
@@ -934,14 +946,11 @@ pub fn packed_bytes(graphs: &[crate::graph::Graph]) -> u64 {
             };
             let (x, wid) = (&graph.nodes[node.inputs[0]].shape, node.inputs[1]);
             let w = &graph.nodes[wid].shape;
-            let (Op::Param { path }, &[o, c, kh, kw]) = (&graph.nodes[wid].op, &w[..]) else {
+            let Op::Param { path } = &graph.nodes[wid].op else {
                 continue;
             };
-            if x.len() == 4
-                && conv_algo::packs(&ConvShape::new(x, w, stride, pads))
-                && seen.insert(path.clone())
-            {
-                total += 4 * direct::Packed::values(&[o, c, kh, kw]);
+            if x.len() == 4 && w.len() == 4 && seen.insert(path.clone()) {
+                total += conv_algo::Prepared::bytes_for(&ConvShape::new(x, w, stride, pads));
             }
         }
     }

@@ -5,7 +5,7 @@
 //! op itself (kernel, weight, output shape) waits in a table that [`import`] makes visible to
 //! tract's ONNX parser for the duration of the import. The weights therefore never pass
 //! through the proto, and every node is whole from the moment tract creates it.
-use super::direct::Packed;
+use super::conv_algo::Prepared;
 use super::kernels::{self, ConvShape};
 use super::weight::CompactWeight;
 use std::cell::RefCell;
@@ -27,8 +27,8 @@ pub enum Kernel {
         weight: Arc<CompactWeight>,
         stride: usize,
         pads: [usize; 4],
-        /// The same weight packed for the direct kernel at preparation (the packed plan).
-        packed: Option<Arc<Packed>>,
+        /// The same weight prepared for its algorithm at plan preparation (the packed plan).
+        packed: Option<Arc<Prepared>>,
     },
     /// inputs: ids (int64); table `[V, D]`
     Embedding(Arc<CompactWeight>),
@@ -164,7 +164,7 @@ impl CompactOp {
                 let (x, bias) = (f32s(&inputs[0])?, self.bias(inputs, g.o)?);
                 match packed {
                     Some(p) => {
-                        ensure!(p.fits(&g), "conv {g:?} with a weight packed as {p:?}");
+                        ensure!(p.fits(&g), "conv {g:?} with a weight prepared as {p:?}");
                         kernels::conv2d_packed(x, &g, p, bias, out);
                     }
                     None => kernels::conv2d(x, &g, weight, bias, out),

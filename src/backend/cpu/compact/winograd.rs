@@ -384,13 +384,90 @@ pub struct Buffers<'a> {
     pub prod: &'a mut Vec<f32>,
 }
 
-/// `out[B, O, Ho, Wo] = conv3x3(x[B, C, H, W], w[O, C, 3, 3]) (+ bias[O])`, stride 1.
+/// A 3x3 weight transformed once, at plan preparation, for one variant: `u [O][a^2][C]`, the
+/// whole layer's left GEMM operands (the packed plan, `--backend cpu-packed`). Per call the
+/// transform reads the weight and writes `a^2 / 9` times as much again: 1.8x for F(2x2), 4x
+/// for F(4x4).
+pub struct Transformed {
+    u: Vec<f32>,
+    /// The variant's output tile and `[O, C]` of the weight.
+    m: usize,
+    shape: [usize; 2],
+}
+
+impl std::fmt::Debug for Transformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "winograd-f{}{:?}", self.m, self.shape)
+    }
+}
+
+impl Transformed {
+    /// Transforms `w [O, C, 3, 3]` (any stored dtype), widening at most a panel of rows at a
+    /// time.
+    pub fn new(v: &Variant, w: &CompactWeight) -> crate::Result<Transformed> {
+        let (o, c) = match w.shape[..] {
+            [o, c, 3, 3] => (o, c),
+            _ => {
+                return Err(crate::Error::Backend {
+                    backend: "cpu",
+                    msg: format!("a Winograd weight must be [O, C, 3, 3], not {:?}", w.shape),
+                })
+            }
+        };
+        let (a2, kdim) = (v.a * v.a, 9 * c);
+        let mut u = vec![0f32; Self::values(v, o, c) as usize];
+        let rows = ((1 << 20) / kdim.max(1)).clamp(1, o.max(1));
+        let mut wide = Vec::new();
+        for o0 in (0..o).step_by(rows) {
+            let nb = rows.min(o - o0);
+            let src = match w.f32_view() {
+                Some(wf) => &wf[o0 * kdim..][..nb * kdim],
+                None => {
+                    let wide = grow(&mut wide, nb * kdim);
+                    w.widen_into(o0 * kdim, wide);
+                    &wide[..]
+                }
+            };
+            transform_weight(v, src, c, &mut u[o0 * a2 * c..][..nb * a2 * c]);
+        }
+        Ok(Transformed {
+            u,
+            m: v.m,
+            shape: [o, c],
+        })
+    }
+
+    /// f32 values a transformed `[O, C, 3, 3]` weight holds. For the memory planner.
+    pub fn values(v: &Variant, o: usize, c: usize) -> u64 {
+        (o * v.a * v.a * c) as u64
+    }
+
+    pub fn bytes(&self) -> usize {
+        4 * self.u.len()
+    }
+
+    /// Whether this is `g`'s weight, transformed for `v`.
+    pub fn fits(&self, v: &Variant, g: &ConvShape) -> bool {
+        self.m == v.m && self.shape == [g.o, g.c] && g.kh == 3 && g.kw == 3
+    }
+}
+
+/// Where a call's weight comes from: the stored weight, transformed per call a panel at a
+/// time, or one transformed at preparation.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    Stored(&'a CompactWeight),
+    Transformed(&'a Transformed),
+}
+
+/// `out[B, O, Ho, Wo] = conv3x3(x[B, C, H, W], w[O, C, 3, 3]) (+ bias[O])`, stride 1. A
+/// transformed weight must [`Transformed::fits`] `v` and `g`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     v: &Variant,
     x: &[f32],
     g: &ConvShape,
-    w: &CompactWeight,
+    w: Weight,
     bias: Option<&[f32]>,
     out: &mut [f32],
     bufs: Buffers,
@@ -410,15 +487,23 @@ pub fn conv2d(
             &zeros
         }
     };
-    let direct = w.f32_view();
-    let whole = nb_max >= g.o;
+    let (stored, pre) = match w {
+        Weight::Stored(w) => (Some(w), None),
+        Weight::Transformed(t) => (None, Some(&t.u[..])),
+    };
+    let direct = stored.and_then(|w| w.f32_view());
+    let whole = pre.is_some() || nb_max >= g.o;
     let kdim = 9 * g.c;
-    let u = grow(bufs.weight, nb_max * a2 * g.c);
-    let widened = match direct {
-        Some(_) => &mut bufs.widened[..0],
-        None => grow(bufs.widened, nb_max * kdim),
+    let u = match pre {
+        Some(_) => &mut bufs.weight[..0],
+        None => grow(bufs.weight, nb_max * a2 * g.c),
+    };
+    let widened = match (stored, direct) {
+        (Some(_), None) => grow(bufs.widened, nb_max * kdim),
+        _ => &mut bufs.widened[..0],
     };
     let mut load_panel = |o0: usize, nb: usize, u: &mut [f32]| {
+        let Some(w) = stored else { return };
         let rows = match direct {
             Some(wf) => &wf[o0 * kdim..][..nb * kdim],
             None => {
@@ -428,7 +513,7 @@ pub fn conv2d(
         };
         transform_weight(v, rows, g.c, &mut u[..nb * a2 * g.c]);
     };
-    if whole {
+    if whole && pre.is_none() {
         load_panel(0, g.o, u);
     }
     let vt = grow(bufs.input, g.c * a2 * rows_max * st);
@@ -446,10 +531,14 @@ pub fn conv2d(
             transform_input(v, xb, g, r0, rows, &mut vt[..g.c * a2 * tc]);
             for o0 in (0..g.o).step_by(nb_max) {
                 let nb = nb_max.min(g.o - o0);
-                if !whole {
-                    load_panel(o0, nb, u);
-                }
-                let uo = if whole { &u[o0 * a2 * g.c..] } else { &u[..] };
+                let uo: &[f32] = match pre {
+                    Some(p) => &p[o0 * a2 * g.c..],
+                    None if whole => &u[o0 * a2 * g.c..],
+                    None => {
+                        load_panel(o0, nb, u);
+                        &u[..]
+                    }
+                };
                 let (up, vp, pp) = (
                     SendPtr(uo.as_ptr() as *mut f32),
                     SendPtr(vt.as_ptr() as *mut f32),
@@ -511,7 +600,7 @@ mod tests {
         v: &Variant,
         x: &[f32],
         g: &ConvShape,
-        w: &CompactWeight,
+        w: Weight,
         bias: Option<&[f32]>,
         limits: (usize, usize),
     ) -> (Vec<f32>, [u64; 4]) {
@@ -529,8 +618,9 @@ mod tests {
     }
 
     /// Max error relative to the largest output, of `v` on `g` with scratch limits
-    /// `(panel, cols)` small enough to force several weight panels and input chunks.
-    fn rel_err(v: &Variant, g: ConvShape, q8: bool, limits: (usize, usize)) -> f64 {
+    /// `(panel, cols)` small enough to force several weight panels and input chunks; the
+    /// weight transformed per call, or beforehand (`pre`).
+    fn rel_err(v: &Variant, g: ConvShape, q8: bool, pre: bool, limits: (usize, usize)) -> f64 {
         let x = data(g.batch * g.c * g.h * g.w, 1);
         let mut wf = data(g.o * g.c * 9, 2);
         let bias = data(g.o, 3);
@@ -541,7 +631,14 @@ mod tests {
         } else {
             CompactWeight::from_f32(&[g.o, g.c, 3, 3], &wf).unwrap()
         };
-        let (out, _) = run(v, &x, &g, &w, Some(&bias), limits);
+        let t = Transformed::new(v, &w).unwrap();
+        assert!(t.fits(v, &g));
+        assert_eq!(t.bytes() as u64, 4 * Transformed::values(v, g.o, g.c));
+        let weight = match pre {
+            true => Weight::Transformed(&t),
+            false => Weight::Stored(&w),
+        };
+        let (out, _) = run(v, &x, &g, weight, Some(&bias), limits);
         let r = naive(&x, &g, &wf, &bias);
         max_rel_err(&out, &r)
     }
@@ -558,15 +655,15 @@ mod tests {
         let big = (usize::MAX / 64, usize::MAX / 64);
         for v in [&F2, &F4] {
             for g in shapes {
-                for q8 in [false, true] {
+                for (q8, pre) in [(false, false), (true, false), (false, true), (true, true)] {
                     // Whole, then limits that split the weight into panels of one or two output
                     // channels and the input into chunks of one tile row.
                     for limits in [big, (v.a * v.a * g.c * 2, 1)] {
-                        let e = rel_err(v, g, q8, limits);
+                        let e = rel_err(v, g, q8, pre, limits);
                         let tol = if v.m == 2 { 2e-6 } else { 2e-5 };
                         assert!(
                             e <= tol,
-                            "F({m}) {g:?} q8 {q8} limits {limits:?}: {e:.2e}",
+                            "F({m}) {g:?} q8 {q8} pre {pre} limits {limits:?}: {e:.2e}",
                             m = v.m
                         );
                     }
@@ -588,7 +685,7 @@ mod tests {
                 SharedBytes::from_vec(quantize_q8(&data(g.o * g.c * 9, 2))),
             )
             .unwrap();
-            let (_, grown) = run(v, &x, &g, &w, None, limits);
+            let (_, grown) = run(v, &x, &g, Weight::Stored(&w), None, limits);
             assert_eq!(grown, [pw, pi, pu, pp]);
             assert!(pu <= limits.0 as u64 && pi <= limits.1 as u64 && pp <= limits.1 as u64);
         }
