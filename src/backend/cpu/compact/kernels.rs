@@ -47,6 +47,26 @@ struct Scratch {
     prod: Vec<f32>,
 }
 
+impl Scratch {
+    /// The buffers the direct kernel grows (the planner's `scratch_values` counts these).
+    fn direct(&mut self) -> direct::Buffers<'_> {
+        direct::Buffers {
+            input: &mut self.cols,
+            prod: &mut self.prod,
+        }
+    }
+
+    /// The buffers Winograd grows.
+    fn winograd(&mut self) -> winograd::Buffers<'_> {
+        winograd::Buffers {
+            widened: &mut self.panel,
+            input: &mut self.cols,
+            weight: &mut self.xt,
+            prod: &mut self.prod,
+        }
+    }
+}
+
 /// One set of scratch buffers for the process: kernels run one at a time (plans take turns,
 /// see the CPU plan's `on_pool`), and per-thread buffers would each keep their largest size
 /// on every thread that ever ran a kernel.
@@ -397,19 +417,11 @@ pub fn conv2d_packed(
 ) {
     with_scratch(|s| match w {
         conv_algo::Prepared::Direct(p) => {
-            let bufs = direct::Buffers {
-                input: &mut s.cols,
-                prod: &mut s.prod,
-            };
+            let bufs = s.direct();
             direct::conv2d(x, g, direct::Weight::Packed(p), bias, out, bufs);
         }
         conv_algo::Prepared::Winograd(v, t) => {
-            let bufs = winograd::Buffers {
-                widened: &mut s.panel,
-                input: &mut s.cols,
-                weight: &mut s.xt,
-                prod: &mut s.prod,
-            };
+            let bufs = s.winograd();
             let w = winograd::Weight::Transformed(t);
             winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, WINOGRAD_COLS));
         }
@@ -429,22 +441,14 @@ pub fn conv2d_with(
     let algo = conv_algo::resolve(algo, g);
     if algo == Algo::Direct {
         with_scratch(|s| {
-            let bufs = direct::Buffers {
-                input: &mut s.cols,
-                prod: &mut s.prod,
-            };
+            let bufs = s.direct();
             direct::conv2d(x, g, direct::Weight::Stored(w), bias, out, bufs);
         });
         return;
     }
     if let Some(v) = algo.variant() {
         with_scratch(|s| {
-            let bufs = winograd::Buffers {
-                widened: &mut s.panel,
-                input: &mut s.cols,
-                weight: &mut s.xt,
-                prod: &mut s.prod,
-            };
+            let bufs = s.winograd();
             let w = winograd::Weight::Stored(w);
             winograd::conv2d(v, x, g, w, bias, out, bufs, (PANEL, WINOGRAD_COLS));
         });
