@@ -13,7 +13,9 @@
 //! group, one 128-channel K-group) that stay in the packing thread's L2 until used, so q8 and
 //! q4 weights are widened a slice at a time and never held whole in f32 (issue #11's memory
 //! line).
-use super::kernels::{grow, ConvShape, SendPtr};
+use super::kernels::ConvShape;
+#[cfg(target_arch = "x86_64")]
+use super::kernels::{grow, SendPtr};
 use super::weight::CompactWeight;
 use rayon::prelude::*;
 
@@ -23,10 +25,12 @@ const OB: usize = 32;
 const CB: usize = 16;
 /// Most pixels one kernel call computes: 2 x 12 accumulators + 2 weights + 1 broadcast fit
 /// in AVX-512's 32 registers.
+#[cfg(target_arch = "x86_64")]
 const MAX_R: usize = 12;
 /// Input-channel blocks per pass over a group of tiles: the panel slice one pass reads
 /// (8 x 16 channels x 9 taps x 32 outputs x 4 B = 147 KiB) stays in L2 while every tile of
 /// the thread's share runs through it.
+#[cfg(target_arch = "x86_64")]
 const K_GROUP: usize = 8;
 
 /// Whether this CPU runs the kernel (AVX-512F), and `LDM_CPU_DIRECT=0` does not turn it off
@@ -332,6 +336,7 @@ unsafe fn conv2d_avx512(
 /// Packs the K-group `k0 .. k0 + kn` (channel blocks; weight columns from `col0`) of the
 /// 32-output group at `rows0` into `slice`: from the mapping in place when the weight is f32,
 /// otherwise through `wide`, this group's columns widened.
+#[cfg(target_arch = "x86_64")]
 fn pack_group(
     w: &CompactWeight,
     wf: Option<&[f32]>,
