@@ -129,7 +129,8 @@ struct SampleArgs {
     eta: f32,
     #[arg(long, short = 'o', default_value = "out.png")]
     output: PathBuf,
-    /// auto, cpu, vulkan or reference.
+    /// auto, cpu, cpu-packed (faster, holds f32 copies of the conv weights), cpu-expanded,
+    /// vulkan or reference.
     #[arg(long, default_value = "auto")]
     backend: String,
     /// No progress bar.

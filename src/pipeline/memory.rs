@@ -9,7 +9,7 @@
 //!   them from the mapping in their stored dtype, and the pipeline drops a stage's mapped
 //!   pages when the stage ends ([`crate::format::ModelFile::release_pages`]), so only one stage's
 //!   weights are resident at a time. The packed CPU plan adds f32 copies of the conv weights
-//!   it packs ([`packed_bytes`]). The expanded CPU plan holds f32 copies and peaks at about
+//!   it prepares and of the other f16/q8/q4 linear and conv weights ([`packed_bytes`]). The expanded CPU plan holds f32 copies and peaks at about
 //!   2.3x them while tract packs;
 //! - **activations**: [`crate::graph::memory::activation_peak`] of the stage's graph with the CPU
 //!   kernels' scratch ([`transient_bytes`]).
@@ -445,7 +445,12 @@ impl Pipeline<'_> {
     ) -> StageMemory {
         let scratch = scratch_bytes(graphs);
         let packed = match backend {
-            "cpu-packed" => packed_bytes(graphs),
+            "cpu-packed" => packed_bytes(graphs, &|p| {
+                self.model
+                    .file
+                    .tensor(p)
+                    .map_or(true, |t| t.info.dtype == crate::format::DType::F32)
+            }),
             _ => 0,
         };
         StageMemory {

@@ -10,6 +10,7 @@ use super::compact::{CompactOp, CompactWeight, Kernel};
 use super::onnx::{attr_int, attr_ints, dims, ProtoBuilder};
 use crate::backend::reference::kernels::timestep_freqs;
 use crate::backend::WeightSource;
+use crate::format::DType;
 use crate::graph::shape::numel;
 use crate::graph::{Graph, NodeId, Op, ValueType};
 use crate::{Error, Result};
@@ -41,8 +42,9 @@ pub enum WeightMode {
     /// (`compact`); the proto holds only small tensors (norms, biases).
     Compact,
     /// Compact, and the conv weights that `conv_algo::prepares` names are also held in f32,
-    /// packed or transformed for their algorithm at preparation: faster, for boards with RAM
-    /// to spare.
+    /// packed or transformed for their algorithm at preparation, and every other linear and
+    /// conv weight stored as f16/q8/q4 widened to f32 once: faster, for boards with RAM to
+    /// spare.
     Packed,
 }
 
@@ -133,6 +135,8 @@ struct Lowerer<'g> {
     compact_w: Vec<Option<Arc<CompactWeight>>>,
     /// Packed mode: each conv weight as prepared for its algorithm.
     packed_w: Vec<Option<Arc<Prepared>>>,
+    /// Packed mode: the f32 copy of each non-f32 weight that is not prepared.
+    widened_w: Vec<Option<Arc<CompactWeight>>>,
     compact_ops: Vec<CompactOp>,
     /// The f32 ONNX value of each IR node, once made.
     f32s: Vec<Option<String>>,
@@ -152,6 +156,7 @@ impl<'g> Lowerer<'g> {
             uses: param_uses(g, mode),
             compact_w: vec![None; n],
             packed_w: vec![None; n],
+            widened_w: vec![None; n],
             compact_ops: Vec::new(),
             f32s: vec![None; n],
             i64s: vec![None; n],
@@ -347,21 +352,28 @@ impl<'g> Lowerer<'g> {
         let (kernel, args) = match node.op {
             Op::Linear => match weight_at(1) {
                 Some(w) => (
-                    Kernel::Linear(w),
+                    Kernel::Linear(self.widened(ins[1], w)?),
                     [&ins[..1], ins.get(2..).unwrap_or(&[])].concat(),
                 ),
                 None => return Ok(None),
             },
             Op::Conv2d { stride, pads } => match weight_at(1) {
-                Some(weight) => (
-                    Kernel::Conv {
-                        packed: self.packed(ins[0], ins[1], &weight, stride, pads)?,
-                        weight,
-                        stride,
-                        pads,
-                    },
-                    [&ins[..1], ins.get(2..).unwrap_or(&[])].concat(),
-                ),
+                Some(weight) => {
+                    let packed = self.packed(ins[0], ins[1], &weight, stride, pads)?;
+                    let weight = match packed {
+                        Some(_) => weight,
+                        None => self.widened(ins[1], weight)?,
+                    };
+                    (
+                        Kernel::Conv {
+                            packed,
+                            weight,
+                            stride,
+                            pads,
+                        },
+                        [&ins[..1], ins.get(2..).unwrap_or(&[])].concat(),
+                    )
+                }
                 None => return Ok(None),
             },
             Op::Embedding => match weight_at(0) {
@@ -438,6 +450,23 @@ impl<'g> Lowerer<'g> {
             self.packed_w[wid] = p.clone();
         }
         Ok(p)
+    }
+
+    /// In packed mode, the f32 copy of a linear or (unprepared) conv weight stored as f16, q8
+    /// or q4, widened once here rather than a panel per call; the weight itself otherwise. An
+    /// f32 weight is read in place either way.
+    fn widened(&mut self, wid: NodeId, w: Arc<CompactWeight>) -> Result<Arc<CompactWeight>> {
+        if self.mode != WeightMode::Packed || w.dtype == DType::F32 {
+            return Ok(w);
+        }
+        if let Some(f) = &self.widened_w[wid] {
+            return Ok(f.clone());
+        }
+        let mut v = vec![0f32; w.numel()];
+        w.widen_into(0, &mut v);
+        let f = Arc::new(CompactWeight::from_f32(&w.shape, &v)?);
+        self.widened_w[wid] = Some(f.clone());
+        Ok(f)
     }
 
     /// Loads a weight once and emits the initializer(s) its readers need.
@@ -655,13 +684,34 @@ impl<'g> Lowerer<'g> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Tensor;
     use crate::graph::Tracer;
     use crate::ops::Ops;
-    use std::collections::HashMap;
 
-    /// Whether each conv of `x [1, c, h, w]` * `w [o, c, 3, 3]` is lowered with a packed weight;
-    /// checks on the way that the planner counts the bytes the lowering prepares.
+    /// One weight `w`, stored as q8.
+    struct Q8 {
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+
+    impl WeightSource for Q8 {
+        fn shape(&self, path: &str) -> Option<Vec<usize>> {
+            (path == "w").then(|| self.shape.clone())
+        }
+        fn load_f32(&self, _: &str) -> Result<Vec<f32>> {
+            Ok(crate::format::quant::dequantize_q8(
+                &self.bytes,
+                numel(&self.shape),
+            ))
+        }
+        fn load_shared(&self, _: &str) -> Option<(DType, crate::format::SharedBytes)> {
+            let bytes = crate::format::SharedBytes::from_vec(self.bytes.clone());
+            Some((DType::Q8, bytes))
+        }
+    }
+
+    /// Whether each conv of `x [1, c, h, w]` * `w [o, c, 3, 3]` (stored as q8) is lowered with
+    /// a prepared weight; checks on the way that the planner counts the bytes the lowering
+    /// holds beside the stored weight: prepared weights, and f32 copies of the others.
     fn packed_convs(mode: WeightMode, x: &[usize], o: usize) -> Vec<bool> {
         let mut t = Tracer::new();
         let xi = t.input("x", x, ValueType::F32);
@@ -669,19 +719,26 @@ mod tests {
         let wi = t.param("w", &ws).unwrap();
         let y = t.conv2d(&xi, &wi, None, 1, [1; 4]).unwrap();
         let g = t.finish(&[y]);
-        let mut weights = HashMap::new();
-        let data = (0..numel(&ws)).map(|i| (i % 7) as f32).collect();
-        weights.insert("w".to_string(), Tensor::new(ws.to_vec(), data).unwrap());
+        let data: Vec<f32> = (0..numel(&ws)).map(|i| (i % 7) as f32).collect();
+        let weights = Q8 {
+            shape: ws.to_vec(),
+            bytes: crate::format::quant::quantize_q8(&data),
+        };
         let (_, ops) = lower_with(&g, &weights, mode).unwrap();
         let held: usize = ops
             .iter()
             .filter_map(|op| match &op.kernel {
-                Kernel::Conv { packed, .. } => packed.as_ref().map(|p| p.bytes()),
+                Kernel::Conv {
+                    packed: Some(p), ..
+                } => Some(p.bytes()),
+                Kernel::Conv { weight, .. } if weight.dtype == DType::F32 => {
+                    Some(weight.stored_bytes())
+                }
                 _ => None,
             })
             .sum();
         let planned = match mode {
-            WeightMode::Packed => super::super::compact::kernels::packed_bytes(&[g]),
+            WeightMode::Packed => super::super::compact::kernels::packed_bytes(&[g], &|_| false),
             _ => 0,
         };
         assert_eq!(held as u64, planned, "{mode:?} {x:?} -> {o}");
@@ -707,7 +764,7 @@ mod tests {
             packed_convs(WeightMode::Compact, &[1, 64, 8, 8], 32),
             [false]
         );
-        // Too few channels: im2col, nothing packed.
+        // Too few channels: im2col, on an f32 copy of the weight.
         assert_eq!(
             packed_convs(WeightMode::Packed, &[1, 32, 8, 8], 32),
             [false]

@@ -935,27 +935,46 @@ pub fn scratch_bytes(graphs: &[crate::graph::Graph]) -> u64 {
     4 * most.iter().sum::<u64>()
 }
 
-/// Bytes the packed plan (`--backend cpu-packed`) adds for its prepared conv weights while
-/// `graphs` run: each weight a conv of theirs prepares ([`conv_algo::prepares`]), once however many
-/// graphs read it (a tiled decoder's tiles share theirs within one plan; the count is exact
-/// for one graph and an upper bound across several). For the memory planner.
-pub fn packed_bytes(graphs: &[crate::graph::Graph]) -> u64 {
+/// Bytes the packed plan (`--backend cpu-packed`) adds while `graphs` run: each conv weight
+/// it prepares ([`conv_algo::prepares`]), and the f32 copy of every other linear and conv
+/// weight that `f32_stored` says is not stored as f32. Each weight once however many graphs
+/// read it (a tiled decoder's tiles share theirs within one plan; exact for one graph, an
+/// upper bound across several). For the memory planner.
+pub fn packed_bytes(graphs: &[crate::graph::Graph], f32_stored: &dyn Fn(&str) -> bool) -> u64 {
     use crate::graph::Op;
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
     for graph in graphs {
         for node in &graph.nodes {
-            let Op::Conv2d { stride, pads } = node.op else {
+            let conv = match node.op {
+                Op::Conv2d { stride, pads } => Some((stride, pads)),
+                Op::Linear => None,
+                _ => continue,
+            };
+            let Some(&wid) = node.inputs.get(1) else {
                 continue;
             };
-            let (x, wid) = (&graph.nodes[node.inputs[0]].shape, node.inputs[1]);
             let w = &graph.nodes[wid].shape;
             let Op::Param { path } = &graph.nodes[wid].op else {
                 continue;
             };
-            if x.len() == 4 && w.len() == 4 && seen.insert(path.clone()) {
-                total += conv_algo::Prepared::bytes_for(&ConvShape::new(x, w, stride, pads));
+            if !seen.insert(path.clone()) {
+                continue;
             }
+            let x = &graph.nodes[node.inputs[0]].shape;
+            let prepared = match conv {
+                Some((stride, pads)) if x.len() == 4 && w.len() == 4 => {
+                    conv_algo::Prepared::bytes_for(&ConvShape::new(x, w, stride, pads))
+                }
+                _ => 0,
+            };
+            total += if prepared > 0 {
+                prepared
+            } else if f32_stored(path) {
+                0
+            } else {
+                4 * w.iter().map(|&d| d as u64).product::<u64>()
+            };
         }
     }
     total
