@@ -755,29 +755,20 @@ mod tests {
     #[test]
     fn packed_mode_packs_the_layers_conv_algo_names() {
         let direct = super::super::compact::direct::available();
-        // One image at 8x8: per-call packing would not pay, a packed weight does.
-        assert_eq!(
-            packed_convs(WeightMode::Packed, &[1, 64, 8, 8], 32),
-            [direct]
-        );
-        assert_eq!(
-            packed_convs(WeightMode::Compact, &[1, 64, 8, 8], 32),
-            [false]
-        );
-        // Too few channels: im2col, on an f32 copy of the weight.
-        assert_eq!(
-            packed_convs(WeightMode::Packed, &[1, 32, 8, 8], 32),
-            [false]
-        );
-        // One image at 16x16: Winograd F(2x2) on a weight transformed beforehand, on any CPU.
-        assert_eq!(
-            packed_convs(WeightMode::Packed, &[1, 64, 16, 16], 32),
-            [true]
-        );
-        // 64x64 runs Winograd, its weight transformed beforehand.
-        assert_eq!(
-            packed_convs(WeightMode::Packed, &[1, 64, 64, 64], 32),
-            [true]
-        );
+        use WeightMode::{Compact, Packed};
+        let cases = [
+            // One image at 8x8: per-call packing would not pay, a packed weight does.
+            (Packed, [1, 64, 8, 8], direct),
+            (Compact, [1, 64, 8, 8], false),
+            // Too few channels: im2col, on an f32 copy of the weight.
+            (Packed, [1, 32, 8, 8], false),
+            // One image at 16x16: Winograd F(2x2) on a weight transformed beforehand, any CPU.
+            (Packed, [1, 64, 16, 16], true),
+            // 64x64 runs Winograd, its weight transformed beforehand.
+            (Packed, [1, 64, 64, 64], true),
+        ];
+        for (mode, x, prepared) in cases {
+            assert_eq!(packed_convs(mode, &x, 32), [prepared], "{mode:?} {x:?}");
+        }
     }
 }
