@@ -1,7 +1,9 @@
 //! Which algorithm a convolution runs on the compact CPU plan: im2col + GEMM, Winograd
 //! F(2x2)/F(4x4) ([`super::winograd`]) or the AVX-512 direct kernel ([`super::direct`]),
 //! chosen per layer from its shape. The kernels, the planner's scratch count and the
-//! benchmarks all go through [`choose`] and [`resolve`], so they agree on what runs.
+//! benchmarks all go through [`choose`] and [`resolve`], so they agree on what runs. The
+//! packed plan's weights, prepared once per layer for its algorithm, are [`prepares`] and
+//! [`Prepared`].
 use super::direct;
 use super::kernels::ConvShape;
 use super::weight::CompactWeight;
@@ -72,6 +74,29 @@ pub fn resolve(algo: Algo, g: &ConvShape) -> Algo {
 /// or 32 pixels costs more than the product: im2col there (direct 0.4-0.9x). Layers with
 /// under 64 input or 32 output channels (the shipped model's 32-channel decoder top, any
 /// conv_out) are faster on im2col.
+pub fn choose(g: &ConvShape) -> Algo {
+    if g.kh != 3 || g.kw != 3 || g.stride != 1 {
+        return Algo::Im2col;
+    }
+    if let Some(a) = forced() {
+        return resolve(a, g);
+    }
+    let (ho, wo) = g.out_hw();
+    let tiles = |m: usize| ho.div_ceil(m) * wo.div_ceil(m);
+    let pick = if g.c < 64 || g.o < 32 {
+        Algo::Im2col
+    } else if tiles(4) >= 256 {
+        Algo::F4
+    } else if tiles(2) >= 256 {
+        Algo::F2
+    } else if g.batch * ho * wo >= 512 {
+        Algo::Direct
+    } else {
+        Algo::Im2col
+    };
+    resolve(pick, g)
+}
+
 /// What the packed plan (`--backend cpu-packed`) prepares for a layer at plan preparation,
 /// as the algorithm that will read it. Winograd's transformed weight where [`choose`] picks
 /// Winograd; for the other 3x3 stride-1 layers with at least 64 input and 32 output channels,
@@ -156,27 +181,4 @@ impl Prepared {
             Prepared::Winograd(v, t) => t.fits(v, g) && g.stride == 1,
         }
     }
-}
-
-pub fn choose(g: &ConvShape) -> Algo {
-    if g.kh != 3 || g.kw != 3 || g.stride != 1 {
-        return Algo::Im2col;
-    }
-    if let Some(a) = forced() {
-        return resolve(a, g);
-    }
-    let (ho, wo) = g.out_hw();
-    let tiles = |m: usize| ho.div_ceil(m) * wo.div_ceil(m);
-    let pick = if g.c < 64 || g.o < 32 {
-        Algo::Im2col
-    } else if tiles(4) >= 256 {
-        Algo::F4
-    } else if tiles(2) >= 256 {
-        Algo::F2
-    } else if g.batch * ho * wo >= 512 {
-        Algo::Direct
-    } else {
-        Algo::Im2col
-    };
-    resolve(pick, g)
 }

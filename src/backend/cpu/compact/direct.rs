@@ -91,8 +91,8 @@ thread_local! {
 /// `[C/16][kh*kw][16 c][32 o]` K-group slice of every 32-output group, back to back
 /// (`[O/32][C/16][taps][16][32]`, zero-padded to whole groups and blocks). The packed plan
 /// (`--backend cpu-packed`) keeps these in f32 for the layers where repacking per call costs
-/// more than the product: one-image 16x16 and the 8x8 and 4x4 levels, where a 59 MB weight
-/// meets 16-256 pixels.
+/// more than the product: the 8x8 and 4x4 levels, where a 59 MB weight meets 16-128 pixels
+/// ([`super::conv_algo::prepares`]).
 pub struct Packed {
     data: Vec<f32>,
     /// `[O, C, kh, kw]` of the weight it was packed from.
