@@ -114,6 +114,47 @@ fn the_planner_tiles_the_decoder_to_fit() {
     assert_eq!((out.width, out.height), (size, size));
 }
 
+/// The packed plan's f32 copies are counted, and a budget that only the compact plan fits is
+/// refused before any work with a message that names it.
+#[test]
+fn the_packed_plan_counts_its_copies_and_names_the_compact_plan() {
+    let m = model();
+    let r = MemoryRequest {
+        width: 32,
+        height: 32,
+        cfg: true,
+        encode: false,
+    };
+    let plan = |b: &str| {
+        Pipeline::new(&m, backend::select(b).unwrap())
+            .with_memory_budget(None)
+            .plan_memory(&r)
+            .unwrap()
+    };
+    let (compact, packed) = (plan("cpu"), plan("cpu-packed"));
+    println!("{compact}\n{packed}");
+    for (c, p) in compact.stages.iter().zip(&packed.stages) {
+        assert_eq!(c.prepared, 0, "{}", c.stage);
+        assert_eq!(p.weights, c.weights + p.prepared, "{}", p.stage);
+    }
+    // The shipped model is q8: every linear and conv weight gets an f32 copy.
+    let unet = packed.stages.iter().find(|s| s.stage == "unet").unwrap();
+    assert!(unet.prepared > 2 * unet.weights / 3, "{packed}");
+    // A budget halfway between the two peaks (MiBs apart; the base moves less as tests run).
+    let budget = (compact.peak() + packed.peak()) / 2;
+    let pipe =
+        Pipeline::new(&m, backend::select("cpu-packed").unwrap()).with_memory_budget(Some(budget));
+    let mut steps = 0;
+    let e = pipe
+        .txt2img(&request(&m, 32), &mut |_| steps += 1, &Cancel::new())
+        .err()
+        .expect("the packed plan was accepted in a budget only the compact plan fits");
+    println!("{e}");
+    assert!(matches!(e, Error::Memory(_)), "{e}");
+    assert_eq!(steps, 0, "work started before the refusal");
+    assert!(e.to_string().contains("--backend cpu "), "{e}");
+}
+
 #[test]
 fn max_memory_on_the_cli_refuses_and_writes_nothing() {
     let out = scratch::scratch("budget").join("refused.png");

@@ -25,6 +25,9 @@ use std::fmt;
 pub struct StageMemory {
     pub stage: &'static str,
     pub weights: u64,
+    /// The packed CPU plan's f32 copies (part of `weights`): what `--backend cpu` would not
+    /// hold.
+    pub prepared: u64,
     pub activations: u64,
     /// The CPU kernels' scratch (part of `activations`): one process-wide set, freed between
     /// stages unless plans are kept.
@@ -424,6 +427,7 @@ impl Pipeline<'_> {
         Ok(StageMemory {
             stage,
             weights: largest + 2 * 4096 * stored.len() as u64,
+            prepared: 0,
             activations: m.upload_overhead() + largest + outputs.iter().sum::<u64>() + extra,
             scratch: 0,
             cacheable: stored.iter().chain(&outputs).filter(|&&b| b >= big).sum(),
@@ -460,6 +464,7 @@ impl Pipeline<'_> {
                 .map(|p| self.held_bytes(p, backend))
                 .sum::<u64>()
                 + packed,
+            prepared: packed,
             activations: graphs
                 .iter()
                 .map(|g| memory::activation_peak(g, transient_bytes))
@@ -708,11 +713,15 @@ impl Pipeline<'_> {
                 break;
             }
         }
-        // q4 stores 18 bytes per 32 weights where q8 stores 34.
         let p = self.plan_with(r, tiles)?;
-        let q4 = |s: &StageMemory| s.activations + s.weights * 18 / 34;
-        if compact_cpu(self.backend.name())
-            && p.base + p.stages.iter().map(q4).max().unwrap_or(0) <= budget
+        let peak =
+            |f: &dyn Fn(&StageMemory) -> u64| p.base + p.stages.iter().map(f).max().unwrap_or(0);
+        // The packed plan's f32 copies are what the default CPU plan does without.
+        if self.backend.name() == "cpu-packed" && peak(&|s| s.total() - s.prepared) <= budget {
+            hints.push("--backend cpu (weights kept in their stored dtype, no f32 copies)".into());
+        }
+        // q4 stores 18 bytes per 32 weights where q8 stores 34.
+        if self.backend.name() == "cpu" && peak(&|s| s.activations + s.weights * 18 / 34) <= budget
         {
             hints.push("a q4 model (`ldm-host quantize`/`import --dtype q4`)".into());
         }
@@ -752,6 +761,7 @@ mod tests {
         StageMemory {
             stage,
             weights,
+            prepared: 0,
             activations,
             scratch: 0,
             cacheable: 0,
