@@ -453,7 +453,7 @@ impl Pipeline<'_> {
                 self.model
                     .file
                     .tensor(p)
-                    .map_or(true, |t| t.info.dtype == crate::format::DType::F32)
+                    .is_none_or(|t| t.info.dtype == crate::format::DType::F32)
             }),
             _ => 0,
         };
