@@ -447,7 +447,7 @@ impl Pipeline<'_> {
         extra: u64,
         backend: &str,
     ) -> StageMemory {
-        let scratch = scratch_bytes(graphs);
+        let scratch = scratch_bytes(graphs, backend == "cpu-packed");
         let packed = match backend {
             "cpu-packed" => packed_bytes(graphs, &|p| {
                 self.model

@@ -873,7 +873,11 @@ pub fn upsample2x(x: &[f32], h: usize, w: usize, out: &mut [f32]) {
 
 /// The scratch buffers (`panel`, `cols`, `xt`, `prod`, in f32 values) that `node`'s kernel
 /// grows on the compact CPU plan.
-fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u64; 4] {
+fn scratch_values(
+    graph: &crate::graph::Graph,
+    node: &crate::graph::Node,
+    packed: bool,
+) -> [u64; 4] {
     use crate::graph::Op;
     let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
     match node.op {
@@ -891,14 +895,21 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
         Op::Conv2d { stride, pads } => {
             let w = &graph.nodes[node.inputs[1]].shape;
             let g = ConvShape::new(&graph.nodes[node.inputs[0]].shape, w, stride, pads);
-            let algo = conv_algo::choose(&g);
+            let prepared = packed.then(|| conv_algo::prepares(&g)).flatten();
+            let algo = prepared.unwrap_or_else(|| conv_algo::choose(&g));
             if algo == Algo::Direct {
                 let [input, prod] = direct::scratch_values(&g);
                 // The buffers `conv2d_with` hands it: cols and prod.
                 return [0, input, 0, prod];
             }
             if let Some(v) = algo.variant() {
-                return winograd::scratch_values(v, &g, PANEL, WINOGRAD_COLS);
+                let [widened, input, weight, prod] =
+                    winograd::scratch_values(v, &g, PANEL, WINOGRAD_COLS);
+                // A prepared weight is read where it lies: no widened or transformed panel.
+                return match prepared {
+                    Some(_) => [0, input, 0, prod],
+                    None => [widened, input, weight, prod],
+                };
             }
             let k = numel(&w[1..]);
             let (b, o) = (node.shape[0] as u64, w[0] as u64);
@@ -921,13 +932,14 @@ fn scratch_values(graph: &crate::graph::Graph, node: &crate::graph::Node) -> [u6
     }
 }
 
-/// Bytes the process-wide scratch reaches while `graphs` run one after another: each buffer
-/// keeps its largest size until [`release_scratch`]. For the memory planner.
-pub fn scratch_bytes(graphs: &[crate::graph::Graph]) -> u64 {
+/// Bytes the process-wide scratch reaches while `graphs` run one after another on the compact
+/// plan (`packed`: the packed plan, whose prepared convs may run another algorithm): each
+/// buffer keeps its largest size until [`release_scratch`]. For the memory planner.
+pub fn scratch_bytes(graphs: &[crate::graph::Graph], packed: bool) -> u64 {
     let mut most = [0u64; 4];
     for g in graphs {
         for n in &g.nodes {
-            for (m, v) in most.iter_mut().zip(scratch_values(g, n)) {
+            for (m, v) in most.iter_mut().zip(scratch_values(g, n, packed)) {
                 *m = (*m).max(v);
             }
         }

@@ -688,6 +688,10 @@ mod tests {
             let (_, grown) = run(v, &x, &g, Weight::Stored(&w), None, limits);
             assert_eq!(grown, [pw, pi, pu, pp]);
             assert!(pu <= limits.0 as u64 && pi <= limits.1 as u64 && pp <= limits.1 as u64);
+            // A prepared weight grows neither weight buffer (the planner's packed count).
+            let t = Transformed::new(v, &w).unwrap();
+            let (_, grown) = run(v, &x, &g, Weight::Transformed(&t), None, limits);
+            assert_eq!(grown, [0, pi, 0, pp]);
         }
     }
 }
