@@ -9,8 +9,8 @@
 //!   them from the mapping in their stored dtype, and the pipeline drops a stage's mapped
 //!   pages when the stage ends ([`crate::format::ModelFile::release_pages`]), so only one stage's
 //!   weights are resident at a time. The packed CPU plan adds f32 copies of the conv weights
-//!   it prepares and of the other f16/q8/q4 linear and conv weights ([`packed_bytes`]). The expanded CPU plan holds f32 copies and peaks at about
-//!   2.3x them while tract packs;
+//!   it prepares and of the other f16/q8/q4 linear and conv weights ([`packed_bytes`]). The
+//!   expanded CPU plan holds f32 copies and peaks at about 2.3x them while tract packs;
 //! - **activations**: [`crate::graph::memory::activation_peak`] of the stage's graph with the CPU
 //!   kernels' scratch ([`transient_bytes`]).
 use super::shared::Pipeline;
@@ -447,15 +447,16 @@ impl Pipeline<'_> {
         extra: u64,
         backend: &str,
     ) -> StageMemory {
-        let scratch = scratch_bytes(graphs, backend == "cpu-packed");
-        let packed = match backend {
-            "cpu-packed" => packed_bytes(graphs, &|p| {
+        let is_packed = backend == "cpu-packed";
+        let scratch = scratch_bytes(graphs, is_packed);
+        let packed = match is_packed {
+            true => packed_bytes(graphs, &|p| {
                 self.model
                     .file
                     .tensor(p)
                     .is_none_or(|t| t.info.dtype == crate::format::DType::F32)
             }),
-            _ => 0,
+            false => 0,
         };
         StageMemory {
             stage,

@@ -462,9 +462,7 @@ impl<'g> Lowerer<'g> {
         if let Some(f) = &self.widened_w[wid] {
             return Ok(f.clone());
         }
-        let mut v = vec![0f32; w.numel()];
-        w.widen_into(0, &mut v);
-        let f = Arc::new(CompactWeight::from_f32(&w.shape, &v)?);
+        let f = Arc::new(w.to_f32()?);
         self.widened_w[wid] = Some(f.clone());
         Ok(f)
     }

@@ -56,6 +56,27 @@ impl CompactWeight {
         Self::new(DType::F32, shape, SharedBytes::from_vec(bytes))
     }
 
+    /// This weight widened to f32 once, as an f32 weight the kernels read in place (the packed
+    /// plan's copies). Widens straight into the new weight's bytes; going through
+    /// [`CompactWeight::from_f32`] would convert them 4 bytes at a time and hold the weight
+    /// twice.
+    pub fn to_f32(&self) -> Result<Self> {
+        let mut bytes = vec![0u8; 4 * self.numel];
+        // SAFETY: every bit pattern is a valid f32, and align_to_mut only hands out the
+        // aligned middle; a misaligned buffer (or a big-endian host) takes the slow path.
+        let (pre, mid, post) = unsafe { bytes.align_to_mut::<f32>() };
+        if pre.is_empty() && post.is_empty() && cfg!(target_endian = "little") {
+            self.widen_into(0, mid);
+        } else {
+            let mut v = vec![0f32; self.numel];
+            self.widen_into(0, &mut v);
+            for (b, x) in bytes.chunks_exact_mut(4).zip(&v) {
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        Self::new(DType::F32, &self.shape, SharedBytes::from_vec(bytes))
+    }
+
     pub fn numel(&self) -> usize {
         self.numel
     }
@@ -222,6 +243,9 @@ mod tests {
         ];
         for (dt, bytes, want) in cases {
             let w = CompactWeight::new(dt, &[n], SharedBytes::from_vec(bytes)).unwrap();
+            let f = w.to_f32().unwrap();
+            assert_eq!(f.dtype, DType::F32);
+            assert_eq!(f.f32_view(), Some(&want[..]), "{dt:?} to_f32");
             for (start, len) in [(0, n), (1, 40), (31, 2), (33, 64), (n - 3, 3), (5, 0)] {
                 let mut out = vec![f32::NAN; len];
                 w.widen_into(start, &mut out);
