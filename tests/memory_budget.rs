@@ -40,19 +40,25 @@ fn request(m: &Model, size: usize) -> Txt2Img {
     r
 }
 
+/// Runs a 32 px request that `pipe`'s budget must refuse: asserts a memory error before any
+/// step, and returns its message.
+fn refused_before_any_work(pipe: &Pipeline, m: &Model, accepted: &str) -> String {
+    let mut steps = 0;
+    let e = pipe
+        .txt2img(&request(m, 32), &mut |_| steps += 1, &Cancel::new())
+        .err()
+        .expect(accepted);
+    println!("{e}");
+    assert!(matches!(e, Error::Memory(_)), "{e}");
+    assert_eq!(steps, 0, "work started before the refusal");
+    e.to_string()
+}
+
 #[test]
 fn a_budget_too_small_is_refused_before_any_work() {
     let m = model();
     let pipe = Pipeline::new(&m, backend::select("cpu").unwrap()).with_memory_budget(Some(1 << 20));
-    let mut steps = 0;
-    let e = pipe
-        .txt2img(&request(&m, 32), &mut |_| steps += 1, &Cancel::new())
-        .err()
-        .expect("a 1 MiB budget was accepted");
-    println!("{e}");
-    assert!(matches!(e, Error::Memory(_)), "{e}");
-    assert_eq!(steps, 0, "work started before the refusal");
-    let msg = e.to_string();
+    let msg = refused_before_any_work(&pipe, &m, "a 1 MiB budget was accepted");
     assert!(msg.contains("needs about") && msg.contains("MiB"), "{msg}");
 }
 
@@ -144,15 +150,12 @@ fn the_packed_plan_counts_its_copies_and_names_the_compact_plan() {
     let budget = (compact.peak() + packed.peak()) / 2;
     let pipe =
         Pipeline::new(&m, backend::select("cpu-packed").unwrap()).with_memory_budget(Some(budget));
-    let mut steps = 0;
-    let e = pipe
-        .txt2img(&request(&m, 32), &mut |_| steps += 1, &Cancel::new())
-        .err()
-        .expect("the packed plan was accepted in a budget only the compact plan fits");
-    println!("{e}");
-    assert!(matches!(e, Error::Memory(_)), "{e}");
-    assert_eq!(steps, 0, "work started before the refusal");
-    assert!(e.to_string().contains("--backend cpu "), "{e}");
+    let msg = refused_before_any_work(
+        &pipe,
+        &m,
+        "the packed plan was accepted in a budget only the compact plan fits",
+    );
+    assert!(msg.contains("--backend cpu "), "{msg}");
 }
 
 #[test]
