@@ -59,27 +59,33 @@ mod shaders {
         fs::write(out.join("shaders.rs"), table).map_err(|e| e.to_string())
     }
 
-    /// Splits a kernel into its variants (name, source with `${KEY}` substituted).
+    /// Splits a kernel into its variants (name, source with `${KEY}` substituted). Several
+    /// `//#variants` lines give every combination. A value in parentheses, `(f32)`, is that
+    /// key's default: it is substituted but adds nothing to the name, so `MATH=(f32),f16` next
+    /// to `WEIGHTS=q8` names `linear_q8` and `linear_q8_f16`.
     fn variants(stem: &str, src: &str) -> Result<Vec<(String, String)>, String> {
-        let decl = src
+        let mut out = vec![(stem.to_string(), src.to_string())];
+        for decl in src
             .lines()
-            .find_map(|l| l.trim().strip_prefix("//#variants "));
-        let Some(decl) = decl else {
-            return Ok(vec![(stem.to_string(), src.to_string())]);
-        };
-        let (key, vals) = decl
-            .split_once('=')
-            .ok_or_else(|| format!("{stem}: `//#variants` wants KEY=a,b,c, got `{decl}`"))?;
-        Ok(vals
-            .split(',')
-            .map(|v| {
-                let v = v.trim();
-                (
-                    format!("{stem}_{v}"),
-                    src.replace(&format!("${{{}}}", key.trim()), v),
-                )
-            })
-            .collect())
+            .filter_map(|l| l.trim().strip_prefix("//#variants "))
+        {
+            let (key, vals) = decl
+                .split_once('=')
+                .ok_or_else(|| format!("{stem}: `//#variants` wants KEY=a,b,c, got `{decl}`"))?;
+            let pat = format!("${{{}}}", key.trim());
+            let mut next = Vec::new();
+            for (name, text) in &out {
+                for v in vals.split(',').map(str::trim) {
+                    let (v, suffix) = match v.strip_prefix('(').and_then(|v| v.strip_suffix(')')) {
+                        Some(d) => (d, String::new()),
+                        None => (v, format!("_{v}")),
+                    };
+                    next.push((format!("{name}{suffix}"), text.replace(&pat, v)));
+                }
+            }
+            out = next;
+        }
+        Ok(out)
     }
 
     /// Replaces `//#include NAME` lines with `shaders/include/NAME`, recursively.

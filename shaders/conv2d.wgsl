@@ -1,8 +1,11 @@
 // 2-D convolution (NCHW, weights [CO, CI, KH, KW]) as an implicit GEMM: rows are output pixels
 // (batch, oy, ox), columns are output channels, K = CI * KH * KW. The im2col matrix is never
 // stored: each tile load computes its input coordinates (zero outside the padding). Tiling as in
-// linear.wgsl: 64 pixels x 64 channels per workgroup, 4x4 per invocation, K steps of 16.
+// linear.wgsl: 64 pixels x 64 channels per workgroup, 4x4 per invocation, K steps of 16, and
+// the same `_f16` variants (f16 tiles and 16-step partial sums, f32 accumulator).
 //#variants WEIGHTS=f32,f16,q8,q4
+//#variants MATH=(f32),f16
+//#include math_${MATH}.wgsl
 //#include common.wgsl
 struct Params {
     m: u32,   // batch * oh * ow
@@ -28,8 +31,8 @@ var<immediate> pc: Params;
 @group(0) @binding(2) var<storage, read> BIAS: array<f32>;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
 
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
+var<workgroup> As: array<T, 1024>;
+var<workgroup> Bs: array<T, 1024>;
 
 fn load_x(p: u32, k: u32) -> f32 {
     let ohw = pc.oh * pc.ow;
@@ -70,23 +73,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (m0 + pm < pc.m && k0 + pk < kend) {
                 a = load_x(m0 + pm, k0 + pk);
             }
-            As[pk * 64u + pm] = a;
+            As[pk * 64u + pm] = T(a);
             let wn = idx / 16u;
             let wk = idx % 16u;
             var b = 0.0;
             if (n0 + wn < pc.co && k0 + wk < kend) {
                 b = load_w((n0 + wn) * pc.k + k0 + wk, pc.wblocks);
             }
-            Bs[wk * 64u + wn] = b;
+            Bs[wk * 64u + wn] = T(b);
         }
         workgroupBarrier();
+        var part: array<vec4<T>, 4>;
         for (var kk = 0u; kk < 16u; kk++) {
             let o = kk * 64u;
-            let av = vec4<f32>(As[o + tx], As[o + tx + 16u], As[o + tx + 32u], As[o + tx + 48u]);
-            acc[0] += Bs[o + ty] * av;
-            acc[1] += Bs[o + ty + 16u] * av;
-            acc[2] += Bs[o + ty + 32u] * av;
-            acc[3] += Bs[o + ty + 48u] * av;
+            let av = vec4<T>(As[o + tx], As[o + tx + 16u], As[o + tx + 32u], As[o + tx + 48u]);
+            part[0] += Bs[o + ty] * av;
+            part[1] += Bs[o + ty + 16u] * av;
+            part[2] += Bs[o + ty + 32u] * av;
+            part[3] += Bs[o + ty + 48u] * av;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            acc[j] += vec4<f32>(part[j]);
         }
         workgroupBarrier();
     }

@@ -1,7 +1,11 @@
 // y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]: a 64x64 output tile per workgroup, 4x4 outputs per
 // invocation, K in steps of 16 staged through workgroup memory. The weight read `load_w` comes
 // from the variant's snippet, so q8/q4 blocks are dequantized right here, in the tile load.
+// The `_f16` variants hold the tiles in f16 (T) and sum each 16-step of K in f16, then add
+// that partial sum into the f32 accumulator: f16 rate for the products, f32 for the long sum.
 //#variants WEIGHTS=f32,f16,q8,q4
+//#variants MATH=(f32),f16
+//#include math_${MATH}.wgsl
 //#include common.wgsl
 struct Params {
     m: u32,
@@ -18,8 +22,8 @@ var<immediate> pc: Params;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
 
 // k-major tiles: As[kk * 64 + row], so the inner loop reads 4 rows of one k step.
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
+var<workgroup> As: array<T, 1024>;
+var<workgroup> Bs: array<T, 1024>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -50,17 +54,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (n < pc.n && k < kend) {
                 b = load_w(n * pc.k + k, pc.wblocks);
             }
-            As[kk * 64u + row] = a;
-            Bs[kk * 64u + row] = b;
+            As[kk * 64u + row] = T(a);
+            Bs[kk * 64u + row] = T(b);
         }
         workgroupBarrier();
+        var part: array<vec4<T>, 4>;
         for (var kk = 0u; kk < 16u; kk++) {
             let o = kk * 64u;
-            let bv = vec4<f32>(Bs[o + tx], Bs[o + tx + 16u], Bs[o + tx + 32u], Bs[o + tx + 48u]);
-            acc[0] += As[o + ty] * bv;
-            acc[1] += As[o + ty + 16u] * bv;
-            acc[2] += As[o + ty + 32u] * bv;
-            acc[3] += As[o + ty + 48u] * bv;
+            let bv = vec4<T>(Bs[o + tx], Bs[o + tx + 16u], Bs[o + tx + 32u], Bs[o + tx + 48u]);
+            part[0] += As[o + ty] * bv;
+            part[1] += As[o + ty + 16u] * bv;
+            part[2] += As[o + ty + 32u] * bv;
+            part[3] += As[o + ty + 48u] * bv;
+        }
+        for (var i = 0u; i < 4u; i++) {
+            acc[i] += vec4<f32>(part[i]);
         }
         workgroupBarrier();
     }

@@ -7,7 +7,7 @@
 
 use ldm_edge::arch::{init::random_param, ModelConfig};
 use ldm_edge::backend::reference::ReferenceBackend;
-use ldm_edge::backend::vulkan::{VulkanBackend, VulkanOptions};
+use ldm_edge::backend::vulkan::{VariantUse, VulkanBackend, VulkanOptions};
 use ldm_edge::backend::{Backend, Tensor, WeightSource};
 use ldm_edge::format::quant::{dequantize_q4, dequantize_q8, quantize_q4, quantize_q8};
 use ldm_edge::format::DType;
@@ -542,7 +542,7 @@ fn norm_reduction_variants_match_reference() {
         }) else {
             return;
         };
-        let choice = vk.kernel_choice();
+        let choice = vk.kernel_choice().expect("kernel choice");
         println!("norm kernels: {choice:?} (asked subgroup_reduce={subgroup_reduce})");
         if subgroup_reduce && !choice.subgroup_reduce {
             eprintln!(
@@ -616,6 +616,173 @@ fn quantized_and_f16_weights_match_reference() {
             if err > 1e-5 {
                 errors.push(format!("{dt:?} {label}: {err:.3e}"));
             }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "outside tolerance:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// Attention at the shapes the models run: SD-1.5's heads (40/80/160 wide, 8 heads), the text
+/// encoders' causal 77-token self-attention (64), the SD decoder's one 512-wide head, and
+/// self-attention over 4096 tokens (a 64x64 latent), through the flash kernel and through the
+/// per-row kernel it replaces (the fallback a workaround or `LDM_VULKAN_DISABLE=flash` picks).
+#[test]
+fn attention_kernels_match_reference_at_model_shapes() {
+    // (batch, lq, lk, heads, d, dv, causal); the per-row kernel skips the 4096-token cases.
+    let cases: [(usize, usize, usize, usize, usize, usize, bool); 10] = [
+        (1, 4096, 77, 8, 40, 40, false),
+        (2, 1024, 1024, 8, 40, 40, false),
+        (2, 77, 77, 12, 64, 64, true),
+        (1, 4096, 4096, 1, 64, 64, false),
+        (1, 1024, 1024, 8, 80, 80, false),
+        (2, 256, 77, 8, 160, 160, false),
+        (1, 1024, 1024, 1, 512, 512, false),
+        (1, 77, 77, 1, 512, 512, true),
+        // Odd sizes: partial query blocks, key tiles and output-dim blocks.
+        (3, 37, 50, 3, 24, 70, false),
+        (1, 33, 33, 2, 130, 130, true),
+    ];
+    for flash in [true, false] {
+        let Some(vk) = backend(VulkanOptions {
+            flash_attention: flash,
+            ..VulkanOptions::default()
+        }) else {
+            return;
+        };
+        let mut errors = Vec::new();
+        for (b, lq, lk, heads, d, dv, causal) in cases {
+            if !flash && lq * lk > 1 << 21 {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            check(
+                &vk,
+                "attention",
+                &format!("flash={flash} b{b} {lq}x{lk} h{heads} d{d}/{dv} causal={causal}"),
+                single(
+                    Op::Attention { heads, causal },
+                    &[
+                        &[b, lq, heads * d],
+                        &[b, lk, heads * d],
+                        &[b, lk, heads * dv],
+                    ],
+                ),
+                &mut errors,
+            );
+            println!("    {:.1} s with the reference", t.elapsed().as_secs_f64());
+        }
+        assert!(errors.is_empty(), "flash={flash}: {}", errors.join("\n"));
+    }
+}
+
+/// The `_f16` conv/linear variants (f16 tiles and products, f32 sums), on any device with
+/// `shaderFloat16` (llvmpipe has it). Their own tolerance: inputs and weights rounded to f16
+/// (2^-11 relative) and 16-term f16 partial sums, stated as 3e-3 of the output's range.
+#[test]
+fn f16_math_variants_match_reference() {
+    let Some(vk) = backend(VulkanOptions {
+        f16_math: VariantUse::On,
+        ..VulkanOptions::default()
+    }) else {
+        return;
+    };
+    let choice = vk.kernel_choice().expect("kernel choice");
+    if !choice.f16_math {
+        assert!(!required(), "this device has no shaderFloat16: {choice:?}");
+        eprintln!("*** SKIP: no shaderFloat16; the f16-math variants are NOT tested ***");
+        return;
+    }
+    let mut errors = Vec::new();
+    for dt in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+        for (label, b) in [
+            (
+                "conv 3x3",
+                conv(&[1, 3, 5, 7], &[4, 3, 3, 3], true, 1, [1; 4]),
+            ),
+            (
+                "conv s2",
+                conv(&[2, 5, 9, 6], &[7, 5, 3, 3], true, 2, [1; 4]),
+            ),
+            (
+                "conv 1x1",
+                conv(&[1, 40, 4, 5], &[33, 40, 1, 1], false, 1, [0; 4]),
+            ),
+            (
+                "conv split-K",
+                conv(&[1, 64, 4, 4], &[40, 64, 3, 3], true, 1, [1; 4]),
+            ),
+            (
+                "conv SD-like",
+                conv(&[1, 320, 16, 16], &[320, 320, 3, 3], true, 1, [1; 4]),
+            ),
+            ("linear", linear(&[2, 9, 33], &[65, 33], false)),
+            ("linear split-K", linear(&[2, 3, 1100], &[40, 1100], true)),
+            ("linear SD-like", linear(&[2, 77, 768], &[320, 768], true)),
+        ] {
+            let src = Stored::new(&b.weights, dt);
+            let t = std::time::Instant::now();
+            let err = compare(&vk, &b.g, &src, &b.inputs);
+            println!(
+                "f16 math {dt:?} {label:<16} rel err {err:.2e} (tol 3e-3), {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            if err > 3e-3 {
+                errors.push(format!("{dt:?} {label}: {err:.3e}"));
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "outside tolerance:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// `linear_q8_dot`: q8 weights against activations quantized per 32-block to int8, through
+/// dot4I8Packed (llvmpipe runs it, unaccelerated). Against the reference on the dequantized
+/// weights, the error is the activations' int8 rounding (1/254 of each block's range),
+/// stated as 1e-2 of the output's range. Shapes where K or the split chunk is not a multiple of
+/// 32 take `linear_q8` instead, and must stay at the f32 tolerance.
+#[test]
+fn int8_dot_linear_matches_reference() {
+    let Some(vk) = backend(VulkanOptions {
+        int8_dot: VariantUse::On,
+        ..VulkanOptions::default()
+    }) else {
+        return;
+    };
+    let choice = vk.kernel_choice().expect("kernel choice");
+    if !choice.int8_dot {
+        assert!(
+            !required(),
+            "this device has no integer dot product: {choice:?}"
+        );
+        eprintln!("*** SKIP: no shaderIntegerDotProduct; linear_q8_dot is NOT tested ***");
+        return;
+    }
+    let mut errors = Vec::new();
+    for (x, w, tol) in [
+        (&[3, 64][..], &[7, 64][..], 1e-2),
+        (&[2, 77, 768], &[320, 768], 1e-2),
+        (&[1, 130, 320], &[70, 320], 1e-2),
+        // Split K, chunks of 288 = 9 blocks.
+        (&[2, 3, 1152], &[40, 1152], 1e-2),
+        // K = 33: not block-aligned, runs linear_q8.
+        (&[2, 9, 33], &[65, 33], 1e-5),
+    ] {
+        let b = linear(x, w, true);
+        let src = Stored::new(&b.weights, DType::Q8);
+        let t = std::time::Instant::now();
+        let err = compare(&vk, &b.g, &src, &b.inputs);
+        println!(
+            "int8 dot {x:?}*{w:?} rel err {err:.2e} (tol {tol:.0e}), {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        if err > tol {
+            errors.push(format!("{x:?}*{w:?}: {err:.3e} > {tol:.0e}"));
         }
     }
     assert!(

@@ -33,12 +33,17 @@ for d in f16 q8; do
     --skip-decoder --profile --json > "$OUT/vk-$d.json" 2> "$OUT/vk-$d.err"
   echo "vulkan $d rc=$?"; cat "$OUT/vk-$d.json"; tail -3 "$OUT/vk-$d.err"
 done
-# Split-K (lower::k_split) A/B: the same f16 run with it off; compare unet_ms_per_eval with vk-f16.json.
-LDM_VULKAN_SPLIT_K=0 timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-f16.ldm \
-  --latent 64 --iters 10 --skip-decoder --profile --json > "$OUT/vk-f16-nosplit.json" 2> "$OUT/vk-f16-nosplit.err"
-echo "vulkan f16 without split-K rc=$?"
+# Kernel-variant A/B (issue 17): the same runs with the variants off (LDM_VULKAN_DISABLE): the
+# f16 file without flash attention and f16 math (the older kernels), the q8 file without the
+# int8 dot products. Compare unet_ms_per_eval and the attention share with vk-f16 / vk-q8.
+LDM_VULKAN_DISABLE=flash,f16 timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-f16.ldm \
+  --latent 64 --iters 10 --skip-decoder --profile --json > "$OUT/vk-f16-novariants.json" 2> "$OUT/vk-f16-novariants.err"
+echo "vulkan f16 without flash/f16 math rc=$?"
+LDM_VULKAN_DISABLE=dot timeout 200 /tmp/b/ldm bench --backend vulkan --model /tmp/sd15-q8.ldm \
+  --latent 64 --iters 10 --skip-decoder --profile --json > "$OUT/vk-q8-nodot.json" 2> "$OUT/vk-q8-nodot.err"
+echo "vulkan q8 without int8 dot rc=$?"
 # The per-op breakdown as tables (from the JSON's unet_profile; no extra device run).
-for d in f16 q8 f16-nosplit; do
+for d in f16 q8 f16-novariants q8-nodot; do
   python3 - "$OUT/vk-$d.json" <<'PY' | tee "$OUT/vk-$d-profile.txt"
 import json, sys
 try:

@@ -887,6 +887,15 @@ fn devices() -> anyhow::Result<()> {
             d.max_workgroup_invocations,
             d.max_push_constants
         );
+        println!(
+            "    int8 dot products: {}  driver: {} (vendor {:#06x})",
+            if d.int_dot { "yes" } else { "no" },
+            d.driver.driver.as_deref().unwrap_or("unknown"),
+            d.driver.vendor_id
+        );
+        for (v, why) in ldm_edge::backend::vulkan::workarounds::known_bugs(&d.driver) {
+            println!("    workaround: `{v}` kernels disabled: {why}");
+        }
     }
     Ok(())
 }

@@ -223,7 +223,7 @@ fn channel_moments(t: &mut Tracer, x: NodeId, groups: usize) -> Result<[NodeId; 
     )?;
     // Zero keys of one channel per head: any query scores 0 against them, and they cost a
     // channel per head rather than a copy of the activation. One head per group keeps the
-    // value channels per head small (backends bound the head size: Vulkan at 256).
+    // value channels per head small (Vulkan's per-row fallback kernel takes heads up to 512).
     let slice = t.push(
         Op::Slice {
             axis: 2,

@@ -28,6 +28,10 @@ pub struct DeviceInfo {
     pub max_storage_buffer_range: u32,
     pub max_push_constants: u32,
     pub device_local_bytes: u64,
+    /// `VkPhysicalDeviceProperties::vendorID` and the driver, for the workaround table.
+    pub driver: super::workarounds::DriverIdent,
+    /// Packed 4x8-bit integer dot products (`OpSDot`) in shaders.
+    pub int_dot: bool,
 }
 
 /// A device with its compute queue and allocators.
@@ -113,6 +117,13 @@ fn describe(index: usize, p: &PhysicalDevice) -> DeviceInfo {
         max_storage_buffer_range: props.max_storage_buffer_range,
         max_push_constants: props.max_push_constants_size,
         device_local_bytes: heap,
+        driver: super::workarounds::DriverIdent {
+            vendor_id: props.vendor_id,
+            driver: props.driver_id.map(|d| format!("{d:?}")),
+        },
+        int_dot: p.api_version() >= Version::V1_3
+            && feats.shader_integer_dot_product
+            && feats.shader_int8,
     }
 }
 
@@ -159,6 +170,14 @@ impl Gpu {
             storage_buffer16_bit_access: core12 && sup.storage_buffer16_bit_access,
             uniform_and_storage_buffer16_bit_access: core12
                 && sup.uniform_and_storage_buffer16_bit_access,
+            // Core in Vulkan 1.3; the int8-dot kernels are only chosen where both are on (naga
+            // declares the Int8 capability beside DotProduct).
+            shader_integer_dot_product: physical.api_version() >= Version::V1_3
+                && sup.shader_integer_dot_product
+                && sup.shader_int8,
+            shader_int8: physical.api_version() >= Version::V1_3
+                && sup.shader_integer_dot_product
+                && sup.shader_int8,
             ..DeviceFeatures::empty()
         };
         let info = describe(index, &physical);

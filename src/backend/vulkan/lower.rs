@@ -203,16 +203,39 @@ pub fn k_split(rows: usize, cols: usize, k: usize) -> (usize, usize) {
 /// `fmt_of(path)` says how a weight that only feeds Linear/Conv2d as their weight is stored;
 /// every other weight is f32. `align` is the storage offset alignment in elements.
 pub fn lower(g: &Graph, fmt_of: &dyn Fn(&str) -> WeightFmt, align: u64) -> Result<Lowered> {
-    lower_with(g, fmt_of, align, true)
+    lower_with(g, fmt_of, align, LowerOpts::default())
 }
 
-/// `lower` with split-K switched on or off (an A/B switch for timing it on a device).
+/// Lowering choices that change a step's dispatch, not only which built kernel runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowerOpts {
+    /// Split long reductions of small conv/linear outputs over several workgroups.
+    pub split_k: bool,
+    /// Attention through the query-blocked flash kernel (else one workgroup per query row).
+    pub flash_attention: bool,
+    /// q8 Linear through int8 dot products (`linear_q8_dot`) where K and its split chunk are
+    /// multiples of the 32-element quant block.
+    pub int8_dot: bool,
+}
+
+impl Default for LowerOpts {
+    fn default() -> Self {
+        LowerOpts {
+            split_k: true,
+            flash_attention: true,
+            int8_dot: false,
+        }
+    }
+}
+
+/// `lower` with explicit choices (A/B switches, and what the device's workarounds disable).
 pub fn lower_with(
     g: &Graph,
     fmt_of: &dyn Fn(&str) -> WeightFmt,
     align: u64,
-    split_k: bool,
+    opts: LowerOpts,
 ) -> Result<Lowered> {
+    let split_k = opts.split_k;
     let n = g.nodes.len();
     let last = g.last_use();
     // Storage roots: a Reshape shares its input's storage, so a root lives until its last
@@ -391,8 +414,14 @@ pub fn lower_with(
                     u(numel(ws).div_ceil(32))?,
                 ];
                 let split = Split::plan(m, nn, k, has_bias, 1, nn, split_k, &mut arena);
+                let dot =
+                    opts.int8_dot && fmt == WeightFmt::Q8 && k % 32 == 0 && split.chunk % 32 == 0;
                 step(
-                    format!("linear_{}", fmt.suffix()),
+                    if dot {
+                        "linear_q8_dot".into()
+                    } else {
+                        format!("linear_{}", fmt.suffix())
+                    },
                     vec![arg(0)?, arg(1)?, bias, split.target(out)],
                     split.push(push)?,
                     split.grid(tile_grid(nn, m)?),
@@ -492,18 +521,8 @@ pub fn lower_with(
             Op::Attention { heads, causal } => {
                 let (qs, ks, vs) = (sh(0), sh(1), sh(2));
                 let (d, dv) = (qs[2] / heads, vs[2] / heads);
-                // Output dims per thread of a workgroup of 32: the smallest variant that fits.
-                let slots = match d.max(dv) {
-                    0..=256 => 8,
-                    257..=512 => 16,
-                    _ => {
-                        return Err(backend_error(format!(
-                            "attention head size {d}/{dv} > 512 is not supported"
-                        )))
-                    }
-                };
-                let rows = qs[0] * heads * qs[1];
-                let push = vec![
+                let scale = f((1.0 / (d as f64).sqrt()) as f32);
+                let head = [
                     u(qs[1])?,
                     u(ks[1])?,
                     u(qs[2])?,
@@ -512,15 +531,43 @@ pub fn lower_with(
                     u(d)?,
                     u(dv)?,
                     *causal as u32,
-                    f((1.0 / (d as f64).sqrt()) as f32),
-                    u(rows)?,
+                    scale,
                 ];
-                step(
-                    format!("attention_{slots}"),
-                    vec![arg(0)?, arg(1)?, arg(2)?, out],
-                    push,
-                    Groups::Linear(rows as u64),
-                );
+                if opts.flash_attention {
+                    // Blocks of 16 query rows x 64 output dims (flash_attention.wgsl).
+                    let (qblocks, dvblocks) = (qs[1].div_ceil(16), dv.div_ceil(64));
+                    let groups = qs[0] * heads * qblocks * dvblocks;
+                    let mut push = head.to_vec();
+                    push.extend([u(qblocks)?, u(dvblocks)?, u(groups)?]);
+                    step(
+                        "flash_attention".into(),
+                        vec![arg(0)?, arg(1)?, arg(2)?, out],
+                        push,
+                        Groups::Linear(groups as u64),
+                    );
+                } else {
+                    // One workgroup per query row; output dims per thread of a workgroup of 32:
+                    // the smallest variant that fits.
+                    let slots = match d.max(dv) {
+                        0..=256 => 8,
+                        257..=512 => 16,
+                        _ => {
+                            return Err(backend_error(format!(
+                                "attention head size {d}/{dv} > 512 needs the flash-attention \
+                                 kernel, which is disabled on this device"
+                            )))
+                        }
+                    };
+                    let rows = qs[0] * heads * qs[1];
+                    let mut push = head.to_vec();
+                    push.push(u(rows)?);
+                    step(
+                        format!("attention_{slots}"),
+                        vec![arg(0)?, arg(1)?, arg(2)?, out],
+                        push,
+                        Groups::Linear(rows as u64),
+                    );
+                }
             }
             Op::Permute { perm } => {
                 let xs = sh(0);

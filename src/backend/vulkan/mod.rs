@@ -14,6 +14,7 @@ pub mod profile;
 pub mod record;
 pub mod upload;
 pub mod variants;
+pub mod workarounds;
 
 pub use device::{list_devices, DeviceInfo};
 pub use fault::Fault;
@@ -49,6 +50,23 @@ pub struct VulkanOptions {
     /// Reduce with subgroupAdd where the device has subgroup arithmetic (off: the portable
     /// workgroup-memory tree everywhere; lets tests cover both variants on one device).
     pub subgroup_reduce: bool,
+    /// Attention through the query-blocked flash kernel (off: one workgroup per query row).
+    pub flash_attention: bool,
+    /// conv/linear with f16 tiles and products, f32 sums (needs `shaderFloat16`). `Auto` uses
+    /// it on GPUs, not on CPU devices such as llvmpipe, where f16 has no rate to gain.
+    pub f16_math: VariantUse,
+    /// q8 linear through int8 dot products (needs `shaderIntegerDotProduct`). `Auto` uses it
+    /// where the driver reports packed 4x8-bit signed dot products as accelerated.
+    pub int8_dot: VariantUse,
+}
+
+/// Whether a kernel variant runs: `Auto` where it pays on this device, `On` wherever the device
+/// can run it (tests use this to cover it on llvmpipe), `Off` never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariantUse {
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for VulkanOptions {
@@ -57,6 +75,9 @@ impl Default for VulkanOptions {
             f16_weights: false,
             quantized: true,
             subgroup_reduce: true,
+            flash_attention: true,
+            f16_math: VariantUse::Auto,
+            int8_dot: VariantUse::Auto,
         }
     }
 }
@@ -95,7 +116,7 @@ impl VulkanBackend {
     }
 
     /// The kernel variants this backend runs on its device.
-    pub fn kernel_choice(&self) -> variants::KernelChoice {
+    pub fn kernel_choice(&self) -> Result<variants::KernelChoice> {
         variants::KernelChoice::new(&self.gpu, &self.opts)
     }
 
@@ -152,7 +173,13 @@ impl crate::backend::DeviceMemoryModel for DeviceModel {
     ) -> Result<crate::backend::DeviceMemory> {
         let align = (self.offset_align / 4).max(1);
         let fmt = |p: &str| plan::choose_fmt(weights, &self.opts, p);
-        let low = lower::lower_with(graph, &fmt, align, plan::split_k_enabled())?;
+        // The device's variants are unknown here; none of them changes the memory a plan holds.
+        let opts = lower::LowerOpts {
+            split_k: plan::split_k_enabled(),
+            flash_attention: self.opts.flash_attention,
+            int8_dot: false,
+        };
+        let low = lower::lower_with(graph, &fmt, align, opts)?;
         Ok(low.device_memory(graph))
     }
     fn unified(&self) -> bool {

@@ -44,7 +44,13 @@ impl PipelineCache {
         // Safety: the words are naga's validated output for this very module (build.rs).
         let module =
             unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(words)) }
-                .map_err(verr(&format!("shader module `{name}`")))?;
+                .map_err(|e| match e {
+                    // The validation error's own text names the missing feature or extension.
+                    vulkano::Validated::ValidationError(v) => {
+                        backend_error(format!("shader module `{name}`: {v}"))
+                    }
+                    vulkano::Validated::Error(e) => verr(&format!("shader module `{name}`"))(e),
+                })?;
         let entry = module
             .entry_point("main")
             .ok_or_else(|| backend_error(format!("shader `{name}` has no `main`")))?;

@@ -138,11 +138,12 @@ impl VulkanPlan {
     ) -> Result<Self> {
         check_weights(graph, weights)?;
         let align = (gpu.offset_align / 4).max(1);
+        let choice = KernelChoice::new(&gpu, opts)?;
         let low = lower_with(
             graph,
             &|p| choose_fmt(weights, opts, p),
             align,
-            split_k_enabled(),
+            choice.lower_opts(split_k_enabled()),
         )?;
 
         // Weights: one tensor in host memory at a time, through the bounded staging buffer.
@@ -187,7 +188,6 @@ impl VulkanPlan {
 
         // Drivers cap one binding (llvmpipe: 128 MiB); say so instead of a validation error.
         let max_range = gpu.info.max_storage_buffer_range as u64;
-        let choice = KernelChoice::new(&gpu, opts);
         for st in &low.steps {
             let big = st.bufs.iter().map(|s| view(s).size()).max().unwrap_or(0);
             device.largest_binding = device.largest_binding.max(big);
@@ -248,7 +248,7 @@ impl VulkanPlan {
             outputs.push((hb, shape.clone()));
         }
         let cb = rec.record(&gpu, None)?;
-        log::debug!("vulkan: kernel variants {choice:?}");
+        log::info!("vulkan: kernel variants {choice:?}");
         log::info!(
             "vulkan: prepared {} dispatches; device memory {:.1} MiB (activations {:.1} MiB)",
             low.steps.len(),

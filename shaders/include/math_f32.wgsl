@@ -1,0 +1,2 @@
+// f32 tiles and products (the default).
+alias T = f32;
