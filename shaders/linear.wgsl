@@ -72,20 +72,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty + 16u * i;
-        if (m >= pc.m) {
-            break;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + tx + 16u * j;
-            if (n < pc.n) {
-                var y = acc[i][j];
-                if (pc.has_bias == 1u) {
-                    y += BIAS[n];
-                }
-                Y[zoff + m * pc.n + n] = y;
-            }
-        }
-    }
+    store_tile(acc, m0, n0, tx, ty, zoff);
 }
+//#include linear_store.wgsl
