@@ -448,3 +448,33 @@ fn sd15_shaped_512px_runs_on_vulkan_end_to_end() {
     );
     assert!(db >= 40.0, "PSNR {db:.2} dB < 40 dB");
 }
+
+/// `LDM_VULKAN_DISABLE` turns variants off by name; a typo is an error that names it and lists
+/// the known names, before any work, never a variant silently left on.
+#[test]
+fn disabling_variants_by_environment() {
+    if vulkan(VulkanOptions::default()).is_none() {
+        return;
+    }
+    let dir = scratch::scratch("vulkan-pipeline");
+    let run = |spec: &str, out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ldm"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("LDM_VULKAN_DISABLE", spec)
+            .args(["generate", "a red circle", "--backend", "vulkan", "--steps", "2", "-q"])
+            .arg("-o")
+            .arg(out)
+            .output()
+            .expect("ldm runs")
+    };
+    let typo = dir.join("typo.png");
+    let o = run("flsh", &typo);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a typo must fail: {err}");
+    assert!(err.contains("`flsh`") && err.contains("flash"), "{err}");
+    assert!(!err.contains("panicked") && !typo.exists(), "{err}");
+    let off = dir.join("off.png");
+    let o = run("flash,f16,dot,sg", &off);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(off.exists());
+}

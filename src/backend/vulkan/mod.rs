@@ -96,9 +96,16 @@ impl VulkanBackend {
         Self::with_options(VulkanOptions::default())
     }
 
+    /// Also fails on a malformed `LDM_VULKAN_DISABLE`, before any work.
     pub fn with_options(opts: VulkanOptions) -> Result<Self> {
+        let gpu = Arc::new(device::Gpu::open()?);
+        let choice = variants::KernelChoice::new(&gpu, &opts)?;
+        for (v, why) in workarounds::known_bugs(&gpu.info.driver) {
+            log::warn!("vulkan: `{v}` kernels disabled on this driver: {why}");
+        }
+        log::info!("vulkan: kernel variants {choice:?}");
         Ok(VulkanBackend {
-            gpu: Arc::new(device::Gpu::open()?),
+            gpu,
             cache: RefCell::default(),
             opts,
             fault: None,

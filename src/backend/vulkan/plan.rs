@@ -248,7 +248,6 @@ impl VulkanPlan {
             outputs.push((hb, shape.clone()));
         }
         let cb = rec.record(&gpu, None)?;
-        log::info!("vulkan: kernel variants {choice:?}");
         log::info!(
             "vulkan: prepared {} dispatches; device memory {:.1} MiB (activations {:.1} MiB)",
             low.steps.len(),

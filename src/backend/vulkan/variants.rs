@@ -42,10 +42,7 @@ impl KernelChoice {
             Ok(spec) => parse_disable(&spec).map_err(backend_error)?,
             Err(_) => Vec::new(),
         };
-        for (v, why) in known_bugs(&gpu.info.driver) {
-            log::warn!("vulkan: `{v}` kernels disabled on this driver: {why}");
-            off.push(v);
-        }
+        off.extend(known_bugs(&gpu.info.driver).into_iter().map(|(v, _)| v));
         let on = |v: Variant| !off.contains(&v);
         let pick = |u: VariantUse, supported: bool, pays: bool| match u {
             VariantUse::Auto => supported && pays,
