@@ -461,7 +461,15 @@ fn disabling_variants_by_environment() {
         std::process::Command::new(env!("CARGO_BIN_EXE_ldm"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("LDM_VULKAN_DISABLE", spec)
-            .args(["generate", "a red circle", "--backend", "vulkan", "--steps", "2", "-q"])
+            .args([
+                "generate",
+                "a red circle",
+                "--backend",
+                "vulkan",
+                "--steps",
+                "2",
+                "-q",
+            ])
             .arg("-o")
             .arg(out)
             .output()

@@ -414,8 +414,10 @@ pub fn lower_with(
                     u(numel(ws).div_ceil(32))?,
                 ];
                 let split = Split::plan(m, nn, k, has_bias, 1, nn, split_k, &mut arena);
-                let dot =
-                    opts.int8_dot && fmt == WeightFmt::Q8 && k % 32 == 0 && split.chunk % 32 == 0;
+                let dot = opts.int8_dot
+                    && fmt == WeightFmt::Q8
+                    && k.is_multiple_of(32)
+                    && split.chunk.is_multiple_of(32);
                 step(
                     if dot {
                         "linear_q8_dot".into()
